@@ -1,0 +1,71 @@
+"""BlockCert: certified blockwise extraction of transformer mechanisms.
+
+``import blockcert`` is cheap and never imports torch or transformers; the API below is loaded lazily.
+
+>>> import blockcert
+>>> m = blockcert.load_model()                       # the default model (SmolLM2-135M-Instruct)
+>>> ir = blockcert.to_ir(m, 3)                       # block 3 as an explicit IR
+>>> blockcert.save_ir(ir, "block_3/ir"); ir2 = blockcert.load_ir("block_3/ir")
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+from .errors import UserError
+from .hookspecs import hookimpl
+from .ir import SCHEMA_VERSION, BlockIR, load_ir, save_ir
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "load_model": ("blockcert.models", "load_model"),
+    "wrap_model": ("blockcert.models", "wrap_model"),
+    "LoadedModel": ("blockcert.models", "LoadedModel"),
+    "replay": ("blockcert.interpreter", "replay"),
+    "Replay": ("blockcert.interpreter", "Replay"),
+    "get_plugins": ("blockcert.plugins", "get_plugins"),
+    "check_blocks": ("blockcert.equivalence", "check_blocks"),
+    "parse_spec": ("blockcert.spec", "parse_spec"),
+}
+
+if TYPE_CHECKING:
+    from .equivalence import check_blocks
+    from .interpreter import Replay, replay
+    from .models import LoadedModel, load_model, wrap_model
+    from .plugins import get_plugins
+    from .spec import parse_spec
+
+
+def to_ir(model: Any, index: int, n_ctx: int = 512) -> BlockIR:
+    """Block ``index`` of a :class:`LoadedModel` as an IR covering positions ``0..n_ctx-1``."""
+    from .plugins import get_plugins
+
+    return get_plugins().to_ir(model.native, index, n_ctx)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        module, attr = _LAZY[name]
+        return getattr(import_module(module), attr)
+    raise AttributeError(f"module 'blockcert' has no attribute {name!r}")
+
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "BlockIR",
+    "LoadedModel",
+    "Replay",
+    "UserError",
+    "check_blocks",
+    "get_plugins",
+    "hookimpl",
+    "load_ir",
+    "load_model",
+    "parse_spec",
+    "replay",
+    "save_ir",
+    "to_ir",
+    "wrap_model",
+]

@@ -1,0 +1,49 @@
+"""The ``blockcert`` command line: thin typer commands that parse, call the core, render."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+
+from ..errors import UserError
+
+app = typer.Typer(
+    name="blockcert",
+    help="Certified blockwise extraction of transformer mechanisms: IR surrogates, coverage metrics, certificates.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+err_console = Console(stderr=True)
+
+
+def _register_commands() -> None:
+    from . import ir_check, plugins_cmd  # noqa: F401  (commands register themselves on `app`)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: user mistakes exit 2 with a one-line message, never a traceback."""
+    _register_commands()
+    try:
+        app(args=argv, standalone_mode=False)
+    except UserError as exc:
+        err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+        if exc.hint:
+            err_console.print(f"  [dim]hint:[/] {exc.hint}", highlight=False)
+        sys.exit(exc.exit_code)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        err_console.print("aborted")
+        sys.exit(130)
+    except Exception as exc:
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise

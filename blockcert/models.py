@@ -1,0 +1,195 @@
+"""Loading models: a local HF directory, a GGUF file, or a registered name. Never a hub download.
+
+GGUF checkpoints are dequantized by transformers once (~15 s for SmolLM2) and the float weights are
+cached as an HF safetensors directory keyed by the GGUF file's SHA-256, so later loads take under a second.
+The cache lives in ``$BLOCKCERT_CACHE`` (default ``~/.cache/blockcert``); entries are written atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from .errors import UserError
+from .plugins import get_plugins
+
+# No code path may contact a model hub: set before transformers is first imported, and pass
+# local_files_only=True everywhere as well.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@attrs.define
+class LoadedModel:
+    """A model ready to trace: the HF model, its tokenizer, its architecture and its native adapter."""
+
+    name: str
+    path: Path
+    arch: str
+    model: Any
+    tokenizer: Any
+    native: Any
+    dtype: str
+
+
+def cache_root() -> Path:
+    env = os.environ.get("BLOCKCERT_CACHE")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "blockcert"
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _torch_dtype(dtype: str) -> Any:
+    import torch
+
+    if dtype not in DTYPES:
+        raise UserError(f"unknown --dtype {dtype!r}", f"choose one of: {', '.join(DTYPES)}")
+    return getattr(torch, dtype)
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def _load_hf_dir(path: Path, dtype: str) -> tuple[Any, Any]:
+    _quiet_transformers()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not (path / "config.json").is_file():
+        raise UserError(f"{path} is not a Hugging Face model directory (no config.json)")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=_torch_dtype(dtype))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot load the model in {path}: {exc}") from exc
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError):
+        tokenizer = None  # a weights-only directory: usable with token ids, not with text prompts
+    return model, tokenizer
+
+
+@contextlib.contextmanager
+def _no_tqdm() -> Iterator[None]:
+    """transformers' GGUF reader draws a raw tqdm bar; we show our own status instead."""
+    old = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = old
+
+
+def gguf_cache_dir(gguf: Path) -> Path:
+    """Where the dequantized weights of ``gguf`` are (or will be) cached, converting on first use."""
+    target = cache_root() / "models" / f"{gguf.stem}-{file_sha256(gguf)[:16]}"
+    if (target / "config.json").is_file():
+        return target
+    _quiet_transformers()
+    from rich.console import Console
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    console = Console(stderr=True)
+    with console.status(f"Dequantizing {gguf.name} (first load only; cached in {target.parent})"), _no_tqdm():
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
+            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
+        except (OSError, ValueError) as exc:
+            raise UserError(f"cannot read GGUF file {gguf}: {exc}") from exc
+        # The weights are plain floats now; drop the GGUF quantizer so they save as ordinary safetensors.
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.hf_quantizer = None
+        model.is_quantized = False
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        try:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            try:
+                os.replace(tmp, target)  # atomic: a half-written cache entry is never visible
+            except OSError:
+                if not (target / "config.json").is_file():
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve(spec: str | os.PathLike[str] | None) -> tuple[str, Path]:
+    """(display name, local path) for a model spec: None (the default), a directory, a .gguf, or a name."""
+    models = get_plugins().models()
+    if spec is None:
+        defaults = [m for m in models.values() if m.default]
+        if not defaults:
+            raise UserError("no default model is registered", "pass --model")
+        entry = defaults[0]
+        return entry.name, entry.locate()
+    text = os.fspath(spec)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return str(path), path
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise UserError(f"GGUF file not found: {path}")
+        return str(path), path
+    if text in models:
+        entry = models[text]
+        return entry.name, entry.locate()
+    names = sorted({m.name for m in models.values()})
+    raise UserError(
+        f"model {text!r} is not a local model directory, a .gguf file, or a registered name",
+        f"registered names: {', '.join(names)}; BlockCert never downloads models",
+    )
+
+
+def load_model(spec: str | os.PathLike[str] | None = None, *, arch: str | None = None, dtype: str = "float32") -> LoadedModel:
+    """Load a model for tracing. ``arch`` overrides architecture detection; ``dtype`` is the native precision."""
+    name, path = resolve(spec)
+    torch_dtype = _torch_dtype(dtype)
+    if path.is_file():  # a GGUF checkpoint
+        model, tokenizer = _load_hf_dir(gguf_cache_dir(path), dtype)
+    else:
+        model, tokenizer = _load_hf_dir(path, dtype)
+    model = model.to(torch_dtype).eval()
+    plugins = get_plugins()
+    arch = arch or plugins.detect_architecture(model)
+    if arch not in plugins.architectures():
+        raise UserError(f"unknown --arch {arch!r}", f"known: {', '.join(sorted(plugins.architectures()))}")
+    native = plugins.trace(model, arch)
+    return LoadedModel(name=name, path=path, arch=arch, model=model, tokenizer=tokenizer, native=native, dtype=dtype)
+
+
+def wrap_model(model: Any, *, arch: str | None = None, tokenizer: Any = None, name: str = "in-memory") -> LoadedModel:
+    """Wrap an HF model object already in memory (e.g. a random-init config in a test or notebook)."""
+    plugins = get_plugins()
+    model = model.eval()
+    arch = arch or plugins.detect_architecture(model)
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    return LoadedModel(
+        name=name, path=Path("."), arch=arch, model=model, tokenizer=tokenizer, native=plugins.trace(model, arch), dtype=dtype
+    )

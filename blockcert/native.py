@@ -1,0 +1,176 @@
+"""The native side: a loaded HF model seen as ``embed -> block_0 .. block_{L-1} -> head``.
+
+Adapters (``blockcert_trace`` hook) subclass :class:`NativeModel`; the helpers below are the shared
+HF -> IR maths every adapter needs (a plugin never imports another plugin). Imports torch.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import UserError
+from .ir import Linear, Norm, Rope
+
+
+class NativeModel(abc.ABC):
+    """How to run one architecture's blocks natively, one at a time.
+
+    ``x^(0) = embed(ids)``, ``x^(l+1) = call_block(l, x^(l))``, ``logits = head(x^(L))`` reproduces the
+    HF model's forward pass; the residual stream between calls is what BlockCert traces.
+    """
+
+    arch: str = ""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model.eval()
+
+    @property
+    @abc.abstractmethod
+    def blocks(self) -> Sequence[torch.nn.Module]:
+        """The native residual blocks, index = layer."""
+
+    @abc.abstractmethod
+    def embed(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """input ids [B, T] -> x^(0) [B, T, d] (token + any learned position embedding)."""
+
+    @abc.abstractmethod
+    def call_block(
+        self, index: int, x: torch.Tensor, positions: torch.Tensor, key_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """x^(index) [B, T, d] -> x^(index+1) [B, T, d] by calling the HF block itself."""
+
+    @abc.abstractmethod
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """x^(L) [B, T, d] -> logits [B, T, vocab] (final norm + LM head)."""
+
+    def attention_allowed(
+        self, index: int, positions: torch.Tensor, key_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The attention pattern block ``index`` uses: bool [B, T(query), T(key)]. Default: causal."""
+        allowed = positions[:, None, :] <= positions[:, :, None]  # [B, T, T]
+        if key_mask is not None:
+            allowed = allowed & key_mask[:, None, :].bool()
+        return allowed
+
+    @property
+    def n_blocks(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def d_model(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @torch.no_grad()
+    def residual_stream(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """[x^(0), ..., x^(L)] for input ids [B, T]: L+1 snapshots, each [B, T, d]."""
+        positions = default_positions(input_ids) if positions is None else positions
+        xs = [self.embed(input_ids, positions)]
+        for index in range(self.n_blocks):
+            xs.append(self.call_block(index, xs[-1], positions))
+        return xs
+
+    @torch.no_grad()
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Logits via embed -> blocks -> head (equals the HF model's own forward)."""
+        return self.head(self.residual_stream(input_ids)[-1])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Shared HF -> IR helpers
+# ---------------------------------------------------------------------------------------------------
+
+
+def default_positions(input_ids: torch.Tensor) -> torch.Tensor:
+    B, T = input_ids.shape[:2]
+    return torch.arange(T, device=input_ids.device)[None, :].expand(B, T)  # [B, T]
+
+
+def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """bool [B, T, T] -> the additive float mask HF attention takes: [B, 1, T, T], 0 or dtype-min."""
+    zero = torch.zeros((), dtype=dtype, device=allowed.device)
+    blocked = torch.tensor(torch.finfo(dtype).min, dtype=dtype, device=allowed.device)
+    return torch.where(allowed, zero, blocked)[:, None]
+
+
+def causal_mask_table(n_ctx: int, window: int | None = None) -> np.ndarray:
+    """mask[i, j] = j <= i (and i - j < window for sliding-window attention): bool [n_ctx, n_ctx]."""
+    i = np.arange(n_ctx)[:, None]
+    j = np.arange(n_ctx)[None, :]
+    allowed = j <= i
+    if window is not None:
+        allowed &= (i - j) < window
+    return np.ascontiguousarray(allowed)
+
+
+def _numpy(t: torch.Tensor | None) -> np.ndarray | None:
+    """A float32 copy of a weight (bf16/fp16 weights are widened exactly; the IR replays in float32)."""
+    if t is None:
+        return None
+    return t.detach().to(device="cpu", dtype=torch.float32).contiguous().numpy().copy()
+
+
+def from_nn_linear(module: torch.nn.Linear) -> Linear:
+    """torch Linear stores weight [out, in] and computes x @ W.T: transpose into the IR's [in, out]."""
+    return Linear(weight=np.ascontiguousarray(_numpy(module.weight).T), bias=_numpy(module.bias))
+
+
+def from_conv1d(weight: torch.Tensor, bias: torch.Tensor | None) -> Linear:
+    """HF Conv1D (GPT-2) already stores weight [in, out] and computes x @ W: no transpose."""
+    return Linear(weight=_numpy(weight), bias=_numpy(bias))
+
+
+def rms_norm(weight: torch.Tensor, eps: float) -> Norm:
+    return Norm(kind="rmsnorm", weight=_numpy(weight), eps=float(eps))
+
+
+def layer_norm(module: torch.nn.LayerNorm) -> Norm:
+    return Norm(kind="layernorm", weight=_numpy(module.weight), bias=_numpy(module.bias), eps=float(module.eps))
+
+
+def rope_from_rotary_embedding(rotary_emb: torch.nn.Module, n_ctx: int, rotary_dim: int | None = None) -> Rope:
+    """Tabulate an HF rotary embedding (``forward(x, position_ids) -> (cos, sin)``) for positions 0..n_ctx-1.
+
+    The tables come from the model's own module, so RoPE scaling variants (linear, llama3, yarn, ...)
+    and ``attention_scaling`` are captured exactly as the model computes them, in float32.
+    """
+    positions = torch.arange(n_ctx)[None, :]  # [1, n_ctx]
+    probe = torch.zeros(1, dtype=torch.float32)
+    with torch.no_grad():
+        cos, sin = rotary_emb(probe, position_ids=positions)  # [1, n_ctx, rotary_dim] each
+    cos, sin = cos[0].float(), sin[0].float()
+    if rotary_dim is not None:
+        cos, sin = cos[:, :rotary_dim], sin[:, :rotary_dim]
+    return Rope(cos=_numpy(cos), sin=_numpy(sin), style="half")
+
+
+_ACTIVATIONS = {
+    "gelu_new": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "gelu_fast": None,  # a different tanh approximation; not representable exactly
+    "gelu": "gelu",
+    "relu": "relu",
+    "silu": "silu",
+    "swish": "silu",
+}
+
+
+def activation_name(hf_name: str) -> str:
+    """HF ``hidden_act`` / ``activation_function`` -> IR activation kind."""
+    kind = _ACTIVATIONS.get(hf_name)
+    if kind is None:
+        raise UserError(f"activation {hf_name!r} has no exact IR equivalent", "supported: gelu_new, gelu_pytorch_tanh, gelu, relu, silu")
+    return kind
+
+
+def head_gate(n_heads: int) -> np.ndarray:
+    """All heads on."""
+    return np.ones(n_heads, dtype=np.float32)

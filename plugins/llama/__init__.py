@@ -1,0 +1,43 @@
+"""Built-in adapter for Llama-family decoder layers (``LlamaDecoderLayer``).
+
+RMSNorm pre-normalisation, RoPE (tabulated from the model's own rotary embedding, so scaled variants
+are captured), grouped-query attention (``num_key_value_heads`` < ``num_attention_heads``), SwiGLU MLP,
+optional attention / MLP biases. Importing this module does not import torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from blockcert.catalog import Architecture
+from blockcert.hookspecs import hookimpl
+
+ARCH = Architecture(
+    name="llama",
+    model_types=("llama",),
+    block_classes=("LlamaDecoderLayer",),
+    description="Llama / SmolLM2 / TinyLlama decoder layers: RMSNorm, RoPE, GQA, SwiGLU",
+)
+
+
+@hookimpl(trylast=True)
+def blockcert_register_architectures(register: Any) -> None:
+    register(ARCH)
+
+
+@hookimpl(trylast=True)
+def blockcert_trace(model: Any, arch: str) -> Any:
+    if arch != ARCH.name:
+        return None
+    from .adapter import LlamaNative
+
+    return LlamaNative(model)
+
+
+@hookimpl(trylast=True)
+def blockcert_to_ir(native: Any, index: int, n_ctx: int) -> Any:
+    if native.arch != ARCH.name:
+        return None
+    from .adapter import to_ir
+
+    return to_ir(native, index, n_ctx)
