@@ -260,7 +260,7 @@ def _converter(tensors: dict[str, np.ndarray], used: set[str]) -> cattrs.Convert
         if not isinstance(name, str):
             raise TypeError(f"expected a tensor name, got {name!r}")
         if name not in tensors:
-            raise KeyError(f"tensor {name!r} is referenced but not in the tensor file")
+            raise ValueError(f"tensor {name!r} is referenced but not in the tensor file")
         if name in used:
             raise ValueError(f"tensor {name!r} is referenced twice")
         used.add(name)
@@ -281,6 +281,16 @@ def migrate(meta: dict[str, Any]) -> dict[str, Any]:
     )
 
 
+def _describe(exc: BaseException, type_: Any) -> str:
+    if isinstance(exc, (ValueError, TypeError)) and str(exc):
+        return str(exc)
+    if isinstance(exc, KeyError):
+        return "required field missing"
+    from cattrs.v import format_exception
+
+    return format_exception(exc, type_)
+
+
 def from_dict(meta: dict[str, Any], tensors: dict[str, np.ndarray]) -> BlockIR:
     """Inverse of :func:`to_dict`. Every tensor must be referenced exactly once; unknown keys are errors."""
     if not isinstance(meta, dict):
@@ -290,7 +300,7 @@ def from_dict(meta: dict[str, Any], tensors: dict[str, np.ndarray]) -> BlockIR:
     try:
         ir = _converter(tensors, used).structure(meta, BlockIR)
     except (ClassValidationError, ForbiddenExtraKeysError) as exc:
-        details = "; ".join(cattrs.transform_error(exc))
+        details = "; ".join(cattrs.transform_error(exc, format_exception=_describe))
         raise IRFormatError(f"invalid IR record: {details}") from exc
     except (TypeError, ValueError, KeyError) as exc:
         raise IRFormatError(f"invalid IR record: {exc}") from exc

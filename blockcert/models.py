@@ -27,6 +27,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 DTYPES = ("float32", "bfloat16", "float16")
+# transformers would otherwise invent an empty tokenizer for a directory that has none
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
 @attrs.define
@@ -83,10 +85,12 @@ def _load_hf_dir(path: Path, dtype: str) -> tuple[Any, Any]:
         model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=_torch_dtype(dtype))
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot load the model in {path}: {exc}") from exc
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    except (OSError, ValueError):
-        tokenizer = None  # a weights-only directory: usable with token ids, not with text prompts
+    tokenizer = None  # a weights-only directory is usable with token ids, not with text prompts
+    if any((path / f).is_file() for f in TOKENIZER_FILES):
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        except (OSError, ValueError) as exc:
+            raise UserError(f"cannot load the tokenizer in {path}: {exc}") from exc
     return model, tokenizer
 
 

@@ -29,21 +29,9 @@ def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: user mistakes exit 2 with a one-line message, never a traceback."""
     _register_commands()
     try:
-        app(args=argv, standalone_mode=False)
+        app(args=argv, prog_name="blockcert")  # click handles --help and usage errors (exit 2) itself
     except UserError as exc:
         err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False)
         if exc.hint:
             err_console.print(f"  [dim]hint:[/] {exc.hint}", highlight=False)
         sys.exit(exc.exit_code)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        err_console.print("aborted")
-        sys.exit(130)
-    except Exception as exc:
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise

@@ -14,6 +14,6 @@ def names() -> list[str]:
 def builtin(name: str) -> list[str]:
     """The prompts of built-in set ``name``, one per line."""
     if name not in names():
-        raise UserError(f"unknown built-in prompt set {name!r}", f"available: {', '.join('builtin:' + n for n in names())}")
+        raise UserError(f"unknown built-in prompt set 'builtin:{name}'", f"available: {', '.join('builtin:' + n for n in names())}")
     text = resources.files(__name__).joinpath(f"{name}.txt").read_text(encoding="utf-8")
     return [line for line in text.splitlines() if line.strip()]

@@ -1,0 +1,84 @@
+"""Hypothesis strategies: small random GPT-2 / Llama configs, seeded weights, inputs."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from hypothesis import strategies as st
+
+
+@st.composite
+def llama_configs(draw: st.DrawFn):
+    from transformers import LlamaConfig
+
+    n_kv = draw(st.integers(1, 3))
+    group = draw(st.integers(1, 3))
+    rope_type = draw(st.sampled_from(["default", "linear"]))
+    rope = {"rope_theta": draw(st.floats(100.0, 1e6)), "rope_type": rope_type}
+    if rope_type == "linear":
+        rope["factor"] = draw(st.sampled_from([2.0, 4.0]))
+    return LlamaConfig(
+        vocab_size=64,
+        # HF requires hidden % heads == 0; head_dim is drawn independently (it may differ from hidden/heads)
+        hidden_size=n_kv * group * draw(st.sampled_from([2, 4, 8, 12])),
+        intermediate_size=draw(st.sampled_from([8, 20, 32, 64])),
+        num_hidden_layers=2,
+        num_attention_heads=n_kv * group,
+        num_key_value_heads=n_kv,
+        head_dim=draw(st.sampled_from([4, 8, 16])),
+        hidden_act=draw(st.sampled_from(["silu", "gelu_pytorch_tanh", "gelu", "relu"])),
+        rms_norm_eps=draw(st.sampled_from([1e-6, 1e-5])),
+        attention_bias=draw(st.booleans()),
+        mlp_bias=draw(st.booleans()),
+        rope_parameters=rope,
+        max_position_embeddings=128,
+        attn_implementation=draw(st.sampled_from(["eager", "sdpa"])),
+    )
+
+
+@st.composite
+def gpt2_configs(draw: st.DrawFn):
+    from transformers import GPT2Config
+
+    n_head = draw(st.integers(1, 4))
+    head_dim = draw(st.sampled_from([4, 8, 16]))
+    return GPT2Config(
+        vocab_size=64,
+        n_positions=128,
+        n_embd=n_head * head_dim,
+        n_layer=2,
+        n_head=n_head,
+        n_inner=draw(st.sampled_from([None, 24, 40])),
+        activation_function=draw(st.sampled_from(["gelu_new", "gelu", "relu", "gelu_pytorch_tanh"])),
+        layer_norm_epsilon=draw(st.sampled_from([1e-5, 1e-6])),
+        scale_attn_weights=draw(st.booleans()),
+        scale_attn_by_inverse_layer_idx=draw(st.booleans()),
+        attn_implementation=draw(st.sampled_from(["eager", "sdpa"])),
+    )
+
+
+def seeded_model(config, seed: int):
+    """A random-init HF causal LM whose weights are big enough that a wrong IR shows.
+
+    HF's default init (std 0.02) makes blocks nearly the identity; here every matrix gets
+    std 1/sqrt(fan_in), biases std 0.1, norm weights 1 + 0.1 N(0,1), all from ``seed``.
+    """
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 2:
+                fan_in = p.shape[1] if "c_" not in name else p.shape[0]  # GPT-2 Conv1D is [in, out]
+                p.copy_(torch.randn(p.shape, generator=gen) / math.sqrt(fan_in))
+            elif "norm" in name or "ln_" in name:
+                p.copy_((1 + 0.1 * torch.randn(p.shape, generator=gen)) if name.endswith("weight") else 0.1 * torch.randn(p.shape, generator=gen))
+            else:
+                p.copy_(0.1 * torch.randn(p.shape, generator=gen))
+    return model.eval()
+
+
+token_batches = st.tuples(st.integers(1, 3), st.integers(1, 64), st.integers(0, 2**31 - 1))
