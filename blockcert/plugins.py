@@ -177,7 +177,11 @@ def make_plugin_manager(*, entry_points: bool = True) -> pluggy.PluginManager:
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
-        raise UserError(f"plugin {exc.plugin!r} implements an unknown hook: {exc}") from exc
+        name = pm.get_name(exc.plugin) or repr(exc.plugin)
+        raise UserError(
+            f"plugin {name!r} implements an unknown hook: {exc}",
+            f"fix the hook name, or set {DISABLE_ENV}={name} to skip the plugin",
+        ) from exc
     return pm
 
 

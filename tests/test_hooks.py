@@ -264,7 +264,8 @@ def test_make_plugin_manager_refuses_a_misspelt_plugin(monkeypatch: pytest.Monke
     module = types.ModuleType("blockcert_test_misspelt")  # a plugin module, as a built-in would be
     module.blockcert_to_irr = blockcert_to_irr  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, module.__name__, module)
-    monkeypatch.setattr(plugins_module, "BUILTIN_PLUGINS", (*plugins_module.BUILTIN_PLUGINS, ("misspelt", module.__name__)))
+    builtins = (*plugins_module.BUILTIN_PLUGINS, ("misspelt", module.__name__))
+    monkeypatch.setattr(plugins_module, "BUILTIN_PLUGINS", builtins)
     with pytest.raises(UserError, match="implements an unknown hook") as info:
         make_plugin_manager(entry_points=False)
     assert "blockcert_to_irr" in str(info.value)

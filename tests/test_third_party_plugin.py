@@ -22,7 +22,8 @@ EXAMPLE = REPO / "examples" / "blockcert-qwen2"
 TOL = 1e-5
 
 # Run in a subprocess: seeded tiny Qwen2 models (full attention, and a sliding window on block 1),
-# each block converted to IR and replayed in torch float32 and numpy float64 on the native stream.
+# each block converted to IR and replayed in torch float32 and numpy float64 on the native stream;
+# then a config the plugin must refuse.
 REPLAY_SCRIPT = r"""
 import json, math
 import numpy as np
@@ -105,20 +106,22 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     source = root / "src"
     shutil.copytree(EXAMPLE, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     target = root / "site"
-    subprocess.run(
+    pip = subprocess.run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
          "--disable-pip-version-check", "--no-input", "--target", str(target), str(source)],
-        check=True,
         capture_output=True,
         text=True,
     )
+    assert pip.returncode == 0, f"pip could not install {EXAMPLE.name}:\n{pip.stderr}"
     return target
 
 
 def _run(site: Path, args: list[str], **env: str) -> subprocess.CompletedProcess[str]:
     environ = {k: v for k, v in os.environ.items() if k != "BLOCKCERT_DISABLE_PLUGINS"}
     environ.update(PYTHONPATH=str(site), **env)
-    result = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=environ, cwd=site.parent, timeout=300)
+    result = subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, env=environ, cwd=site.parent, timeout=300
+    )
     assert result.returncode == 0, result.stderr
     return result
 
@@ -138,6 +141,11 @@ def test_plugin_is_listed(site: Path) -> None:
         "hooks": ["blockcert_register_architectures", "blockcert_to_ir", "blockcert_trace"],
     }
     assert rows["llama"]["builtin"]  # the built-ins are still there
+
+
+def test_plugin_module_does_not_import_torch(site: Path) -> None:
+    code = "import sys, blockcert_qwen2; print(sorted({'torch', 'transformers'} & set(sys.modules)))"
+    assert _run(site, ["-c", code]).stdout.strip() == "[]"
 
 
 def test_disabled_plugin_is_not_listed(site: Path) -> None:

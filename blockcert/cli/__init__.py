@@ -21,6 +21,21 @@ app = typer.Typer(
 err_console = Console(stderr=True)
 
 
+def _version(value: bool) -> None:
+    if value:
+        from .. import __version__
+
+        typer.echo(f"blockcert {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """Certified blockwise extraction of transformer mechanisms: IR surrogates, coverage metrics, certificates."""
+
+
 def _register_commands() -> None:
     from . import ir_check, plugins_cmd  # noqa: F401  (commands register themselves on `app`)
 
