@@ -8,7 +8,6 @@ The cache lives in ``$BLOCKCERT_CACHE`` (default ``~/.cache/blockcert``); entrie
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shutil
 import tempfile
@@ -18,6 +17,7 @@ from typing import Any
 
 import attrs
 
+from .digest import file_sha256
 from .errors import UserError
 from .plugins import get_plugins
 
@@ -42,6 +42,16 @@ class LoadedModel:
     tokenizer: Any
     native: Any
     dtype: str
+    source_sha256: str | None = None  # SHA-256 of the GGUF file the weights came from, if any
+    _weights_sha256: str | None = attrs.field(default=None, init=False, repr=False)
+
+    def weights_sha256(self) -> str:
+        """Digest of every weight as loaded (name, dtype, shape, bytes): the certified model's identity."""
+        if self._weights_sha256 is None:
+            from .digest import torch_state_sha256
+
+            self._weights_sha256 = torch_state_sha256(self.model.state_dict())
+        return self._weights_sha256
 
 
 def cache_root() -> Path:
@@ -50,14 +60,6 @@ def cache_root() -> Path:
         return Path(env).expanduser()
     xdg = os.environ.get("XDG_CACHE_HOME")
     return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "blockcert"
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _torch_dtype(dtype: str) -> Any:
@@ -108,9 +110,9 @@ def _no_tqdm() -> Iterator[None]:
             os.environ["TQDM_DISABLE"] = old
 
 
-def gguf_cache_dir(gguf: Path) -> Path:
+def gguf_cache_dir(gguf: Path, sha256: str | None = None) -> Path:
     """Where the dequantized weights of ``gguf`` are (or will be) cached, converting on first use."""
-    target = cache_root() / "models" / f"{gguf.stem}-{file_sha256(gguf)[:16]}"
+    target = cache_root() / "models" / f"{gguf.stem}-{(sha256 or file_sha256(gguf))[:16]}"
     if (target / "config.json").is_file():
         return target
     _quiet_transformers()
@@ -122,6 +124,8 @@ def gguf_cache_dir(gguf: Path) -> Path:
         try:
             tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
             model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
+        except ImportError as exc:
+            raise UserError(f"reading {gguf.name} needs the GGUF loader: {exc}", "pip install gguf accelerate") from exc
         except (OSError, ValueError) as exc:
             raise UserError(f"cannot read GGUF file {gguf}: {exc}") from exc
         # The weights are plain floats now; drop the GGUF quantizer so they save as ordinary safetensors.
@@ -175,8 +179,10 @@ def load_model(spec: str | os.PathLike[str] | None = None, *, arch: str | None =
     """Load a model for tracing. ``arch`` overrides architecture detection; ``dtype`` is the native precision."""
     name, path = resolve(spec)
     torch_dtype = _torch_dtype(dtype)
+    source_sha256 = None
     if path.is_file():  # a GGUF checkpoint
-        model, tokenizer = _load_hf_dir(gguf_cache_dir(path), dtype)
+        source_sha256 = file_sha256(path)
+        model, tokenizer = _load_hf_dir(gguf_cache_dir(path, source_sha256), dtype)
     else:
         model, tokenizer = _load_hf_dir(path, dtype)
     model = model.to(torch_dtype).eval()
@@ -185,7 +191,9 @@ def load_model(spec: str | os.PathLike[str] | None = None, *, arch: str | None =
     if arch not in plugins.architectures():
         raise UserError(f"unknown --arch {arch!r}", f"known: {', '.join(sorted(plugins.architectures()))}")
     native = plugins.trace(model, arch)
-    return LoadedModel(name=name, path=path, arch=arch, model=model, tokenizer=tokenizer, native=native, dtype=dtype)
+    return LoadedModel(
+        name=name, path=path, arch=arch, model=model, tokenizer=tokenizer, native=native, dtype=dtype, source_sha256=source_sha256
+    )
 
 
 def wrap_model(model: Any, *, arch: str | None = None, tokenizer: Any = None, name: str = "in-memory") -> LoadedModel:

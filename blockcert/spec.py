@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 import attrs
 
@@ -36,3 +37,29 @@ def parse_spec(text: str, what: str = "spec") -> Spec:
             raise UserError(f"{what} {text!r}: {key!r} given twice")
         params[key] = value
     return Spec(name, params)
+
+
+def parse_blocks(spec: str | Sequence[int], n_blocks: int) -> list[int]:
+    """``all``, ``0,5,10``, ``0-4`` (and mixes such as ``0-2,7``) -> sorted block indices."""
+    if not isinstance(spec, str):
+        chosen = sorted(set(int(i) for i in spec))
+        bad = [i for i in chosen if not 0 <= i < n_blocks]
+        if bad or not chosen:
+            raise UserError(f"blocks {bad or chosen} do not exist (the model has blocks 0-{n_blocks - 1})")
+        return chosen
+    if spec.strip() == "all":
+        return list(range(n_blocks))
+    out: set[int] = set()
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        lo, dash, hi = part.partition("-")
+        try:
+            rng = range(int(lo), int(hi) + 1) if dash else range(int(lo), int(lo) + 1)
+        except ValueError:
+            raise UserError(f"--blocks {spec!r}: {part!r} is not a block index or range", "use all, 0,5,10 or 0-4") from None
+        for i in rng:
+            if not 0 <= i < n_blocks:
+                raise UserError(f"--blocks {spec!r}: block {i} does not exist (the model has blocks 0-{n_blocks - 1})")
+            out.add(i)
+    if not out:
+        raise UserError(f"--blocks {spec!r} selects no block")
+    return sorted(out)

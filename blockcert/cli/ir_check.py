@@ -13,28 +13,6 @@ from rich.table import Table
 from . import app, err_console
 
 
-def parse_blocks(text: str, n_blocks: int) -> list[int]:
-    """``all``, ``0,5,10``, ``0-4`` (and mixes such as ``0-2,7``) -> sorted block indices."""
-    from ..errors import UserError
-
-    if text.strip() == "all":
-        return list(range(n_blocks))
-    out: set[int] = set()
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        lo, dash, hi = part.partition("-")
-        try:
-            rng = range(int(lo), int(hi) + 1) if dash else range(int(lo), int(lo) + 1)
-        except ValueError:
-            raise UserError(f"--blocks {text!r}: {part!r} is not a block index or range", "use all, 0,5,10 or 0-4") from None
-        for i in rng:
-            if not 0 <= i < n_blocks:
-                raise UserError(f"--blocks {text!r}: block {i} does not exist (the model has blocks 0-{n_blocks - 1})")
-            out.add(i)
-    if not out:
-        raise UserError(f"--blocks {text!r} selects no block")
-    return sorted(out)
-
-
 @app.command("ir-check")
 def ir_check(
     model: str = typer.Option(None, "--model", "-m", help="Local HF directory, .gguf file, or registered name (default: the embedded SmolLM2-135M-Instruct)."),
@@ -52,6 +30,7 @@ def ir_check(
     from ..equivalence import check_blocks
     from ..models import load_model
     from ..promptsets import load_prompts
+    from ..spec import parse_blocks
 
     texts = load_prompts(prompts)
     with err_console.status("Loading model"):

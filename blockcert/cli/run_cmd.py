@@ -1,0 +1,63 @@
+"""``blockcert run``: certify every block of a model on a prompt set."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import app
+
+
+@app.command("run")
+def run_command(
+    model: str = typer.Option(None, "--model", "-m", help="Local HF directory, .gguf file, or registered name (default: the embedded SmolLM2-135M-Instruct)."),
+    arch: str = typer.Option(None, "--arch", help="Architecture plugin (default: detected from the model)."),
+    prompts: str = typer.Option("builtin:stress", "--prompts", "-p", help="builtin:default, builtin:stress, a text file (one prompt per line) or .jsonl."),
+    blocks: str = typer.Option("all", "--blocks", "-b", help="all, 0,5,10 or 0-4."),
+    tau_act: float = typer.Option(1e-2, "--tau-act", help="τ_act: a token is covered if its block-output error e(p,t) ≤ τ_act (eq. 6)."),
+    tau_loss: float = typer.Option(1e-3, "--tau-loss", help="τ_loss: a token's loss is unaffected if |Δℓ| ≤ τ_loss (eq. 7-8)."),
+    alpha_act: float = typer.Option(0.94, "--alpha-act", help="α_act: certified needs cov_act ≥ α_act (eq. 9)."),
+    alpha_loss: float = typer.Option(0.9, "--alpha-loss", help="α_loss: certified needs cov_loss ≥ α_loss (eq. 10)."),
+    dtype: str = typer.Option("float32", "--dtype", help="Native precision: float32, bfloat16 or float16. The IR always replays in float32."),
+    out: Path = typer.Option(Path("blockcert-out"), "--out", "-o", help="Output directory."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out; finished blocks are kept."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing BlockCert run in --out."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Prompts per batch (trace capture and loss-coverage suffixes)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout (progress still goes to stderr)."),
+) -> None:
+    """Certify blocks: trace the model, extract each block to IR, replay, measure ε, MAE, cov_act, cov_path,
+    cov_loss, and write hash-tied certificates to --out.
+
+    Exit code 0 when the run completed (whatever the verdicts), 2 for a usage error.
+    """
+    from ..errors import UserError
+    from ..metrics import Policy
+    from ..run import run
+
+    try:
+        policy = Policy(tau_act=tau_act, tau_loss=tau_loss, alpha_act=alpha_act, alpha_loss=alpha_loss)
+    except ValueError as exc:
+        raise UserError(f"invalid threshold: {exc}") from exc
+    result = run(model, arch=arch, prompts=prompts, blocks=blocks, policy=policy, dtype=dtype, out=out,
+                 resume=resume, force=force, batch_size=batch_size, progress=True)
+    if as_json:
+        typer.echo(json.dumps(result.summary(), indent=2))
+        return
+    table = Table(title=f"{result.model} ({result.arch}, {result.dtype}) on {result.prompts}: "
+                        f"{result.n_prompts} prompts, {result.tokens} tokens")
+    for col in ("block", "ε", "MAE", "rel max", "cov_act", "cov_path", "cov_loss", "best prompt", "certified"):
+        table.add_column(col, justify="right")
+    for b in result.blocks:
+        m = b.metrics
+        table.add_row(str(b.index), f"{m.epsilon:.3e}", f"{m.mae:.3e}", f"{m.rel_max:.2e}", f"{m.cov_act:.3f}",
+                      f"{m.cov_path:.3f}", f"{m.cov_loss:.3f}", str(m.best_prompt),
+                      "[green]yes[/]" if b.certified else "[red]no[/]")
+    console = Console()
+    console.print(table)
+    n_ok = sum(b.certified for b in result.blocks)
+    console.print(f"{n_ok}/{len(result.blocks)} blocks certified at α_act={policy.alpha_act}, α_loss={policy.alpha_loss} "
+                  f"(τ_act={policy.tau_act:g}, τ_loss={policy.tau_loss:g}); written to {result.out}/")

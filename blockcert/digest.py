@@ -1,0 +1,67 @@
+"""Digests: files, tensors (over name, dtype, shape and little-endian bytes), canonical JSON.
+
+A tensor digest does not depend on the container (safetensors header order, metadata, zip layout):
+two files holding the same named tensors have the same tensor digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rfc8785
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _update_tensor(h: Any, name: str, dtype: str, shape: Iterable[int], data: Any) -> None:
+    header = rfc8785.dumps([name, dtype, [int(s) for s in shape]])
+    h.update(len(header).to_bytes(8, "little"))
+    h.update(header)
+    h.update(data)
+
+
+def tensors_sha256(tensors: Mapping[str, np.ndarray]) -> str:
+    """SHA-256 over every (name, dtype, shape, C-order little-endian bytes), names sorted."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        a = np.ascontiguousarray(tensors[name])
+        if a.dtype.byteorder == ">":
+            a = a.astype(a.dtype.newbyteorder("<"))
+        _update_tensor(h, name, a.dtype.name, a.shape, a.view(np.uint8).reshape(-1) if a.size else b"")
+    return h.hexdigest()
+
+
+def torch_state_sha256(state: Mapping[str, Any]) -> str:
+    """The same digest for a torch state dict (any dtype, bfloat16 included), without a float copy."""
+    import torch
+
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().to("cpu").contiguous()
+        raw = t.reshape(-1).view(torch.uint8).numpy() if t.numel() else b""
+        _update_tensor(h, name, str(t.dtype).removeprefix("torch."), t.shape, raw)
+    return h.hexdigest()
+
+
+def canonical_json(obj: Any) -> bytes:
+    """RFC 8785 (JCS) bytes: sorted keys, no insignificant whitespace, no NaN/Infinity."""
+    return rfc8785.dumps(obj)
+
+
+def json_sha256(obj: Any) -> str:
+    return hashlib.sha256(canonical_json(obj)).hexdigest()
+
+
+def relpath_posix(path: Path, root: Path) -> str:
+    return path.resolve().relative_to(root.resolve()).as_posix()
