@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, prog_name="blockcert")  # click handles --help and usage errors (exit 2) itself
     except UserError as exc:
-        err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+        err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
         if exc.hint:
-            err_console.print(f"  [dim]hint:[/] {exc.hint}", highlight=False)
+            err_console.print(f"  [dim]hint:[/] {exc.hint}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
