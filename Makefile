@@ -1,5 +1,5 @@
 # The few verbs everyone uses. Every target is idempotent and builds .venv from scratch if needed.
-#   make demo   set up, then convert every block of the default model to IR and show the replay error
+#   make demo   set up, then certify every block of the default model on the stress prompts (blockcert-out/)
 #   make test   set up, then run the test suite
 PYTHON ?= python3
 VENV   ?= .venv
@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: setup
-	$(BIN)/blockcert ir-check
+	$(BIN)/blockcert run --out blockcert-out --force
 
 test: setup
 	$(BIN)/python -m pytest

@@ -3,6 +3,7 @@
 ``import blockcert`` is cheap and never imports torch or transformers; the API below is loaded lazily.
 
 >>> import blockcert
+>>> result = blockcert.run(blocks="0,15,29", out="blockcert-out")   # certify blocks -> RunResult
 >>> m = blockcert.load_model()                       # the default model (SmolLM2-135M-Instruct)
 >>> ir = blockcert.to_ir(m, 3)                       # block 3 as an explicit IR
 >>> blockcert.save_ir(ir, "block_3/ir"); ir2 = blockcert.load_ir("block_3/ir")
@@ -27,11 +28,18 @@ _LAZY = {
     "Replay": ("blockcert.interpreter", "Replay"),
     "get_plugins": ("blockcert.plugins", "get_plugins"),
     "check_blocks": ("blockcert.equivalence", "check_blocks"),
+    "run": ("blockcert.pipeline", "run"),
+    "RunResult": ("blockcert.pipeline", "RunResult"),
+    "BlockResult": ("blockcert.pipeline", "BlockResult"),
+    "Policy": ("blockcert.metrics", "Policy"),
+    "BlockMetrics": ("blockcert.metrics", "BlockMetrics"),
     "parse_spec": ("blockcert.spec", "parse_spec"),
 }
 
 if TYPE_CHECKING:
     from .equivalence import check_blocks
+    from .metrics import BlockMetrics, Policy
+    from .pipeline import BlockResult, RunResult, run
     from .interpreter import Replay, replay
     from .models import LoadedModel, load_model, wrap_model
     from .plugins import get_plugins
@@ -54,6 +62,11 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "SCHEMA_VERSION",
+    "BlockMetrics",
+    "BlockResult",
+    "Policy",
+    "RunResult",
+    "run",
     "BlockIR",
     "LoadedModel",
     "Replay",

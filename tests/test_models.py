@@ -87,3 +87,12 @@ def test_wrap_model_detects_architecture():
     model = seeded_model(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                                      num_attention_heads=4, num_key_value_heads=2), 1)
     assert blockcert.wrap_model(model).arch == "llama"
+
+
+def test_unsupported_architecture_is_named(tmp_path):
+    from transformers import GPTNeoXConfig
+
+    config = GPTNeoXConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    seeded_model(config, 0).save_pretrained(tmp_path / "neox")
+    with pytest.raises(UserError, match="no plugin handles model_type 'gpt_neox'"):
+        load_model(tmp_path / "neox")

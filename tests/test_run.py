@@ -19,7 +19,7 @@ from blockcert.errors import UserError
 from blockcert.interpreter import replay
 from blockcert.ir import load_ir
 from blockcert.metrics import Policy
-from blockcert.run import run
+from blockcert.pipeline import run
 from strategies import seeded_model
 
 

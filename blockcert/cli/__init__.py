@@ -21,6 +21,14 @@ app = typer.Typer(
 err_console = Console(stderr=True)
 
 
+def out_console() -> Console:
+    """Console for results on stdout; when piped to a file, wide enough that tables are not truncated."""
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=max(console.width, 140))
+    return console
+
+
 def _version(value: bool) -> None:
     if value:
         from .. import __version__

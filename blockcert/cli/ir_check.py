@@ -6,11 +6,10 @@ import json
 
 import attrs
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from . import app, err_console
+from . import app, err_console, out_console
 
 
 @app.command("ir-check")
@@ -60,8 +59,8 @@ def ir_check(
                 row += [f"{r.max_abs_numpy:.3e}", f"{r.rel_numpy:.3e}"]
             row.append("[green]yes[/]" if rel <= tolerance else "[red]no[/]")
             table.add_row(*row)
-        Console().print(table)
-        Console().print(f"worst relative error {worst:.3e} (tolerance {tolerance:g}): " + ("[green]all blocks match[/]" if ok else "[red]mismatch[/]"))
+        out_console().print(table)
+        out_console().print(f"worst relative error {worst:.3e} (tolerance {tolerance:g}): " + ("[green]all blocks match[/]" if ok else "[red]mismatch[/]"))
     if not ok:
         raise typer.Exit(1)
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from . import app
+from . import app, out_console
 
 
 @app.command("plugins")
@@ -26,7 +25,7 @@ def plugins(as_json: bool = typer.Option(False, "--json", help="Machine-readable
         table.add_column(col)
     for i in infos:
         table.add_row(i.name, i.version, "yes" if i.builtin else "", "\n".join(i.hooks))
-    Console().print(table)
+    out_console().print(table)
 
 
 @app.command("models")
@@ -54,4 +53,4 @@ def models(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
         table.add_column(col, overflow="fold")
     for r in rows:
         table.add_row(r["name"], "yes" if r["default"] else "", "yes" if r["installed"] else "[red]no[/]", r["location"], r["description"])
-    Console().print(table)
+    out_console().print(table)

@@ -6,10 +6,9 @@ import json
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from . import app
+from . import app, out_console
 
 
 @app.command("run")
@@ -36,7 +35,7 @@ def run_command(
     """
     from ..errors import UserError
     from ..metrics import Policy
-    from ..run import run
+    from ..pipeline import run
 
     try:
         policy = Policy(tau_act=tau_act, tau_loss=tau_loss, alpha_act=alpha_act, alpha_loss=alpha_loss)
@@ -56,7 +55,7 @@ def run_command(
         table.add_row(str(b.index), f"{m.epsilon:.3e}", f"{m.mae:.3e}", f"{m.rel_max:.2e}", f"{m.cov_act:.3f}",
                       f"{m.cov_path:.3f}", f"{m.cov_loss:.3f}", str(m.best_prompt),
                       "[green]yes[/]" if b.certified else "[red]no[/]")
-    console = Console()
+    console = out_console()
     console.print(table)
     n_ok = sum(b.certified for b in result.blocks)
     console.print(f"{n_ok}/{len(result.blocks)} blocks certified at α_act={policy.alpha_act}, α_loss={policy.alpha_loss} "
