@@ -164,40 +164,67 @@ def _pad(arrays: Sequence[np.ndarray]) -> torch.Tensor:
     return out
 
 
+@attrs.frozen
+class Measurement:
+    """Per-prompt arrays for one block: what eq. (3)-(10) aggregate."""
+
+    errors: list[np.ndarray]  # [T_p] e(p,t)
+    norms: list[np.ndarray]  # [T_p] ||x^(l+1)_t||
+    paths: list[np.ndarray]  # [T_p] bool: all discrete decisions match
+    base: list[np.ndarray]  # [T_p - 1] baseline token losses (from the trace)
+    stitched: list[np.ndarray]  # [T_p - 1] token losses with block l replaced by its replay
+
+
 @torch.no_grad()
-def certify_block(
-    loaded: LoadedModel, traces: Sequence[PromptTrace], index: int, root: Path, policy: Policy,
-    n_ctx: int, shared_subjects: Sequence[dict[str, Any]], manifest: dict[str, Any], batch_size: int,
-) -> BlockResult:
-    """Extract block ``index``, replay it on its traces, measure, write its artifacts and certificate."""
+def measure_block(loaded: LoadedModel, traces: Sequence[PromptTrace], ir: Any, index: int, batch_size: int) -> Measurement:
+    """Replay ``ir`` on the recorded x^(l) of every prompt and re-run the native suffix from its output."""
     plugins = get_plugins()
     native = loaded.native
-    ir = plugins.to_ir(native, index, n_ctx)
-    d = root / block_dir(index)
-    save_ir(ir, d / "ir")
-    errors, norms, paths, base, stitched = [], [], [], [], []
+    m = Measurement([], [], [], [], [])
     for group in batches(len(traces), batch_size):
         part = [traces[k] for k in group]
-        x_in = _pad([t.residual[index] for t in part])  # [B, T, d] recorded x^(l)
-        B, T, _ = x_in.shape
+        # Each prompt is replayed on its own, unpadded, exactly as a verifier will replay it; the
+        # outputs are then padded into one batch for the native suffix.
+        reps = [plugins.replay(ir, torch.from_numpy(t.residual[index])[None]) for t in part]  # [1, T_p, d] each
+        y_pad = _pad([r.output[0].numpy() for r in reps])  # [B, T, d]
+        B, T, _ = y_pad.shape
         positions = torch.arange(T)[None].expand(B, T)
-        rep = plugins.replay(ir, x_in, positions)
-        x = rep.output.to(native.dtype)  # the stitched stream continues in the native precision
+        x = y_pad.to(native.dtype)  # the stitched stream continues in the native precision
         for j in range(index + 1, native.n_blocks):  # the suffix, batched; the prefix is the trace
             x = native.call_block(j, x, positions)
         ids = torch.zeros((B, T), dtype=torch.long)
         for b, t in enumerate(part):
             ids[b, : t.n_tokens] = torch.from_numpy(t.input_ids)
         nll = token_nll(native.head(x), ids)
-        y = rep.output.numpy()
-        for b, t in enumerate(part):
+        for b, (t, rep) in enumerate(zip(part, reps)):
             n = t.n_tokens
-            errors.append(token_errors(y[b, :n], t.residual[index + 1]))
-            norms.append(token_norms(t.residual[index + 1]))
-            paths.append(path_matches(rep.mask[b, :n, :n].numpy(), t.masks[index], rep.head_active.numpy(), t.head_gates[index]))
-            base.append(t.loss)
-            stitched.append(nll[b, : n - 1].numpy())
-    metrics = block_metrics(errors, norms, paths, base, stitched, policy)
+            m.errors.append(token_errors(rep.output[0].numpy(), t.residual[index + 1]))
+            m.norms.append(token_norms(t.residual[index + 1]))
+            m.paths.append(path_matches(rep.mask[0].numpy(), t.masks[index], rep.head_active.numpy(), t.head_gates[index]))
+            m.base.append(t.loss)
+            m.stitched.append(nll[b, : n - 1].numpy())
+    return m
+
+
+def _remove_stale_temps(directory: Path) -> None:
+    """Temp files left by a run that was killed mid-write (never valid artifacts)."""
+    if directory.is_dir():
+        for stale in directory.glob(".*.tmp"):
+            stale.unlink(missing_ok=True)
+
+
+def certify_block(
+    loaded: LoadedModel, traces: Sequence[PromptTrace], index: int, root: Path, policy: Policy,
+    n_ctx: int, shared_subjects: Sequence[dict[str, Any]], manifest: dict[str, Any], batch_size: int,
+) -> BlockResult:
+    """Extract block ``index``, replay it on its traces, measure, write its artifacts and certificate."""
+    ir = get_plugins().to_ir(loaded.native, index, n_ctx)
+    d = root / block_dir(index)
+    _remove_stale_temps(d)
+    save_ir(ir, d / "ir")
+    meas = measure_block(loaded, traces, ir, index, batch_size)
+    errors, norms, paths, stitched = meas.errors, meas.norms, meas.paths, meas.stitched
+    metrics = block_metrics(errors, norms, paths, meas.base, stitched, policy)
     verdict = certified(metrics.cov_act, metrics.cov_loss, policy)
     from safetensors.numpy import save
 
@@ -273,6 +300,7 @@ def run(
     with bar:
         traces = load_traces(root) if resume else None
         if traces is None:
+            _remove_stale_temps(root / "traces")
             task = bar.add_task("Capturing traces", total=len(texts))
             traces = capture(loaded, texts, batch_size=batch_size, progress=lambda n: bar.advance(task, n))
             save_traces(root, traces, prompts)

@@ -1,0 +1,81 @@
+"""``blockcert verify``: re-derive every claim of a run's certificates from its artifacts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from . import app, err_console, out_console
+
+
+@app.command("verify")
+def verify_command(
+    path: Path = typer.Argument(..., help="A blockcert run directory, or one block certificate.json."),
+    level: str = typer.Option("replay", "--level", "-l", help="hashes | replay | full (full also needs --model)."),
+    reference: str = typer.Option("torch", "--reference", help="torch (float32, as the producer) or numpy (float64, never imports torch)."),
+    model: str = typer.Option(None, "--model", "-m", help="With --level full: the model to check against the certificates."),
+    tau_act: float = typer.Option(1e-2, "--tau-act", help="The verifier's τ_act (the certificate cannot loosen it)."),
+    tau_loss: float = typer.Option(1e-3, "--tau-loss", help="The verifier's τ_loss."),
+    alpha_act: float = typer.Option(0.94, "--alpha-act", help="The verifier's α_act."),
+    alpha_loss: float = typer.Option(0.9, "--alpha-loss", help="The verifier's α_loss."),
+    tol_abs: float = typer.Option(None, "--tol-abs", help="Absolute tolerance for recomputed real numbers (default 1e-7)."),
+    tol_rel: float = typer.Option(None, "--tol-rel", help="Relative tolerance, times |claimed| (default 1e-5)."),
+    tol_scale: float = typer.Option(None, "--tol-scale", help="Tolerance times the largest residual norm (default 0 for torch, 1e-5 for numpy)."),
+    tol_tokens: int = typer.Option(None, "--tol-tokens", help="Tokens whose coverage may flip (default 0)."),
+    show_all: bool = typer.Option(False, "--all-checks", help="List every check, not only the failed ones."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable report on stdout."),
+) -> None:
+    """Verify certificates: schema, canonical bytes, artifact digests and paths (hashes); replay every IR
+    and recompute the metrics and the verdict under YOUR policy (replay); re-check the model itself (full).
+
+    Exit code 0 if every certificate verifies, 1 if any check fails, 2 for a usage error.
+    """
+    import attrs
+
+    from ..errors import UserError
+    from ..metrics import Policy
+    from ..verify import Tolerances, verify
+
+    try:
+        policy = Policy(tau_act=tau_act, tau_loss=tau_loss, alpha_act=alpha_act, alpha_loss=alpha_loss)
+    except ValueError as exc:
+        raise UserError(f"invalid threshold: {exc}") from exc
+    given = {k: v for k, v in (("abs", tol_abs), ("rel", tol_rel), ("scale", tol_scale), ("tokens", tol_tokens)) if v is not None}
+    tol = attrs.evolve(Tolerances.for_reference(reference), **given)
+    with err_console.status(f"Verifying {path} (level {level}, {reference} reference)"):
+        report = verify(path, level=level, reference=reference, policy=policy, tolerances=tol, model=model)
+    if as_json:
+        typer.echo(json.dumps(report.as_dict(), indent=2))
+    else:
+        console = out_console()
+        console.print(f"policy: τ_act={policy.tau_act:g} τ_loss={policy.tau_loss:g} α_act={policy.alpha_act:g} "
+                      f"α_loss={policy.alpha_loss:g}; tolerances: abs={tol.abs:g} rel={tol.rel:g} scale={tol.scale:g} "
+                      f"tokens={tol.tokens}; level {level}, {reference} reference", highlight=False)
+        table = Table(title=f"Certificates in {report.root}")
+        for col in ("certificate", "block", "checks", "claims certified", "certified (recomputed)", "verified"):
+            table.add_column(col)
+        for cert in report.certificates:
+            passed = sum(ch.ok for ch in cert.checks)
+            table.add_row(cert.path, "" if cert.block is None else str(cert.block), f"{passed}/{len(cert.checks)}",
+                          _yn(cert.claimed_certified), _yn(cert.certified), "[green]yes[/]" if cert.ok else "[red]NO[/]")
+        console.print(table)
+        for cert in report.certificates:
+            rows = [ch for ch in cert.checks if show_all or not ch.ok]
+            if not rows:
+                continue
+            detail = Table(title=cert.path, title_justify="left")
+            for col in ("check", "result", "claimed", "recomputed", "detail"):
+                detail.add_column(col, overflow="fold")
+            for ch in rows:
+                detail.add_row(ch.name, "[green]pass[/]" if ch.ok else "[red]FAIL[/]", ch.claimed, ch.actual, ch.detail)
+            console.print(detail)
+        console.print("[green]verified[/]" if report.ok else "[red]verification failed[/]")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def _yn(value: bool | None) -> str:
+    return "" if value is None else ("yes" if value else "no")

@@ -1,0 +1,172 @@
+"""Reading untrusted artifacts: paths that cannot escape, strict JSON, strictly validated safetensors.
+
+Everything here assumes the input was written by someone trying to fool the verifier. Each problem is
+an :class:`ArtifactError` whose message names the artifact and what is wrong; nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import stat
+import struct
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+
+MAX_JSON_BYTES = 64 << 20
+MAX_TENSOR_FILE_BYTES = 64 << 30
+MAX_SAFETENSORS_HEADER = 16 << 20
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+# safetensors dtype code -> numpy dtype (little-endian). BF16 has no numpy dtype: kept as raw uint16.
+SAFETENSORS_DTYPES: dict[str, np.dtype[Any]] = {
+    "BOOL": np.dtype("?"), "U8": np.dtype("u1"), "I8": np.dtype("i1"), "U16": np.dtype("<u2"), "I16": np.dtype("<i2"),
+    "U32": np.dtype("<u4"), "I32": np.dtype("<i4"), "U64": np.dtype("<u8"), "I64": np.dtype("<i8"),
+    "F16": np.dtype("<f2"), "F32": np.dtype("<f4"), "F64": np.dtype("<f8"), "BF16": np.dtype("<u2"),
+}
+
+
+class ArtifactError(Exception):
+    """An artifact that is missing, unsafe, malformed or inconsistent; the message names it."""
+
+
+def is_sha256_hex(value: Any) -> bool:
+    return isinstance(value, str) and bool(_HEX64.match(value))
+
+
+def check_relpath(name: Any) -> PurePosixPath:
+    """A path inside a certificate: relative, POSIX, normalised, no '..', no empty or '.' parts."""
+    if not isinstance(name, str) or not name:
+        raise ArtifactError(f"artifact path {name!r} is not a non-empty string")
+    if "\\" in name or "\x00" in name:
+        raise ArtifactError(f"artifact path {name!r} contains a backslash or NUL")
+    p = PurePosixPath(name)
+    if p.is_absolute() or name.startswith("/"):
+        raise ArtifactError(f"artifact path {name!r} is absolute; paths must be relative to the run directory")
+    if any(part in ("..", ".", "") for part in name.split("/")):
+        raise ArtifactError(f"artifact path {name!r} contains '..' or '.' or an empty part")
+    return p
+
+
+def resolve_inside(root: Path, name: str) -> Path:
+    """``root/name`` after checking that neither the path nor any symlink along it leaves ``root``."""
+    rel = check_relpath(name)
+    root_real = Path(os.path.realpath(root))
+    target = Path(os.path.realpath(root_real / rel))
+    if target != root_real and root_real not in target.parents:
+        raise ArtifactError(f"artifact {name!r} resolves to {target}, outside the run directory {root_real}")
+    return target
+
+
+def read_artifact(root: Path, name: str, max_bytes: int) -> bytes:
+    """The bytes of a regular file inside ``root`` (no FIFOs, devices, directories; bounded size)."""
+    path = resolve_inside(root, name)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise ArtifactError(f"artifact {name!r} is missing") from None
+    except OSError as exc:
+        raise ArtifactError(f"artifact {name!r} cannot be read: {exc.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ArtifactError(f"artifact {name!r} is not a regular file")
+    if st.st_size > max_bytes:
+        raise ArtifactError(f"artifact {name!r} is {st.st_size} bytes, over the limit of {max_bytes}")
+    with open(path, "rb") as fh:
+        data = fh.read(min(max_bytes, st.st_size) + 1)
+    if len(data) != st.st_size:
+        raise ArtifactError(f"artifact {name!r} changed size while being read")
+    return data
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text} overflows")
+    return value
+
+
+def strict_json(data: bytes, what: str) -> Any:
+    """Parse JSON rejecting duplicate keys, NaN/Infinity, overflowing numbers and invalid UTF-8."""
+    try:
+        text = data.decode("utf-8")
+        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants, parse_float=_finite_float)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ArtifactError(f"{what}: invalid JSON ({exc})") from None
+
+
+def read_safetensors(data: bytes, what: str) -> dict[str, np.ndarray]:
+    """Parse a safetensors blob strictly: bounded header, known dtypes, tensors tiling the data exactly
+    (no overlaps, no holes, nothing trailing), shapes matching byte counts, no duplicate names."""
+    if len(data) < 8:
+        raise ArtifactError(f"{what}: truncated safetensors file ({len(data)} bytes)")
+    (n,) = struct.unpack("<Q", data[:8])
+    if n > MAX_SAFETENSORS_HEADER or n > len(data) - 8:
+        raise ArtifactError(f"{what}: safetensors header length {n} is oversized for a {len(data)}-byte file")
+    header = strict_json(data[8 : 8 + n], f"{what} header")
+    if not isinstance(header, dict):
+        raise ArtifactError(f"{what}: safetensors header is not an object")
+    body = memoryview(data)[8 + n :]
+    entries = []
+    for name, info in header.items():
+        if name == "__metadata__":
+            if not isinstance(info, dict) or not all(isinstance(v, str) for v in info.values()):
+                raise ArtifactError(f"{what}: __metadata__ must map strings to strings")
+            continue
+        if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+            raise ArtifactError(f"{what}: tensor {name!r} has a malformed header entry")
+        dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+        if dtype not in SAFETENSORS_DTYPES:
+            raise ArtifactError(f"{what}: tensor {name!r} has unknown dtype {dtype!r}")
+        if not (isinstance(shape, list) and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape)):
+            raise ArtifactError(f"{what}: tensor {name!r} has an invalid shape {shape!r}")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)):
+            raise ArtifactError(f"{what}: tensor {name!r} has invalid data_offsets {offsets!r}")
+        begin, end = offsets
+        nbytes = int(np.prod(shape, dtype=np.int64)) * SAFETENSORS_DTYPES[dtype].itemsize
+        if not 0 <= begin <= end or end - begin != nbytes:
+            raise ArtifactError(f"{what}: tensor {name!r} spans bytes {begin}-{end} but shape {shape} of {dtype} needs {nbytes}")
+        entries.append((begin, end, name, dtype, shape))
+    entries.sort()
+    cursor = 0
+    for begin, end, name, _, _ in entries:
+        if begin != cursor:
+            kind = "overlaps the previous tensor" if begin < cursor else f"leaves a hole of {begin - cursor} bytes before it"
+            raise ArtifactError(f"{what}: tensor {name!r} {kind}")
+        cursor = end
+    if cursor != len(body):
+        raise ArtifactError(f"{what}: tensors cover {cursor} bytes but the data section has {len(body)} (truncated or extended)")
+    out = {}
+    for begin, end, name, dtype, shape in entries:
+        out[name] = np.frombuffer(body[begin:end], dtype=SAFETENSORS_DTYPES[dtype]).reshape(shape)
+    return out
+
+
+def read_npz(data: bytes, what: str) -> dict[str, np.ndarray]:
+    """Arrays from an ``.npz`` (paper-compatible import) without ever unpickling: object arrays are refused."""
+    import io
+    import zipfile
+
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+            return {name: archive[name] for name in archive.files}
+    except ValueError as exc:  # numpy refuses object arrays when allow_pickle=False
+        raise ArtifactError(f"{what}: refused ({exc}); .npz imports may hold plain numeric arrays only") from None
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise ArtifactError(f"{what}: not a valid .npz archive ({exc})") from None

@@ -1,0 +1,440 @@
+"""The third-party verifier: re-derive every claim of a run's certificates from the artifacts alone.
+
+Levels (each includes the one before):
+
+* ``hashes``: strict JSON, canonical bytes, statement type and schema, every subject's path and digest,
+  the required artifacts present and no unreferenced ones, cross-references (metrics, IR, trace index).
+* ``replay``: replays every IR on its recorded traces (torch float32, or numpy float64 with
+  ``reference="numpy"``, which never imports torch), recomputes e(p,t), eps, MAE, cov_act, cov_path,
+  cov_loss (from the stored per-token losses), and the verdict under the verifier's policy.
+* ``full``: also loads the model, checks its weights digest, re-captures the traces and re-runs the
+  suffixes to re-derive the stitched losses and cov_loss.
+
+The verifier's policy comes from its caller, never from the certificate: a certificate whose thresholds
+are looser than the verifier's fails, and a claimed ``certified: true`` must hold under the verifier's
+policy. Unknown fields are errors. Each check reports claimed vs recomputed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import numpy as np
+import rfc8785
+
+from .certificate import BLOCK_PREDICATE, CERT_SCHEMA_VERSION, STATEMENT_TYPE, TENSOR_ANNOTATION
+from .digest import tensors_sha256
+from .errors import UserError
+from .ir import BlockIR, from_dict
+from .metrics import Policy, block_metrics, certified, path_matches, token_errors, token_norms
+from .safeio import MAX_JSON_BYTES, MAX_TENSOR_FILE_BYTES, ArtifactError, is_sha256_hex, read_artifact, read_safetensors, strict_json
+
+LEVELS = ("hashes", "replay", "full")
+REFERENCES = ("torch", "numpy")
+
+METRIC_FIELDS = ("epsilon", "mae", "cov_act", "cov_path", "cov_loss", "rel_max", "rel_mean", "tokens", "loss_tokens", "best_prompt")
+PREDICATE_FIELDS = {"schema_version", "tool", "model", "block", "prompts", "policy", "metrics", "verdict", "replay", "surrogate"}
+MODEL_FIELDS = {"name", "arch", "dtype", "weights_sha256", "source_sha256", "n_blocks", "d_model"}
+BLOCK_FIELDS = {"index", "arch", "n_ctx", "ir"}
+PROMPT_FIELDS = {"description", "count", "sha256", "tokens", "trace_index"}
+POLICY_FIELDS = {"tau_act", "tau_loss", "alpha_act", "alpha_loss"}
+VERDICT_FIELDS = {"certified", "cov_act_ok", "cov_loss_ok"}
+REPLAY_FIELDS = {"backend", "dtype", "interpreter_sha256"}
+TOOL_FIELDS = {"name", "version"}
+
+
+@attrs.frozen
+class Tolerances:
+    """How far a recomputed real number may sit from the claimed one: ``abs + rel*|claimed| + scale*max||x||``.
+
+    ``scale`` absorbs rounding that is relative to the activation magnitude (a float64 reference replay
+    differs from the producer's float32 one by ~1e-7 of the largest residual norm). Coverages are token
+    counts and must match exactly, up to ``tokens`` flipped tokens.
+    """
+
+    abs: float = 1e-7
+    rel: float = 1e-5
+    scale: float = 0.0
+    tokens: int = 0
+
+    @classmethod
+    def for_reference(cls, reference: str) -> Tolerances:
+        # measured on SmolLM2: |e_f64 - e_f32| <= 2.5e-6 ||x_t||; the default leaves a 4x margin
+        return cls(scale=1e-5) if reference == "numpy" else cls()
+
+
+@attrs.frozen
+class Check:
+    name: str
+    ok: bool
+    claimed: str = ""
+    actual: str = ""
+    detail: str = ""
+
+
+@attrs.frozen
+class CertReport:
+    path: str
+    kind: str
+    block: int | None
+    claimed_certified: bool | None
+    certified: bool | None  # recomputed under the verifier's policy (None at level hashes)
+    checks: tuple[Check, ...]
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+
+@attrs.frozen
+class VerifyReport:
+    root: str
+    level: str
+    reference: str
+    policy: Policy
+    tolerances: Tolerances
+    certificates: tuple[CertReport, ...]
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.certificates) and all(c.ok for c in self.certificates)
+
+    def as_dict(self) -> dict[str, Any]:
+        return attrs.asdict(self) | {"ok": self.ok}
+
+
+class _Fail(Exception):
+    """Stops the checks of one certificate (the failure is already recorded)."""
+
+
+class _Checker:
+    def __init__(self) -> None:
+        self.checks: list[Check] = []
+
+    def record(self, name: str, ok: bool, claimed: Any = "", actual: Any = "", detail: str = "") -> bool:
+        self.checks.append(Check(name, bool(ok), _fmt(claimed), _fmt(actual), detail))
+        return bool(ok)
+
+    def require(self, name: str, ok: bool, claimed: Any = "", actual: Any = "", detail: str = "") -> None:
+        if not self.record(name, ok, claimed, actual, detail):
+            raise _Fail
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return "" if value is None or value == "" else str(value)
+
+
+def _exact_keys(c: _Checker, what: str, obj: Any, keys: set[str]) -> None:
+    if not isinstance(obj, dict):
+        c.require(f"schema {what}", False, "object", type(obj).__name__)
+    missing, extra = keys - set(obj), set(obj) - keys
+    c.require(f"schema {what}", not missing and not extra, ",".join(sorted(keys)), ",".join(sorted(obj)),
+              f"missing {sorted(missing)}" if missing else f"unknown fields {sorted(extra)}" if extra else "")
+
+
+def _typed(c: _Checker, what: str, value: Any, kind: type | tuple[type, ...]) -> Any:
+    ok = isinstance(value, kind) and not (kind in (int, float, (int, float)) and isinstance(value, bool))
+    c.require(f"schema {what}", ok, getattr(kind, "__name__", str(kind)), type(value).__name__)
+    return value
+
+
+def _real(c: _Checker, what: str, value: Any) -> float:
+    _typed(c, what, value, (int, float))
+    return float(value)
+
+
+def _close(tol: Tolerances, claimed: float, actual: float, peak: float) -> bool:
+    return abs(claimed - actual) <= tol.abs + tol.rel * abs(claimed) + tol.scale * peak
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+def _load_certificate(root: Path, rel: str, c: _Checker) -> tuple[dict[str, Any], bytes]:
+    try:
+        raw = read_artifact(root, rel, MAX_JSON_BYTES)
+        cert = strict_json(raw, rel)
+    except ArtifactError as exc:
+        c.require("certificate readable", False, detail=str(exc))
+    c.require("certificate is an object", isinstance(cert, dict), "object", type(cert).__name__)
+    try:
+        canonical = rfc8785.dumps(cert)
+    except Exception as exc:  # rfc8785 raises its own errors for integers out of range etc.
+        c.require("canonical JSON (RFC 8785)", False, detail=f"{rel}: {exc}")
+    c.require("canonical JSON (RFC 8785)", canonical == raw, f"{len(canonical)} canonical bytes", f"{len(raw)} bytes",
+              "" if canonical == raw else f"{rel} is not in canonical form (re-serialised or edited by hand)")
+    _exact_keys(c, "statement", cert, {"_type", "subject", "predicateType", "predicate"})
+    c.require("statement _type", cert["_type"] == STATEMENT_TYPE, STATEMENT_TYPE, cert["_type"])
+    c.require("predicateType", cert["predicateType"] == BLOCK_PREDICATE, BLOCK_PREDICATE, cert["predicateType"],
+              "unknown predicate type or schema major version")
+    return cert, raw
+
+
+def _check_subjects(root: Path, cert: dict[str, Any], c: _Checker) -> dict[str, bytes]:
+    subjects = _typed(c, "subject", cert["subject"], list)
+    contents: dict[str, bytes] = {}
+    names = []
+    for s in subjects:
+        _typed(c, "subject entry", s, dict)
+        c.require("schema subject entry", {"name", "digest"} <= set(s) <= {"name", "digest", "annotations"},
+                  "name, digest[, annotations]", ",".join(sorted(s)))
+        name = _typed(c, "subject name", s["name"], str)
+        names.append(name)
+        digest = _typed(c, f"digest of {name}", s["digest"], dict)
+        c.require(f"digest algorithm of {name}", set(digest) == {"sha256"}, "sha256", ",".join(sorted(digest)),
+                  "only sha256 digests are accepted")
+        c.require(f"digest hex of {name}", is_sha256_hex(digest["sha256"]), "64 lowercase hex digits", digest["sha256"])
+        limit = MAX_TENSOR_FILE_BYTES if name.endswith(".safetensors") else MAX_JSON_BYTES
+        try:
+            data = read_artifact(root, name, limit)
+        except ArtifactError as exc:
+            c.require(f"artifact {name}", False, detail=str(exc))
+        actual = hashlib.sha256(data).hexdigest()
+        c.require(f"sha256 {name}", actual == digest["sha256"], digest["sha256"][:16], actual[:16])
+        if name.endswith(".safetensors"):
+            ann = _typed(c, f"annotations of {name}", s.get("annotations"), dict)
+            c.require(f"annotations of {name}", set(ann) == {TENSOR_ANNOTATION}, TENSOR_ANNOTATION, ",".join(sorted(ann)))
+            try:
+                tensors = read_safetensors(data, name)
+            except ArtifactError as exc:
+                c.require(f"tensors {name}", False, detail=str(exc))
+            td = tensors_sha256(tensors)
+            c.require(f"tensor digest {name}", td == ann[TENSOR_ANNOTATION], ann[TENSOR_ANNOTATION][:16], td[:16])
+        else:
+            c.require(f"annotations of {name}", "annotations" not in s, "none", "present")
+        contents[name] = data
+    c.require("subjects unique and sorted", names == sorted(set(names)), "sorted, unique", ",".join(names)[:80])
+    return contents
+
+
+def _check_block_files(root: Path, block_dirname: str, contents: dict[str, bytes], c: _Checker) -> None:
+    expected = {f"{block_dirname}/{n}" for n in ("ir.json", "ir.safetensors", "errors.safetensors", "metrics.json")}
+    missing = expected - set(contents)
+    c.require("required artifacts referenced", not missing, "ir, errors, metrics", "", f"not referenced: {sorted(missing)}")
+    on_disk = {f"{block_dirname}/{p.name}" for p in (root / block_dirname).iterdir()} - {f"{block_dirname}/certificate.json"}
+    extra = on_disk - set(contents)
+    c.require("no unreferenced artifacts", not extra, "", ", ".join(sorted(extra)),
+              f"files in {block_dirname}/ that the certificate does not cover: {sorted(extra)}" if extra else "")
+
+
+def _check_predicate(pred: Any, c: _Checker, policy: Policy) -> None:
+    _exact_keys(c, "predicate", pred, PREDICATE_FIELDS)
+    c.require("predicate schema_version", pred["schema_version"] == CERT_SCHEMA_VERSION, CERT_SCHEMA_VERSION, pred["schema_version"])
+    _exact_keys(c, "predicate.tool", pred["tool"], TOOL_FIELDS)
+    _exact_keys(c, "predicate.model", pred["model"], MODEL_FIELDS)
+    _typed(c, "model.weights_sha256", pred["model"]["weights_sha256"], str)
+    c.require("model.weights_sha256 hex", is_sha256_hex(pred["model"]["weights_sha256"]), "sha256 hex", pred["model"]["weights_sha256"])
+    _exact_keys(c, "predicate.block", pred["block"], BLOCK_FIELDS)
+    _typed(c, "block.index", pred["block"]["index"], int)
+    _exact_keys(c, "predicate.prompts", pred["prompts"], PROMPT_FIELDS)
+    _exact_keys(c, "predicate.policy", pred["policy"], POLICY_FIELDS)
+    _exact_keys(c, "predicate.metrics", pred["metrics"], set(METRIC_FIELDS))
+    for key in METRIC_FIELDS:
+        _real(c, f"metrics.{key}", pred["metrics"][key])
+    _exact_keys(c, "predicate.verdict", pred["verdict"], VERDICT_FIELDS)
+    for key in VERDICT_FIELDS:
+        _typed(c, f"verdict.{key}", pred["verdict"][key], bool)
+    _exact_keys(c, "predicate.replay", pred["replay"], REPLAY_FIELDS)
+    c.require("surrogate", pred["surrogate"] is None, "null", pred["surrogate"], "this verifier knows no surrogate certificates yet")
+    claimed = {k: _real(c, f"policy.{k}", pred["policy"][k]) for k in POLICY_FIELDS}
+    ours = attrs.asdict(policy)
+    looser = [k for k in POLICY_FIELDS if (claimed[k] > ours[k] if k.startswith("tau") else claimed[k] < ours[k])]
+    c.require("policy not looser than the verifier's", not looser,
+              ", ".join(f"{k}={ours[k]:g}" for k in sorted(POLICY_FIELDS)),
+              ", ".join(f"{k}={claimed[k]:g}" for k in sorted(POLICY_FIELDS)),
+              f"certificate loosens {looser}; verify with matching flags to accept it deliberately" if looser else "")
+
+
+def _cross_refs(pred: dict[str, Any], contents: dict[str, bytes], block_dirname: str, c: _Checker) -> tuple[dict[str, Any], dict[str, Any]]:
+    metrics_record = strict_json(contents[f"{block_dirname}/metrics.json"], f"{block_dirname}/metrics.json")
+    _exact_keys(c, "metrics.json", metrics_record, {"block", "metrics", "certified", "policy"})
+    for key in METRIC_FIELDS:
+        c.require(f"metrics.json {key} = certificate", metrics_record["metrics"].get(key) == pred["metrics"][key],
+                  pred["metrics"][key], metrics_record["metrics"].get(key))
+    c.require("metrics.json verdict = certificate", metrics_record["certified"] == pred["verdict"]["certified"],
+              pred["verdict"]["certified"], metrics_record["certified"])
+    c.require("metrics.json policy = certificate", metrics_record["policy"] == pred["policy"], pred["policy"], metrics_record["policy"])
+    c.require("block index", metrics_record["block"] == pred["block"]["index"] and block_dirname == f"block_{pred['block']['index']:03d}",
+              pred["block"]["index"], f"{metrics_record['block']} in {block_dirname}")
+    index_name = pred["prompts"]["trace_index"]
+    c.require("trace index referenced", index_name in contents, index_name, "", "the certificate must cover the trace index")
+    index = strict_json(contents[index_name], index_name)
+    _exact_keys(c, "trace index", index, {"prompts", "prompts_sha256", "entries"})
+    texts = [e.get("text") for e in index["entries"]] if isinstance(index["entries"], list) else []
+    recomputed = hashlib.sha256(rfc8785.dumps(texts)).hexdigest()
+    c.require("prompt set digest", recomputed == pred["prompts"]["sha256"] == index["prompts_sha256"],
+              pred["prompts"]["sha256"][:16], recomputed[:16], "the traces are not those of the certified prompt set")
+    c.require("prompt count", len(texts) == pred["prompts"]["count"], pred["prompts"]["count"], len(texts))
+    for e in index["entries"]:
+        _exact_keys(c, "trace index entry", e, {"index", "text", "tokens", "file"})
+        c.require(f"trace {e['file']} referenced", e["file"] in contents, e["file"], "", "every trace file must be a subject")
+    return metrics_record, index
+
+
+def _load_ir(contents: dict[str, bytes], block_dirname: str, c: _Checker) -> BlockIR:
+    meta = strict_json(contents[f"{block_dirname}/ir.json"], f"{block_dirname}/ir.json")
+    tensors = read_safetensors(contents[f"{block_dirname}/ir.safetensors"], f"{block_dirname}/ir.safetensors")
+    try:
+        return from_dict(meta, {k: np.array(v) for k, v in tensors.items()})
+    except UserError as exc:
+        c.require("IR well-formed", False, detail=f"{block_dirname}/ir: {exc.message}")
+        raise
+
+
+def _replay_checks(pred: dict[str, Any], contents: dict[str, bytes], index: dict[str, Any], ir: BlockIR, block_dirname: str,
+                   c: _Checker, policy: Policy, tol: Tolerances, reference: str, full: Any) -> bool:
+    from .interpreter import replay
+
+    L = pred["model"]["n_blocks"]
+    ell = pred["block"]["index"]
+    c.require("IR block index", ir.index == ell and ir.arch == pred["block"]["arch"] and ir.n_ctx == pred["block"]["n_ctx"],
+              f"{ell}/{pred['block']['arch']}/{pred['block']['n_ctx']}", f"{ir.index}/{ir.arch}/{ir.n_ctx}")
+    per_token = read_safetensors(contents[f"{block_dirname}/errors.safetensors"], f"{block_dirname}/errors.safetensors")
+    errors, norms, paths, base, stitched, residuals = [], [], [], [], [], []
+    peak = 0.0
+    for e in index["entries"]:
+        t = read_safetensors(contents[e["file"]], e["file"])
+        _exact_keys(c, f"trace {e['file']}", t, {"input_ids", "residual", "masks", "head_gates", "loss"})
+        res, n = t["residual"], int(t["input_ids"].shape[0])
+        c.require(f"trace shapes {e['file']}", res.ndim == 3 and res.shape[:2] == (L + 1, n) and t["masks"].shape == (L, n, n)
+                  and t["loss"].shape == (n - 1,) and n == e["tokens"], f"[{L + 1},{n},d]", str(res.shape))
+        x_in, x_out = res[ell], res[ell + 1]
+        residuals.append(res)
+        if reference == "numpy":
+            out = replay(ir, x_in.astype(np.float64)[None])
+            y, mask, gates = out.output[0], out.mask[0], out.head_active
+        else:
+            import torch
+
+            out = replay(ir, torch.from_numpy(np.array(x_in, dtype=np.float32))[None])
+            y, mask, gates = out.output[0].numpy(), out.mask[0].numpy(), out.head_active.numpy()
+        errors.append(token_errors(y, x_out))
+        norms.append(token_norms(x_out))
+        peak = max(peak, float(norms[-1].max()))
+        paths.append(path_matches(mask, t["masks"][ell], gates, t["head_gates"][ell]))
+        base.append(np.asarray(t["loss"], np.float64))
+        key = f"p{e['index']:03d}.loss_stitched"
+        c.require(f"stored stitched losses {key}", key in per_token and per_token[key].shape == (n - 1,), f"[{n - 1}]",
+                  str(per_token[key].shape) if key in per_token else "missing")
+        stitched.append(np.asarray(per_token[key], np.float64))
+        stored_e = per_token.get(f"p{e['index']:03d}.error")
+        c.require(f"stored errors p{e['index']:03d}", stored_e is not None and stored_e.shape == (n,) and
+                  all(_close(tol, float(a), float(b), float(w)) for a, b, w in zip(stored_e, errors[-1], norms[-1])),
+                  "per-token errors of the replay", "differ" if stored_e is not None else "missing")
+    if full is not None:
+        stitched = full(ir, ell, base, stitched, c, pred, [e["text"] for e in index["entries"]], residuals)
+    cert_policy = Policy(**pred["policy"])
+    mine = block_metrics(errors, norms, paths, base, stitched, cert_policy)
+    claimed = pred["metrics"]
+    for key in ("epsilon", "mae", "rel_max", "rel_mean"):
+        scale_peak = peak if key in ("epsilon", "mae") else 1.0
+        c.record(f"metric {key}", _close(tol, claimed[key], getattr(mine, key), scale_peak), claimed[key], getattr(mine, key))
+    # cov_act: a token whose recomputed error lies within the rounding band of tau_act may count either way
+    bands = [tol.abs + tol.scale * n for n in norms]
+    lo = [float(np.mean(e + b <= cert_policy.tau_act)) for e, b in zip(errors, bands)]
+    hi = [float(np.mean(e - b <= cert_policy.tau_act)) for e, b in zip(errors, bands)]
+    sizes = [e.size for e in errors]
+    total_lo = sum(v * n for v, n in zip(lo, sizes)) / mine.tokens
+    total_hi = sum(v * n for v, n in zip(hi, sizes)) / mine.tokens
+    slack = tol.tokens / mine.tokens
+    c.record("metric cov_act", total_lo - slack - 1e-12 <= claimed["cov_act"] <= total_hi + slack + 1e-12, claimed["cov_act"],
+             mine.cov_act if total_lo == total_hi else f"{total_lo:.6g}..{total_hi:.6g}")
+    c.record("metric cov_path", abs(claimed["cov_path"] - mine.cov_path) * mine.tokens <= tol.tokens + 1e-9, claimed["cov_path"], mine.cov_path)
+    c.record("metric cov_loss", abs(claimed["cov_loss"] - mine.cov_loss) <= 1e-12, claimed["cov_loss"], mine.cov_loss)
+    for key in ("tokens", "loss_tokens"):
+        c.record(f"metric {key}", claimed[key] == getattr(mine, key), claimed[key], getattr(mine, key))
+    # The best prompt is an argmax (highest cov_act, then lowest MAE). Accept the claimed one unless another
+    # prompt beats it beyond rounding: a surely higher coverage, or a surely tied coverage and a lower MAE.
+    best = claimed["best_prompt"]
+    valid_best = isinstance(best, int) and not isinstance(best, bool) and 0 <= best < len(errors)
+    if valid_best:
+        mae_band = tol.abs + tol.rel * mine.per_prompt_mae[best] + tol.scale * peak
+        surely_tied = [q for q in range(len(errors)) if lo[q] == hi[q] == lo[best] == hi[best]]
+        valid_best = hi[best] >= max(lo) and all(mine.per_prompt_mae[best] <= mine.per_prompt_mae[q] + mae_band for q in surely_tied)
+    c.record("metric best_prompt", valid_best, best, mine.best_prompt)
+    # the verdict, under the verifier's own policy, from metrics recomputed under that policy
+    ours = block_metrics(errors, norms, paths, base, stitched, policy)
+    verdict = certified(ours.cov_act, ours.cov_loss, policy)
+    claimed_v = pred["verdict"]
+    c.record("verdict", claimed_v["certified"] == verdict or (not claimed_v["certified"]), claimed_v["certified"], verdict,
+             "claims certified but the recomputed metrics fail the verifier's policy" if claimed_v["certified"] and not verdict else "")
+    consistent = claimed_v["certified"] == (claimed_v["cov_act_ok"] and claimed_v["cov_loss_ok"]) and claimed_v["cov_act_ok"] == (
+        claimed["cov_act"] >= cert_policy.alpha_act) and claimed_v["cov_loss_ok"] == (claimed["cov_loss"] >= cert_policy.alpha_loss)
+    c.record("verdict consistent with its metrics", consistent, claimed_v, "")
+    return verdict
+
+
+def verify_certificate(root: Path, rel: str, *, level: str, reference: str, policy: Policy, tol: Tolerances,
+                       full: Callable[..., Any] | None = None) -> CertReport:
+    c = _Checker()
+    claimed_cert = verdict = block = None
+    try:
+        cert, _ = _load_certificate(root, rel, c)
+        pred = cert["predicate"]
+        _check_predicate(pred, c, policy)
+        block = pred["block"]["index"]
+        claimed_cert = pred["verdict"]["certified"]
+        contents = _check_subjects(root, cert, c)
+        block_dirname = rel.rsplit("/", 1)[0]
+        _check_block_files(root, block_dirname, contents, c)
+        _, index = _cross_refs(pred, contents, block_dirname, c)
+        if level in ("replay", "full"):
+            ir = _load_ir(contents, block_dirname, c)
+            verdict = _replay_checks(pred, contents, index, ir, block_dirname, c, policy, tol, reference, full)
+    except _Fail:
+        pass
+    except (ArtifactError, UserError) as exc:
+        c.record("artifacts", False, detail=str(exc))
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+        c.record("well-formed", False, detail=f"{rel}: {type(exc).__name__}: {exc}")
+    return CertReport(rel, "block", block, claimed_cert, verdict, tuple(c.checks))
+
+
+def find_certificates(path: Path) -> tuple[Path, list[str]]:
+    """(run directory, certificate paths relative to it) for a run directory or one certificate file."""
+    path = Path(path)
+    if path.is_dir():
+        certs = sorted(p.relative_to(path).as_posix() for p in path.glob("block_*/certificate.json"))
+        if not certs:
+            raise UserError(f"{path} holds no block_*/certificate.json", "pass a blockcert run directory or a certificate file")
+        return path, certs
+    if path.is_file() and path.name.endswith(".json"):
+        root = path.parent.parent
+        return root, [path.relative_to(root).as_posix()]
+    raise UserError(f"{path} is neither a run directory nor a certificate file")
+
+
+def verify(path: str | Path, *, level: str = "replay", reference: str = "torch", policy: Policy | None = None,
+           tolerances: Tolerances | None = None, model: str | None = None, progress: Callable[[str], None] | None = None) -> VerifyReport:
+    """Verify every certificate under ``path`` (a run directory) or one certificate file."""
+    if level not in LEVELS:
+        raise UserError(f"unknown --level {level!r}", f"choose one of {', '.join(LEVELS)}")
+    if reference not in REFERENCES:
+        raise UserError(f"unknown --reference {reference!r}", f"choose one of {', '.join(REFERENCES)}")
+    if level == "full" and model is None:
+        raise UserError("--level full needs --model (the model the certificates claim to certify)")
+    if level == "full" and reference == "numpy":
+        raise UserError("--level full re-runs the model in torch; use --reference numpy with --level replay")
+    policy = policy or Policy()
+    tol = tolerances or Tolerances.for_reference(reference)
+    root, certs = find_certificates(Path(path))
+    full = None
+    if level == "full":
+        from .verify_full import FullCheck
+
+        full = FullCheck(root, model, tol)
+    reports = []
+    for rel in certs:
+        reports.append(verify_certificate(root, rel, level=level, reference=reference, policy=policy, tol=tol, full=full))
+        if progress is not None:
+            progress(rel)
+    return VerifyReport(str(root), level, reference, policy, tol, tuple(reports))
+
+
+__all__: Sequence[str] = ["verify", "VerifyReport", "CertReport", "Check", "Tolerances", "LEVELS", "REFERENCES"]
