@@ -304,7 +304,7 @@ def run(
             task = bar.add_task("Capturing traces", total=len(texts))
             traces = capture(loaded, texts, batch_size=batch_size, progress=lambda n: bar.advance(task, n))
             save_traces(root, traces, prompts)
-        shared = [subject(root, "traces/index.json"), *(subject(root, prompt_file(t.index)) for t in traces)]
+        shared = [subject(root, MANIFEST), subject(root, "traces/index.json"), *(subject(root, prompt_file(t.index)) for t in traces)]
         task = bar.add_task("Certifying blocks", total=len(selected))
         for index in selected:
             done = _load_finished(root, index) if resume else None

@@ -165,8 +165,14 @@ def read_npz(data: bytes, what: str) -> dict[str, np.ndarray]:
 
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as archive:
-            return {name: archive[name] for name in archive.files}
+            out = {name: archive[name] for name in archive.files}
     except ValueError as exc:  # numpy refuses object arrays when allow_pickle=False
         raise ArtifactError(f"{what}: refused ({exc}); .npz imports may hold plain numeric arrays only") from None
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
         raise ArtifactError(f"{what}: not a valid .npz archive ({exc})") from None
+    for name, value in out.items():
+        # numpy hands back members that are not .npy arrays (e.g. a raw pickle) as bytes: refuse them too
+        if not isinstance(value, np.ndarray) or value.dtype.kind not in "biuf":
+            kind = type(value).__name__ if not isinstance(value, np.ndarray) else f"dtype {value.dtype}"
+            raise ArtifactError(f"{what}: member {name!r} refused ({kind}); .npz imports may hold plain numeric arrays only")
+    return out

@@ -149,6 +149,11 @@ def _real(c: _Checker, what: str, value: Any) -> float:
     return float(value)
 
 
+def _short(value: Any) -> str:
+    text = rfc8785.dumps(value).decode() if value is not None else "missing"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _close(tol: Tolerances, claimed: float, actual: float, peak: float) -> bool:
     return abs(claimed - actual) <= tol.abs + tol.rel * abs(claimed) + tol.scale * peak
 
@@ -262,6 +267,16 @@ def _cross_refs(pred: dict[str, Any], contents: dict[str, bytes], block_dirname:
     c.require("metrics.json policy = certificate", metrics_record["policy"] == pred["policy"], pred["policy"], metrics_record["policy"])
     c.require("block index", metrics_record["block"] == pred["block"]["index"] and block_dirname == f"block_{pred['block']['index']:03d}",
               pred["block"]["index"], f"{metrics_record['block']} in {block_dirname}")
+    c.require("run manifest referenced", "run.json" in contents, "run.json", "", "the certificate must cover run.json")
+    manifest = strict_json(contents["run.json"], "run.json")
+    _typed(c, "run.json", manifest, dict)
+    for key in ("tool", "model", "policy", "replay"):
+        c.require(f"{key} = run.json", pred[key] == manifest.get(key), _short(pred[key]), _short(manifest.get(key)))
+    run_prompts = manifest.get("prompts") or {}
+    c.require("prompts = run.json", {k: pred["prompts"][k] for k in ("description", "count", "sha256")} == run_prompts,
+              _short(pred["prompts"]), _short(run_prompts))
+    c.require("block.n_ctx = run.json", pred["block"]["n_ctx"] == manifest.get("n_ctx"), pred["block"]["n_ctx"], manifest.get("n_ctx"))
+    c.require("block.ir path", pred["block"]["ir"] == f"{block_dirname}/ir.json", f"{block_dirname}/ir.json", pred["block"]["ir"])
     index_name = pred["prompts"]["trace_index"]
     c.require("trace index referenced", index_name in contents, index_name, "", "the certificate must cover the trace index")
     index = strict_json(contents[index_name], index_name)
@@ -271,6 +286,7 @@ def _cross_refs(pred: dict[str, Any], contents: dict[str, bytes], block_dirname:
     c.require("prompt set digest", recomputed == pred["prompts"]["sha256"] == index["prompts_sha256"],
               pred["prompts"]["sha256"][:16], recomputed[:16], "the traces are not those of the certified prompt set")
     c.require("prompt count", len(texts) == pred["prompts"]["count"], pred["prompts"]["count"], len(texts))
+    c.require("prompt set description", index["prompts"] == pred["prompts"]["description"], pred["prompts"]["description"], index["prompts"])
     for e in index["entries"]:
         _exact_keys(c, "trace index entry", e, {"index", "text", "tokens", "file"})
         c.require(f"trace {e['file']} referenced", e["file"] in contents, e["file"], "", "every trace file must be a subject")
@@ -323,10 +339,14 @@ def _replay_checks(pred: dict[str, Any], contents: dict[str, bytes], index: dict
         c.require(f"stored stitched losses {key}", key in per_token and per_token[key].shape == (n - 1,), f"[{n - 1}]",
                   str(per_token[key].shape) if key in per_token else "missing")
         stitched.append(np.asarray(per_token[key], np.float64))
-        stored_e = per_token.get(f"p{e['index']:03d}.error")
-        c.require(f"stored errors p{e['index']:03d}", stored_e is not None and stored_e.shape == (n,) and
-                  all(_close(tol, float(a), float(b), float(w)) for a, b, w in zip(stored_e, errors[-1], norms[-1])),
-                  "per-token errors of the replay", "differ" if stored_e is not None else "missing")
+        key = f"p{e['index']:03d}.error"
+        stored_e = per_token.get(key)
+        c.require(f"stored {key}", stored_e is not None and stored_e.shape == (n,), f"[{n}]",
+                  "missing" if stored_e is None else str(stored_e.shape))
+        off = [t_ for t_, (a, b, w) in enumerate(zip(stored_e, errors[-1], norms[-1])) if not _close(tol, float(a), float(b), float(w))]
+        c.require(f"stored {key}", not off, f"{float(stored_e[off[0]]):.6g}" if off else "", f"{float(errors[-1][off[0]]):.6g}" if off else "",
+                  f"{block_dirname}/errors.safetensors: per-token error of prompt {e['index']} token {off[0]} is not what the IR replay gives"
+                  if off else "")
     if full is not None:
         stitched = full(ir, ell, base, stitched, c, pred, [e["text"] for e in index["entries"]], residuals)
     cert_policy = Policy(**pred["policy"])
@@ -347,6 +367,8 @@ def _replay_checks(pred: dict[str, Any], contents: dict[str, bytes], index: dict
              mine.cov_act if total_lo == total_hi else f"{total_lo:.6g}..{total_hi:.6g}")
     c.record("metric cov_path", abs(claimed["cov_path"] - mine.cov_path) * mine.tokens <= tol.tokens + 1e-9, claimed["cov_path"], mine.cov_path)
     c.record("metric cov_loss", abs(claimed["cov_loss"] - mine.cov_loss) <= 1e-12, claimed["cov_loss"], mine.cov_loss)
+    c.record("prompts.tokens", pred["prompts"]["tokens"] == mine.tokens, pred["prompts"]["tokens"], mine.tokens)
+    c.record("model.d_model = IR", pred["model"]["d_model"] == ir.d_model, pred["model"]["d_model"], ir.d_model)
     for key in ("tokens", "loss_tokens"):
         c.record(f"metric {key}", claimed[key] == getattr(mine, key), claimed[key], getattr(mine, key))
     # The best prompt is an argmax (highest cov_act, then lowest MAE). Accept the claimed one unless another
@@ -366,7 +388,9 @@ def _replay_checks(pred: dict[str, Any], contents: dict[str, bytes], index: dict
              "claims certified but the recomputed metrics fail the verifier's policy" if claimed_v["certified"] and not verdict else "")
     consistent = claimed_v["certified"] == (claimed_v["cov_act_ok"] and claimed_v["cov_loss_ok"]) and claimed_v["cov_act_ok"] == (
         claimed["cov_act"] >= cert_policy.alpha_act) and claimed_v["cov_loss_ok"] == (claimed["cov_loss"] >= cert_policy.alpha_loss)
-    c.record("verdict consistent with its metrics", consistent, claimed_v, "")
+    c.record("verdict consistent with its metrics", consistent, _short(claimed_v),
+             f"cov_act={claimed['cov_act']:.6g}, cov_loss={claimed['cov_loss']:.6g}",
+             "" if consistent else "the claimed verdict does not follow from the claimed metrics under the certificate's policy")
     return verdict
 
 
@@ -394,6 +418,45 @@ def verify_certificate(root: Path, rel: str, *, level: str, reference: str, poli
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
         c.record("well-formed", False, detail=f"{rel}: {type(exc).__name__}: {exc}")
     return CertReport(rel, "block", block, claimed_cert, verdict, tuple(c.checks))
+
+
+def verify_summary(root: Path, reports: Sequence[CertReport]) -> CertReport:
+    """The run's ``metrics.json``: complete, and every entry equal to the certificate it names (by id)."""
+    c = _Checker()
+    try:
+        try:
+            summary = strict_json(read_artifact(root, "metrics.json", MAX_JSON_BYTES), "metrics.json")
+        except ArtifactError as exc:
+            c.require("run summary metrics.json", False, detail=f"{exc} (an interrupted run has no summary)")
+        _typed(c, "metrics.json", summary, dict)
+        entries = _typed(c, "metrics.json blocks", summary.get("blocks"), list)
+        listed = {}
+        for entry in entries:
+            _typed(c, "metrics.json block entry", entry, dict)
+            listed[entry.get("certificate")] = entry
+        on_disk = {r.path for r in reports}
+        c.record("summary lists every certificate", set(listed) == on_disk, len(on_disk), len(listed),
+                 f"listed {sorted(set(listed) - on_disk)} / unlisted {sorted(on_disk - set(listed))}" if set(listed) != on_disk else "")
+        for rel, entry in sorted(listed.items(), key=lambda kv: str(kv[0])):
+            try:
+                raw = read_artifact(root, rel, MAX_JSON_BYTES)
+            except ArtifactError as exc:
+                c.record(f"summary {rel}", False, detail=str(exc))
+                continue
+            actual = hashlib.sha256(raw).hexdigest()
+            c.record(f"certificate id {rel}", entry.get("certificate_id") == actual, str(entry.get("certificate_id"))[:16], actual[:16],
+                     "" if entry.get("certificate_id") == actual else f"{rel} changed after the run summary was written")
+            pred = strict_json(raw, rel).get("predicate", {})
+            same = all(entry.get(k) == pred.get("metrics", {}).get(k) for k in METRIC_FIELDS) and entry.get("certified") == pred.get(
+                "verdict", {}).get("certified")
+            c.record(f"summary metrics {rel}", same, "as in the certificate", "" if same else "differ")
+        c.record("summary certified_all", summary.get("certified_all") == all(e.get("certified") for e in entries),
+                 summary.get("certified_all"), all(e.get("certified") for e in entries))
+    except _Fail:
+        pass
+    except (AttributeError, TypeError, ValueError, ArtifactError) as exc:
+        c.record("run summary well-formed", False, detail=f"metrics.json: {exc}")
+    return CertReport("metrics.json", "summary", None, None, None, tuple(c.checks))
 
 
 def find_certificates(path: Path) -> tuple[Path, list[str]]:
@@ -434,6 +497,8 @@ def verify(path: str | Path, *, level: str = "replay", reference: str = "torch",
         reports.append(verify_certificate(root, rel, level=level, reference=reference, policy=policy, tol=tol, full=full))
         if progress is not None:
             progress(rel)
+    if Path(path).is_dir():
+        reports.append(verify_summary(root, reports))
     return VerifyReport(str(root), level, reference, policy, tol, tuple(reports))
 
 

@@ -1,0 +1,440 @@
+"""The tamper suite: every way of passing off a bad certificate is rejected with a message that names the
+artifact or metric, never with a traceback."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import pickle
+import shutil
+import struct
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rfc8785
+from safetensors.numpy import load_file, save
+
+import blockcert
+from blockcert.certificate import TENSOR_ANNOTATION
+from blockcert.digest import tensors_sha256
+from blockcert.metrics import Policy
+from blockcert.pipeline import run
+from blockcert.safeio import ArtifactError, read_npz
+from blockcert.verify import verify
+from test_run import make_model_dir
+
+CERT = "block_000/certificate.json"
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory, smollm2) -> Path:
+    """A complete, valid run on a small random model (blocks 0 and 1, the default prompts)."""
+    base = tmp_path_factory.mktemp("tamper")
+    model = make_model_dir(base / "model", smollm2.tokenizer, layers=2)
+    run(model, prompts="builtin:default", out=base / "run")
+    run(model, prompts="builtin:stress", out=base / "other-prompts")
+    run(model, prompts="builtin:default", out=base / "strict", policy=Policy(tau_act=1e-12))  # nothing certified
+    assert verify(base / "run").ok
+    return base
+
+
+@pytest.fixture()
+def work(pristine, tmp_path) -> Path:
+    shutil.copytree(pristine / "run", tmp_path / "run")
+    return tmp_path / "run"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Helpers an attacker would use: edit a file and keep every digest in the certificates consistent.
+# ---------------------------------------------------------------------------------------------------
+
+
+def load_cert(root: Path, rel: str = CERT) -> dict:
+    return json.loads((root / rel).read_bytes())
+
+
+def write_cert(root: Path, cert: dict, rel: str = CERT) -> None:
+    (root / rel).write_bytes(rfc8785.dumps(cert))
+
+
+def redigest(root: Path, rel_cert: str = CERT) -> None:
+    """Recompute every subject digest of a certificate from the files as they now are."""
+    cert = load_cert(root, rel_cert)
+    for s in cert["subject"]:
+        path = root / s["name"]
+        if path.is_file():
+            s["digest"]["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+            if s["name"].endswith(".safetensors"):
+                try:
+                    s["annotations"][TENSOR_ANNOTATION] = tensors_sha256(load_file(path))
+                except Exception:
+                    pass
+    write_cert(root, cert, rel_cert)
+
+
+def edit_cert(root: Path, fn: Callable[[dict], None], rel: str = CERT) -> None:
+    cert = load_cert(root, rel)
+    fn(cert)
+    write_cert(root, cert, rel)
+
+
+def flip_byte(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def st_header(path: Path) -> tuple[dict, bytes]:
+    data = path.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    return json.loads(data[8 : 8 + n]), data[8 + n :]
+
+
+def st_write(path: Path, header_text: bytes, body: bytes, length: int | None = None) -> None:
+    path.write_bytes(struct.pack("<Q", len(header_text) if length is None else length) + header_text + body)
+
+
+def failures(root: Path, **kwargs) -> str:
+    report = verify(root, **kwargs)
+    assert not report.ok
+    return "\n".join(f"{c.name}: claimed={c.claimed} actual={c.actual} {c.detail}"
+                     for cert in report.certificates for c in cert.checks if not c.ok)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The cases
+# ---------------------------------------------------------------------------------------------------
+
+
+def t_flip_ir_byte(root: Path) -> str:
+    flip_byte(root / "block_000/ir.safetensors", -3)
+    return "sha256 block_000/ir.safetensors"
+
+
+def t_flip_ir_byte_and_redigest(root: Path) -> str:
+    p = root / "block_000/ir.safetensors"
+    t = load_file(p)
+    t["mlp.down.weight"][0, 0] *= 1.5  # one weight of the IR changed, every digest updated to match
+    p.write_bytes(save(t))
+    redigest(root)
+    return "is not what the IR replay gives"
+
+
+def t_truncated_artifact(root: Path) -> str:
+    p = root / "block_000/errors.safetensors"
+    p.write_bytes(p.read_bytes()[:-8])
+    redigest(root)
+    return "truncated or extended"
+
+
+def t_extended_artifact(root: Path) -> str:
+    p = root / "block_000/ir.safetensors"
+    p.write_bytes(p.read_bytes() + b"\0" * 16)
+    redigest(root)
+    return "truncated or extended"
+
+
+def t_swapped_tensor_names(root: Path) -> str:
+    p = root / "block_000/ir.safetensors"
+    t = load_file(p)
+    t["mlp.up.weight"], t["mlp.gate.weight"] = t["mlp.gate.weight"], t["mlp.up.weight"]
+    p.write_bytes(save(t))
+    redigest(root)
+    return "is not what the IR replay gives"
+
+
+def t_missing_artifact(root: Path) -> str:
+    (root / "block_000/errors.safetensors").unlink()
+    return "missing"
+
+
+def t_extra_artifact(root: Path) -> str:
+    (root / "block_000/notes.bin").write_bytes(b"smuggled")
+    return "unreferenced"
+
+
+def t_dotdot_path(root: Path) -> str:
+    edit_cert(root, lambda c: c["subject"][0].update(name="block_000/../run.json"))
+    return "'..'"
+
+
+def t_absolute_path(root: Path) -> str:
+    edit_cert(root, lambda c: c["subject"][0].update(name=str(root / "run.json")))
+    return "absolute"
+
+
+def t_symlink_outside(root: Path) -> str:
+    outside = root.parent / "outside.json"
+    shutil.copy(root / "traces/index.json", outside)
+    (root / "traces/index.json").unlink()
+    os.symlink(outside, root / "traces/index.json")
+    return "outside the run directory"
+
+
+def t_fifo(root: Path) -> str:
+    (root / "block_000/errors.safetensors").unlink()
+    os.mkfifo(root / "block_000/errors.safetensors")
+    return "not a regular file"
+
+
+def t_unknown_digest_algorithm(root: Path) -> str:
+    edit_cert(root, lambda c: c["subject"][0]["digest"].update(sha512="ab" * 64))
+    return "digest algorithm"
+
+
+def t_malformed_hex(root: Path) -> str:
+    edit_cert(root, lambda c: c["subject"][0]["digest"].update(sha256="XYZ" + "0" * 61))
+    return "digest hex"
+
+
+def t_oversized_safetensors_header(root: Path) -> str:
+    p = root / "block_000/errors.safetensors"
+    header, body = st_header(p)
+    st_write(p, json.dumps(header).encode(), body, length=1 << 40)
+    redigest(root)
+    return "oversized"
+
+
+def t_overlapping_tensors(root: Path) -> str:
+    p = root / "block_000/errors.safetensors"
+    header, body = st_header(p)
+    names = sorted((k for k in header if k != "__metadata__"), key=lambda k: header[k]["data_offsets"][0])
+    a, b = header[names[0]], header[names[1]]
+    shift = 4
+    b["data_offsets"] = [b["data_offsets"][0] - shift, b["data_offsets"][1] - shift]
+    st_write(p, json.dumps(header).encode(), body)
+    redigest(root)
+    return "overlaps"
+
+
+def t_hole_in_tensors(root: Path) -> str:
+    p = root / "block_000/errors.safetensors"
+    header, body = st_header(p)
+    for k, v in header.items():
+        if k != "__metadata__":
+            v["data_offsets"] = [v["data_offsets"][0] + 8, v["data_offsets"][1] + 8]
+    st_write(p, json.dumps(header).encode(), b"\0" * 8 + body)
+    redigest(root)
+    return "hole"
+
+
+def t_duplicate_safetensors_keys(root: Path) -> str:
+    p = root / "block_000/errors.safetensors"
+    header, body = st_header(p)
+    text = json.dumps(header)
+    first = next(k for k in header if k != "__metadata__")
+    dup = text[:-1] + f', "{first}": ' + json.dumps(header[first]) + "}"
+    st_write(p, dup.encode(), body)
+    redigest(root)
+    return "duplicate key"
+
+
+def t_duplicate_json_keys(root: Path) -> str:
+    raw = (root / CERT).read_bytes()
+    (root / CERT).write_bytes(raw[:-1] + b',"_type":"https://in-toto.io/Statement/v1"}')
+    return "duplicate key"
+
+
+def t_nan_in_metrics(root: Path) -> str:
+    cert = load_cert(root)
+    text = rfc8785.dumps(cert).decode()
+    eps = rfc8785.dumps(cert["predicate"]["metrics"]["epsilon"]).decode()
+    (root / CERT).write_text(text.replace(f'"epsilon":{eps}', '"epsilon":NaN'))
+    return "NaN"
+
+
+def t_infinity_in_metrics(root: Path) -> str:
+    cert = load_cert(root)
+    text = rfc8785.dumps(cert).decode()
+    eps = rfc8785.dumps(cert["predicate"]["metrics"]["epsilon"]).decode()
+    (root / CERT).write_text(text.replace(f'"epsilon":{eps}', '"epsilon":1e999'))
+    return "overflows"
+
+
+def t_non_canonical_bytes(root: Path) -> str:
+    (root / CERT).write_text(json.dumps(load_cert(root), indent=1))
+    return "canonical"
+
+
+def t_unknown_schema_major(root: Path) -> str:
+    edit_cert(root, lambda c: c.update(predicateType="https://blockcert.dev/predicate/block-certificate/v2"))
+    return "predicateType"
+
+
+def t_wrong_type(root: Path) -> str:
+    edit_cert(root, lambda c: c.update(_type="https://in-toto.io/Statement/v0.1"))
+    return "_type"
+
+
+def t_missing_field(root: Path) -> str:
+    edit_cert(root, lambda c: c["predicate"]["metrics"].pop("mae"))
+    return "schema predicate.metrics"
+
+
+def t_mistyped_field(root: Path) -> str:
+    edit_cert(root, lambda c: c["predicate"]["metrics"].update(epsilon="0.0"))
+    return "metrics.epsilon"
+
+
+def t_unknown_field(root: Path) -> str:
+    edit_cert(root, lambda c: c["predicate"].update(override_verdict=True))
+    return "unknown fields"
+
+
+def t_edited_metric(root: Path) -> str:
+    def halve(record: dict) -> None:
+        record["epsilon"] = record["epsilon"] / 2
+
+    edit_cert(root, lambda c: halve(c["predicate"]["metrics"]))
+    m = json.loads((root / "block_000/metrics.json").read_bytes())
+    halve(m["metrics"])
+    (root / "block_000/metrics.json").write_bytes(rfc8785.dumps(m))
+    redigest(root)
+    return "metric epsilon"
+
+
+def t_edited_coverage(root: Path) -> str:
+    edit_cert(root, lambda c: c["predicate"]["metrics"].update(cov_path=0.5))
+    return "cov_path"
+
+
+def t_certified_while_failing(root: Path, pristine: Path) -> str:
+    shutil.rmtree(root)
+    shutil.copytree(pristine / "strict", root)
+    def claim(c: dict) -> None:
+        c["predicate"]["verdict"] = {"certified": True, "cov_act_ok": True, "cov_loss_ok": True}
+    edit_cert(root, claim)
+    m = json.loads((root / "block_000/metrics.json").read_bytes())
+    m["certified"] = True
+    (root / "block_000/metrics.json").write_bytes(rfc8785.dumps(m))
+    redigest(root)
+    assert "fail the verifier's policy" in failures(root, policy=Policy(tau_act=1e-12))  # under its own policy
+    return "verdict consistent with its metrics"
+
+
+def t_loosened_thresholds(root: Path) -> str:
+    edit_cert(root, lambda c: c["predicate"]["policy"].update(alpha_act=0.5))
+    return "loosens"
+
+
+def t_trace_from_other_prompts(root: Path, pristine: Path) -> str:
+    shutil.rmtree(root / "traces")
+    shutil.copytree(pristine / "other-prompts" / "traces", root / "traces")
+    for rel in ("block_000/certificate.json", "block_001/certificate.json"):
+        cert = load_cert(root, rel)
+        cert["subject"] = [s for s in cert["subject"] if not s["name"].startswith("traces/prompt_")]
+        cert["subject"] += [{"name": f"traces/{p.name}", "digest": {"sha256": ""}, "annotations": {TENSOR_ANNOTATION: ""}}
+                            for p in sorted((root / "traces").glob("prompt_*"))]
+        cert["subject"].sort(key=lambda s: s["name"])
+        write_cert(root, cert, rel)
+        redigest(root, rel)
+    return "prompt set digest"
+
+
+def t_block_cert_edited_after_summary(root: Path) -> str:
+    edit_cert(root, lambda c: c["predicate"]["tool"].update(version="9.9.9"))
+    return "changed after the run summary"
+
+
+def t_stored_errors_edited(root: Path) -> str:
+    p = root / "block_000/errors.safetensors"
+    t = load_file(p)
+    t["p000.error"] = t["p000.error"] * 0
+    p.write_bytes(save(t))
+    redigest(root)
+    return "p000.error"
+
+
+def t_stored_losses_edited(root: Path) -> str:
+    p = root / "block_000/errors.safetensors"
+    t = load_file(p)
+    t["p001.loss_stitched"] = t["p001.loss_stitched"] + 1.0
+    p.write_bytes(save(t))
+    redigest(root)
+    return "cov_loss"
+
+
+def t_certificate_moved_to_other_block(root: Path) -> str:
+    shutil.copy(root / "block_000/certificate.json", root / "block_001/certificate.json")
+    return "block_001"
+
+
+def t_run_manifest_edited(root: Path) -> str:
+    m = json.loads((root / "run.json").read_text())
+    m["model"]["name"] = "gpt-17"
+    (root / "run.json").write_text(json.dumps(m))
+    return "sha256 run.json"
+
+
+def t_model_identity_edited(root: Path) -> str:
+    edit_cert(root, lambda c: c["predicate"]["model"].update(name="a-much-bigger-model"))
+    return "model = run.json"
+
+
+def t_summary_missing(root: Path) -> str:
+    (root / "metrics.json").unlink()
+    return "interrupted run has no summary"
+
+
+CASES = {name[2:]: fn for name, fn in globals().items() if name.startswith("t_")}
+
+
+def test_there_are_at_least_25_distinct_cases():
+    assert len(CASES) >= 25
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_tamper_case_is_rejected(name, work, pristine):
+    fn = CASES[name]
+    needle = fn(work, pristine) if fn.__code__.co_argcount == 2 else fn(work)
+    message = failures(work)
+    assert needle in message, message
+
+
+@pytest.mark.parametrize("name", ["flip_ir_byte", "fifo", "duplicate_json_keys", "symlink_outside", "oversized_safetensors_header"])
+def test_cli_rejects_with_exit_1_and_no_traceback(name, work, pristine):
+    CASES[name](work)
+    proc = subprocess.run([sys.executable, "-m", "blockcert", "verify", str(work)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "FAIL" in proc.stdout and "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_pristine_run_verifies_at_every_depth(pristine, tmp_path):
+    root = pristine / "run"
+    assert verify(root, level="hashes").ok
+    assert verify(root, level="replay").ok
+    assert verify(root, level="replay", reference="numpy").ok
+    assert verify(root, level="full", model=str(pristine / "model")).ok
+
+
+def test_full_level_rejects_another_model(pristine, tmp_path, smollm2):
+    other = make_model_dir(tmp_path / "other", smollm2.tokenizer, layers=2, scale=1.01)
+    assert "is not the certified model" in failures(pristine / "run", level="full", model=str(other))
+
+
+def test_verifier_policy_stricter_than_certificate(pristine):
+    message = failures(pristine / "run", policy=Policy(alpha_act=1.0, tau_act=1e-12))
+    assert "loosens" in message
+
+
+def test_npz_import_refuses_pickles_and_object_arrays():
+    buf = io.BytesIO()
+    np.savez(buf, w=np.array([{"evil": 1}], dtype=object))
+    with pytest.raises(ArtifactError, match="refused"):
+        read_npz(buf.getvalue(), "weights.npz")
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("w.npy", pickle.dumps(os.system))
+    with pytest.raises(ArtifactError):
+        read_npz(buf.getvalue(), "weights.npz")
+    buf = io.BytesIO()
+    np.savez(buf, w=np.arange(3.0))
+    assert read_npz(buf.getvalue(), "ok.npz")["w"].tolist() == [0.0, 1.0, 2.0]
