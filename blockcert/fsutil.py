@@ -28,6 +28,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        _fault_point()
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -35,6 +36,27 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
         raise
     _fsync_dir(path.parent)
     return path
+
+
+_writes = 0
+
+
+def _fault_point() -> None:
+    """Crash-safety testing: ``BLOCKCERT_FAULT_AFTER_WRITES=N`` SIGKILLs this process on its N-th
+    atomic write, after the temp file is complete and before it replaces the target (the worst moment)."""
+    global _writes
+    limit = os.environ.get("BLOCKCERT_FAULT_AFTER_WRITES")
+    if limit:
+        _writes += 1
+        if _writes == int(limit):
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def is_temp_name(name: str) -> bool:
+    """Names of the temp files :func:`atomic_write_bytes` creates (stale ones remain after a SIGKILL)."""
+    return name.startswith(".") and name.endswith(".tmp")
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:

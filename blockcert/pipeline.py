@@ -32,7 +32,7 @@ from . import __version__
 from .certificate import BLOCK_PREDICATE, CERT_SCHEMA_VERSION, certificate_id, statement, subject, write_certificate
 from .digest import canonical_json, file_sha256
 from .errors import UserError
-from .fsutil import atomic_write_bytes, atomic_write_text
+from .fsutil import atomic_write_bytes, atomic_write_text, is_temp_name
 from .ir import save_ir
 from .metrics import BlockMetrics, Policy, block_metrics, certified, path_matches, token_errors, token_norms
 from .models import LoadedModel, load_model
@@ -117,7 +117,8 @@ def _prepare_out(out: Path, manifest: dict[str, Any], resume: bool, force: bool)
     manifest_path = out / MANIFEST
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a directory")
-    occupied = out.is_dir() and any(out.iterdir())
+    occupied = out.is_dir() and any(not is_temp_name(p.name) for p in out.iterdir())
+    _remove_stale_temps(out)
     if occupied and resume:
         if not manifest_path.is_file():
             raise UserError(f"--resume: {out} holds no {MANIFEST}, so it is not a BlockCert run to continue")
@@ -209,7 +210,7 @@ def measure_block(loaded: LoadedModel, traces: Sequence[PromptTrace], ir: Any, i
 def _remove_stale_temps(directory: Path) -> None:
     """Temp files left by a run that was killed mid-write (never valid artifacts)."""
     if directory.is_dir():
-        for stale in directory.glob(".*.tmp"):
+        for stale in (p for p in directory.iterdir() if is_temp_name(p.name)):
             stale.unlink(missing_ok=True)
 
 
@@ -312,6 +313,19 @@ def run(
             bar.advance(task)
     result = RunResult(out=root, model=loaded.name, arch=loaded.arch, dtype=loaded.dtype, prompts=prompts,
                        n_prompts=len(texts), tokens=sum(t.n_tokens for t in traces), policy=policy, blocks=tuple(results))
-    atomic_write_text(root / SUMMARY, json.dumps(result.summary(), indent=2) + "\n")
+    # The summary on disk covers every finished block in the directory (an earlier --blocks included),
+    # in canonical JSON so that the verifier can check it byte for byte.
+    others = [r for i in _finished_indices(root) if i not in selected and (r := _load_finished(root, i)) is not None]
+    on_disk = attrs.evolve(result, blocks=tuple(sorted((*results, *others), key=lambda b: b.index)))
+    atomic_write_bytes(root / SUMMARY, canonical_json(on_disk.summary()))
     return result
+
+
+def _finished_indices(root: Path) -> list[int]:
+    out = []
+    for d in root.glob("block_*"):
+        suffix = d.name.removeprefix("block_")
+        if suffix.isdigit() and (d / "certificate.json").is_file():
+            out.append(int(suffix))
+    return sorted(out)
 

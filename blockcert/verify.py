@@ -420,42 +420,71 @@ def verify_certificate(root: Path, rel: str, *, level: str, reference: str, poli
     return CertReport(rel, "block", block, claimed_cert, verdict, tuple(c.checks))
 
 
-def verify_summary(root: Path, reports: Sequence[CertReport]) -> CertReport:
-    """The run's ``metrics.json``: complete, and every entry equal to the certificate it names (by id)."""
+ROOT_ENTRIES = {"run.json", "metrics.json", "traces"}
+
+
+def _expected_summary(root: Path, certs: Sequence[str]) -> dict[str, Any]:
+    """The summary a run writes, rebuilt from run.json, the block metrics records and the certificates."""
+    manifest = strict_json(read_artifact(root, "run.json", MAX_JSON_BYTES), "run.json")
+    blocks, tokens = [], None
+    for rel in certs:
+        raw = read_artifact(root, rel, MAX_JSON_BYTES)
+        pred = strict_json(raw, rel)["predicate"]
+        record = strict_json(read_artifact(root, rel.rsplit("/", 1)[0] + "/metrics.json", MAX_JSON_BYTES), "metrics.json")
+        tokens = pred["prompts"]["tokens"]
+        blocks.append({"index": pred["block"]["index"], **record["metrics"], "certified": record["certified"],
+                       "certificate": rel, "certificate_id": hashlib.sha256(raw).hexdigest()})
+    blocks.sort(key=lambda b: b["index"])
+    return {
+        "model": manifest["model"]["name"], "arch": manifest["model"]["arch"], "dtype": manifest["model"]["dtype"],
+        "prompts": manifest["prompts"]["description"], "prompts_evaluated": manifest["prompts"]["count"], "tokens": tokens,
+        "policy": manifest["policy"], "certified_all": all(b["certified"] for b in blocks), "blocks": blocks,
+    }
+
+
+def verify_summary(root: Path, certs: Sequence[str]) -> CertReport:
+    """The run directory as a whole: nothing unexpected in it, and ``metrics.json`` canonical and exactly the
+    summary of the certificates present (each named by its id), so no byte of it is unchecked."""
     c = _Checker()
     try:
+        cert_dirs = {rel.split("/")[0] for rel in certs}
+        extra = sorted(p.name for p in root.iterdir() if p.name not in ROOT_ENTRIES | cert_dirs)
+        c.record("no unexpected files in the run directory", not extra, "", ", ".join(extra))
         try:
-            summary = strict_json(read_artifact(root, "metrics.json", MAX_JSON_BYTES), "metrics.json")
+            index = strict_json(read_artifact(root, "traces/index.json", MAX_JSON_BYTES), "traces/index.json")
+            listed = {"index.json", *(str(e["file"]).split("/")[-1] for e in index["entries"])}
+        except (ArtifactError, KeyError, TypeError) as exc:
+            c.require("traces/index.json", False, detail=str(exc))
+        stray = sorted(p.name for p in (root / "traces").iterdir() if p.name not in listed)
+        c.record("no unexpected files in traces/", not stray, "", ", ".join(stray))
+        try:
+            raw = read_artifact(root, "metrics.json", MAX_JSON_BYTES)
         except ArtifactError as exc:
             c.require("run summary metrics.json", False, detail=f"{exc} (an interrupted run has no summary)")
+        summary = strict_json(raw, "metrics.json")
+        c.record("metrics.json canonical", rfc8785.dumps(summary) == raw, "RFC 8785 bytes", "" if rfc8785.dumps(summary) == raw else "other bytes")
+        expected = _expected_summary(root, certs)
         _typed(c, "metrics.json", summary, dict)
-        entries = _typed(c, "metrics.json blocks", summary.get("blocks"), list)
-        listed = {}
-        for entry in entries:
-            _typed(c, "metrics.json block entry", entry, dict)
-            listed[entry.get("certificate")] = entry
-        on_disk = {r.path for r in reports}
-        c.record("summary lists every certificate", set(listed) == on_disk, len(on_disk), len(listed),
-                 f"listed {sorted(set(listed) - on_disk)} / unlisted {sorted(on_disk - set(listed))}" if set(listed) != on_disk else "")
-        for rel, entry in sorted(listed.items(), key=lambda kv: str(kv[0])):
-            try:
-                raw = read_artifact(root, rel, MAX_JSON_BYTES)
-            except ArtifactError as exc:
-                c.record(f"summary {rel}", False, detail=str(exc))
+        for key in sorted(set(expected) | set(summary)):
+            if key == "blocks":
                 continue
-            actual = hashlib.sha256(raw).hexdigest()
-            c.record(f"certificate id {rel}", entry.get("certificate_id") == actual, str(entry.get("certificate_id"))[:16], actual[:16],
-                     "" if entry.get("certificate_id") == actual else f"{rel} changed after the run summary was written")
-            pred = strict_json(raw, rel).get("predicate", {})
-            same = all(entry.get(k) == pred.get("metrics", {}).get(k) for k in METRIC_FIELDS) and entry.get("certified") == pred.get(
-                "verdict", {}).get("certified")
-            c.record(f"summary metrics {rel}", same, "as in the certificate", "" if same else "differ")
-        c.record("summary certified_all", summary.get("certified_all") == all(e.get("certified") for e in entries),
-                 summary.get("certified_all"), all(e.get("certified") for e in entries))
+            c.record(f"summary {key}", summary.get(key) == expected.get(key), _short(expected.get(key)), _short(summary.get(key)))
+        got = {b.get("certificate"): b for b in summary.get("blocks", []) if isinstance(b, dict)}
+        want = {b["certificate"]: b for b in expected["blocks"]}
+        c.record("summary lists every certificate", set(got) == set(want) and len(got) == len(summary.get("blocks", [])),
+                 len(want), len(summary.get("blocks", [])))
+        for rel in sorted(want):
+            entry, exp = got.get(rel, {}), want[rel]
+            if entry.get("certificate_id") != exp["certificate_id"]:
+                c.record(f"certificate id {rel}", False, str(entry.get("certificate_id"))[:16], exp["certificate_id"][:16],
+                         f"{rel} changed after the run summary was written")
+                continue
+            diff = sorted(k for k in set(entry) | set(exp) if entry.get(k) != exp.get(k))
+            c.record(f"summary entry {rel}", not diff, "as in the certificate and metrics.json", ", ".join(diff))
     except _Fail:
         pass
-    except (AttributeError, TypeError, ValueError, ArtifactError) as exc:
-        c.record("run summary well-formed", False, detail=f"metrics.json: {exc}")
+    except (AttributeError, TypeError, ValueError, KeyError, ArtifactError) as exc:
+        c.record("run summary well-formed", False, detail=f"metrics.json: {type(exc).__name__}: {exc}")
     return CertReport("metrics.json", "summary", None, None, None, tuple(c.checks))
 
 
@@ -498,7 +527,7 @@ def verify(path: str | Path, *, level: str = "replay", reference: str = "torch",
         if progress is not None:
             progress(rel)
     if Path(path).is_dir():
-        reports.append(verify_summary(root, reports))
+        reports.append(verify_summary(root, certs))
     return VerifyReport(str(root), level, reference, policy, tol, tuple(reports))
 
 

@@ -1,0 +1,119 @@
+"""Fuzzing the verifier: any change to any artifact or certificate of a valid run is reported as a failure
+with a reason; the verifier never crashes and never says verified for changed bytes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+import rfc8785
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from blockcert.pipeline import run
+from blockcert.verify import verify
+from test_run import make_model_dir
+
+EXAMPLES = {"ci": 500, "fast": 40, "dev": 2000}.get(os.environ.get("HYPOTHESIS_PROFILE", "ci"), 500)
+
+
+@pytest.fixture(scope="module")
+def valid_run(tmp_path_factory, smollm2) -> Path:
+    base = tmp_path_factory.mktemp("fuzz")
+    model = make_model_dir(base / "model", smollm2.tokenizer, layers=2)
+    run(model, prompts="builtin:default", out=base / "run")
+    assert verify(base / "run").ok
+    return base / "run"
+
+
+def _leaves(obj, path=()):
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _leaves(v, (*path, k))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from _leaves(v, (*path, i))
+    yield path
+
+
+json_values = st.one_of(st.none(), st.booleans(), st.integers(-3, 10**6), st.floats(allow_nan=False, allow_infinity=False),
+                        st.text(max_size=12), st.just([]), st.just({}))
+
+
+@st.composite
+def mutations(draw, files: list[str], sizes: dict[str, int]):
+    name = draw(st.sampled_from(files))
+    kinds = ["flip", "truncate", "append", "delete"] + (["json-edit", "json-delete"] if name.endswith(".json") else [])
+    kind = draw(st.sampled_from(kinds))
+    size = sizes[name]
+    if kind == "flip":
+        return name, kind, (draw(st.integers(0, size - 1)), draw(st.integers(0, 7)))
+    if kind == "truncate":
+        return name, kind, draw(st.integers(0, size - 1))
+    if kind == "append":
+        return name, kind, draw(st.binary(min_size=1, max_size=16))
+    if kind == "delete":
+        return name, kind, None
+    return name, kind, (draw(st.integers(0, 10**6)), draw(json_values))
+
+
+def apply(root: Path, name: str, kind: str, arg) -> bool:
+    """Mutate ``root/name``; False if the mutation happens to leave the bytes unchanged."""
+    path = root / name
+    before = path.read_bytes()
+    if kind == "flip":
+        pos, bit = arg
+        data = bytearray(before)
+        data[pos] ^= 1 << bit
+        after = bytes(data)
+    elif kind == "truncate":
+        after = before[:arg]
+    elif kind == "append":
+        after = before + arg
+    elif kind == "delete":
+        path.unlink()
+        return True
+    else:
+        obj = json.loads(before)
+        leaves = [p for p in _leaves(obj) if p]
+        if not leaves:
+            return False
+        pick, value = arg
+        target = leaves[pick % len(leaves)]
+        parent = obj
+        for key in target[:-1]:
+            parent = parent[key]
+        if kind == "json-delete":
+            del parent[target[-1]]
+        else:
+            parent[target[-1]] = value
+        canonical = before == rfc8785.dumps(json.loads(before))
+        after = rfc8785.dumps(obj) if canonical else json.dumps(obj, indent=2).encode()
+    if after == before:
+        return False
+    path.write_bytes(after)
+    return True
+
+
+def test_fuzz_never_verifies_changed_bytes(valid_run):
+    files = sorted(p.relative_to(valid_run).as_posix() for p in valid_run.rglob("*") if p.is_file())
+    sizes = {f: (valid_run / f).stat().st_size for f in files}
+
+    @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+    @given(m=mutations(files, sizes), level=st.sampled_from(["hashes", "replay"]))
+    def check(m, level):
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp) / "run"
+            shutil.copytree(valid_run, root)
+            if not apply(root, *m):
+                return
+            report = verify(root, level=level)
+            assert not report.ok, f"{m} verified at level {level}"
+            failed = [c for cert in report.certificates for c in cert.checks if not c.ok]
+            assert failed and all(c.name for c in failed)
+
+    check()
