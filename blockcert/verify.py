@@ -34,6 +34,10 @@ from .metrics import Policy, block_metrics, certified, path_matches, token_error
 from .safeio import MAX_JSON_BYTES, MAX_TENSOR_FILE_BYTES, ArtifactError, is_sha256_hex, read_artifact, read_safetensors, strict_json
 
 LEVELS = ("hashes", "replay", "full")
+
+#: predicateType of an older certificate schema -> function rewriting its statement into the current one.
+#: Empty while schema v1 is the only one; a format change adds ``migrate_v1_to_v2`` here (and a golden run).
+MIGRATIONS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {}
 REFERENCES = ("torch", "numpy")
 
 METRIC_FIELDS = ("epsilon", "mae", "cov_act", "cov_path", "cov_loss", "rel_max", "rel_mean", "tokens", "loss_tokens", "best_prompt")
@@ -175,6 +179,8 @@ def _load_certificate(root: Path, rel: str, c: _Checker) -> tuple[dict[str, Any]
     c.require("canonical JSON (RFC 8785)", canonical == raw, f"{len(canonical)} canonical bytes", f"{len(raw)} bytes",
               "" if canonical == raw else f"{rel} is not in canonical form (re-serialised or edited by hand)")
     _exact_keys(c, "statement", cert, {"_type", "subject", "predicateType", "predicate"})
+    if cert["predicateType"] in MIGRATIONS:
+        cert = MIGRATIONS[cert["predicateType"]](cert)
     c.require("statement _type", cert["_type"] == STATEMENT_TYPE, STATEMENT_TYPE, cert["_type"])
     c.require("predicateType", cert["predicateType"] == BLOCK_PREDICATE, BLOCK_PREDICATE, cert["predicateType"],
               "unknown predicate type or schema major version")

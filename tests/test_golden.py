@@ -1,0 +1,42 @@
+"""Golden runs: every later version of BlockCert must still verify the certificates committed here.
+
+When the certificate format changes, bump CERT_SCHEMA_VERSION, add a migration for the old predicate type
+in blockcert/verify.py (MIGRATIONS), and add a new golden directory with tests/make_golden.py; never
+rewrite an old one.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from blockcert.verify import Tolerances, verify
+
+DATA = Path(__file__).parent / "data"
+GOLDEN = sorted(DATA.glob("golden-run-v*"))
+
+
+def test_there_is_a_golden_run():
+    assert GOLDEN
+
+
+@pytest.mark.parametrize("golden", GOLDEN, ids=lambda p: p.name)
+@pytest.mark.parametrize("level, reference", [("hashes", "torch"), ("replay", "torch"), ("replay", "numpy")])
+def test_golden_run_still_verifies(golden, level, reference):
+    # Replays on another CPU may round differently: allow rounding relative to the activations.
+    report = verify(golden, level=level, reference=reference, tolerances=Tolerances(scale=1e-5))
+    failed = [(c.path, ch.name, ch.detail) for c in report.certificates for ch in c.checks if not ch.ok]
+    assert report.ok, failed
+
+
+@pytest.mark.parametrize("golden", GOLDEN, ids=lambda p: p.name)
+def test_golden_run_tampered_fails(golden, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(golden, copy)
+    path = copy / "block_001" / "ir.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    assert not verify(copy, level="hashes").ok
