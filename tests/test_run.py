@@ -143,6 +143,16 @@ def test_default_model_identity_ir_is_certified(tmp_path):
         errors = load_file(out / f"block_{b['index']:03d}" / "errors.safetensors")
         assert max(float(v.max()) for k, v in errors.items() if k.endswith(".error")) == pytest.approx(b["epsilon"])
     assert not list(out.rglob(".*.tmp"))
+    # a third party re-derives everything, at every depth, and the torch-free float64 reference agrees
+    from blockcert.verify import verify
+
+    for kwargs in ({"level": "hashes"}, {"level": "replay"}, {"level": "replay", "reference": "numpy"},
+                   {"level": "full", "model": "smollm2-135m-instruct"}):
+        report = verify(out, **kwargs)
+        assert report.ok, (kwargs, [(c.path, ch.name, ch.detail) for c in report.certificates for ch in c.checks if not ch.ok])
+    proc = subprocess.run([sys.executable, "-m", "blockcert", "verify", str(out), "--level", "full", "--model", "smollm2"],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0 and "verified" in proc.stdout, proc.stdout + proc.stderr
 
 
 def test_bfloat16_native_gives_larger_errors(smollm2, tmp_path):
