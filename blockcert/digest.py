@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -36,8 +37,7 @@ def tensors_sha256(tensors: Mapping[str, np.ndarray]) -> str:
     h = hashlib.sha256()
     for name in sorted(tensors):
         a = np.ascontiguousarray(tensors[name])
-        if a.dtype.byteorder == ">":
-            a = a.astype(a.dtype.newbyteorder("<"))
+        a = a.astype(a.dtype.newbyteorder("<"), copy=False)  # little-endian bytes on every host
         _update_tensor(h, name, a.dtype.name, a.shape, a.view(np.uint8).reshape(-1) if a.size else b"")
     return h.hexdigest()
 
@@ -50,6 +50,8 @@ def torch_state_sha256(state: Mapping[str, Any]) -> str:
     for name in sorted(state):
         t = state[name].detach().to("cpu").contiguous()
         raw = t.reshape(-1).view(torch.uint8).numpy() if t.numel() else b""
+        if sys.byteorder == "big" and t.element_size() > 1 and t.numel():  # hash little-endian bytes everywhere
+            raw = raw.reshape(-1, t.element_size())[:, ::-1].reshape(-1)
         _update_tensor(h, name, str(t.dtype).removeprefix("torch."), t.shape, raw)
     return h.hexdigest()
 

@@ -18,6 +18,7 @@ go through the suffix together.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Sequence
 from contextlib import ExitStack
@@ -118,7 +119,10 @@ def _prepare_out(out: Path, manifest: dict[str, Any], resume: bool, force: bool)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a directory")
     occupied = out.is_dir() and any(not is_temp_name(p.name) for p in out.iterdir())
-    _remove_stale_temps(out)
+    if out.is_dir():  # temp files of our own root artifacts, left by a killed run (never anyone else's)
+        for stale in out.iterdir():
+            if is_temp_name(stale.name) and stale.name.startswith((f".{MANIFEST}.", f".{SUMMARY}.")):
+                stale.unlink(missing_ok=True)
     if occupied and resume:
         if not manifest_path.is_file():
             raise UserError(f"--resume: {out} holds no {MANIFEST}, so it is not a BlockCert run to continue")
@@ -133,7 +137,10 @@ def _prepare_out(out: Path, manifest: dict[str, Any], resume: bool, force: bool)
     if occupied and force:
         if not manifest_path.is_file():
             raise UserError(f"--force: {out} does not look like a BlockCert run ({MANIFEST} missing); refusing to delete it")
-        shutil.rmtree(out)
+        # rename first: a --force killed half-way leaves --out empty, not a run missing its run.json
+        trash = out.with_name(f".{out.name}.replaced-{os.getpid()}")
+        os.replace(out, trash)
+        shutil.rmtree(trash)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(manifest_path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 

@@ -40,6 +40,7 @@ LEVELS = ("hashes", "replay", "full")
 MIGRATIONS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {}
 REFERENCES = ("torch", "numpy")
 
+PER_PROMPT_FIELDS = ("per_prompt_cov_act", "per_prompt_mae", "per_prompt_cov_loss")
 METRIC_FIELDS = ("epsilon", "mae", "cov_act", "cov_path", "cov_loss", "rel_max", "rel_mean", "tokens", "loss_tokens", "best_prompt")
 PREDICATE_FIELDS = {"schema_version", "tool", "model", "block", "prompts", "policy", "metrics", "verdict", "replay", "surrogate"}
 MODEL_FIELDS = {"name", "arch", "dtype", "weights_sha256", "source_sha256", "n_blocks", "d_model"}
@@ -165,7 +166,7 @@ def _close(tol: Tolerances, claimed: float, actual: float, peak: float) -> bool:
 # ---------------------------------------------------------------------------------------------------
 
 
-def _load_certificate(root: Path, rel: str, c: _Checker) -> tuple[dict[str, Any], bytes]:
+def _load_certificate(root: Path, rel: str, c: _Checker, predicate_type: str = BLOCK_PREDICATE) -> tuple[dict[str, Any], bytes]:
     try:
         raw = read_artifact(root, rel, MAX_JSON_BYTES)
         cert = strict_json(raw, rel)
@@ -182,7 +183,7 @@ def _load_certificate(root: Path, rel: str, c: _Checker) -> tuple[dict[str, Any]
     if cert["predicateType"] in MIGRATIONS:
         cert = MIGRATIONS[cert["predicateType"]](cert)
     c.require("statement _type", cert["_type"] == STATEMENT_TYPE, STATEMENT_TYPE, cert["_type"])
-    c.require("predicateType", cert["predicateType"] == BLOCK_PREDICATE, BLOCK_PREDICATE, cert["predicateType"],
+    c.require("predicateType", cert["predicateType"] == predicate_type, predicate_type, cert["predicateType"],
               "unknown predicate type or schema major version")
     return cert, raw
 
@@ -207,7 +208,8 @@ def _check_subjects(root: Path, cert: dict[str, Any], c: _Checker) -> dict[str, 
         except ArtifactError as exc:
             c.require(f"artifact {name}", False, detail=str(exc))
         actual = hashlib.sha256(data).hexdigest()
-        c.require(f"sha256 {name}", actual == digest["sha256"], digest["sha256"][:16], actual[:16])
+        c.require(f"sha256 {name}", actual == digest["sha256"], digest["sha256"][:16], actual[:16],
+                  "" if actual == digest["sha256"] else f"{name} differs from the bytes this certificate was issued for")
         if name.endswith(".safetensors"):
             ann = _typed(c, f"annotations of {name}", s.get("annotations"), dict)
             c.require(f"annotations of {name}", set(ann) == {TENSOR_ANNOTATION}, TENSOR_ANNOTATION, ",".join(sorted(ann)))
@@ -265,6 +267,7 @@ def _check_predicate(pred: Any, c: _Checker, policy: Policy) -> None:
 def _cross_refs(pred: dict[str, Any], contents: dict[str, bytes], block_dirname: str, c: _Checker) -> tuple[dict[str, Any], dict[str, Any]]:
     metrics_record = strict_json(contents[f"{block_dirname}/metrics.json"], f"{block_dirname}/metrics.json")
     _exact_keys(c, "metrics.json", metrics_record, {"block", "metrics", "certified", "policy"})
+    _exact_keys(c, "metrics.json metrics", metrics_record["metrics"], set(METRIC_FIELDS) | set(PER_PROMPT_FIELDS))
     for key in METRIC_FIELDS:
         c.require(f"metrics.json {key} = certificate", metrics_record["metrics"].get(key) == pred["metrics"][key],
                   pred["metrics"][key], metrics_record["metrics"].get(key))
@@ -282,6 +285,13 @@ def _cross_refs(pred: dict[str, Any], contents: dict[str, bytes], block_dirname:
     c.require("prompts = run.json", {k: pred["prompts"][k] for k in ("description", "count", "sha256")} == run_prompts,
               _short(pred["prompts"]), _short(run_prompts))
     c.require("block.n_ctx = run.json", pred["block"]["n_ctx"] == manifest.get("n_ctx"), pred["block"]["n_ctx"], manifest.get("n_ctx"))
+    from . import interpreter as _interp
+    from .digest import file_sha256 as _fsha
+
+    current = _fsha(_interp.__file__)
+    same = pred["replay"]["interpreter_sha256"] == current
+    c.record("interpreter version", True, str(pred["replay"]["interpreter_sha256"])[:16], current[:16],
+             "" if same else "produced by another interpreter version; the numbers are recomputed with this one")
     c.require("block.ir path", pred["block"]["ir"] == f"{block_dirname}/ir.json", f"{block_dirname}/ir.json", pred["block"]["ir"])
     index_name = pred["prompts"]["trace_index"]
     c.require("trace index referenced", index_name in contents, index_name, "", "the certificate must cover the trace index")
@@ -310,7 +320,7 @@ def _load_ir(contents: dict[str, bytes], block_dirname: str, c: _Checker) -> Blo
 
 
 def _replay_checks(pred: dict[str, Any], contents: dict[str, bytes], index: dict[str, Any], ir: BlockIR, block_dirname: str,
-                   c: _Checker, policy: Policy, tol: Tolerances, reference: str, full: Any) -> bool:
+                   c: _Checker, policy: Policy, tol: Tolerances, reference: str, full: Any, metrics_record: dict[str, Any]) -> bool:
     from .interpreter import replay
 
     L = pred["model"]["n_blocks"]
@@ -353,6 +363,18 @@ def _replay_checks(pred: dict[str, Any], contents: dict[str, bytes], index: dict
         c.require(f"stored {key}", not off, f"{float(stored_e[off[0]]):.6g}" if off else "", f"{float(errors[-1][off[0]]):.6g}" if off else "",
                   f"{block_dirname}/errors.safetensors: per-token error of prompt {e['index']} token {off[0]} is not what the IR replay gives"
                   if off else "")
+    expected_keys = {f"p{e['index']:03d}.{kind}" for e in index["entries"] for kind in ("error", "rel_error", "path_match", "loss_stitched")}
+    c.require(f"{block_dirname}/errors.safetensors tensors", set(per_token) == expected_keys, f"{len(expected_keys)} named arrays",
+              ", ".join(sorted(set(per_token) ^ expected_keys))[:80])
+    for e, err, nrm, pth in zip(index["entries"], errors, norms, paths):
+        key = f"p{e['index']:03d}"
+        rel = np.divide(err, nrm, out=np.zeros_like(err), where=nrm > 0)
+        stored_rel = np.asarray(per_token[f"{key}.rel_error"], np.float64)
+        c.record(f"stored {key}.rel_error", stored_rel.shape == rel.shape and bool(np.all(np.abs(stored_rel - rel) <= tol.abs + tol.rel * np.abs(rel) + tol.scale)),
+                 "e / ||x||", "" if stored_rel.shape == rel.shape else str(stored_rel.shape))
+        stored_path = np.asarray(per_token[f"{key}.path_match"])
+        c.record(f"stored {key}.path_match", stored_path.dtype == np.bool_ and np.array_equal(stored_path, pth), "replay decisions",
+                 "" if np.array_equal(stored_path, pth) else "differ")
     if full is not None:
         stitched = full(ir, ell, base, stitched, c, pred, [e["text"] for e in index["entries"]], residuals)
     cert_policy = Policy(**pred["policy"])
@@ -374,6 +396,15 @@ def _replay_checks(pred: dict[str, Any], contents: dict[str, bytes], index: dict
     c.record("metric cov_path", abs(claimed["cov_path"] - mine.cov_path) * mine.tokens <= tol.tokens + 1e-9, claimed["cov_path"], mine.cov_path)
     c.record("metric cov_loss", abs(claimed["cov_loss"] - mine.cov_loss) <= 1e-12, claimed["cov_loss"], mine.cov_loss)
     c.record("prompts.tokens", pred["prompts"]["tokens"] == mine.tokens, pred["prompts"]["tokens"], mine.tokens)
+    pm = metrics_record["metrics"]
+    c.record("per_prompt_cov_act", isinstance(pm["per_prompt_cov_act"], list) and len(pm["per_prompt_cov_act"]) == len(errors) and all(
+        lo_ - 1e-12 <= v <= hi_ + 1e-12 for v, lo_, hi_ in zip(pm["per_prompt_cov_act"], lo, hi)), _short(pm["per_prompt_cov_act"]),
+        _short(list(mine.per_prompt_cov_act)))
+    c.record("per_prompt_mae", isinstance(pm["per_prompt_mae"], list) and len(pm["per_prompt_mae"]) == len(errors) and all(
+        _close(tol, float(v), w, peak) for v, w in zip(pm["per_prompt_mae"], mine.per_prompt_mae)), _short(pm["per_prompt_mae"]),
+        _short(list(mine.per_prompt_mae)))
+    c.record("per_prompt_cov_loss", pm["per_prompt_cov_loss"] == list(mine.per_prompt_cov_loss), _short(pm["per_prompt_cov_loss"]),
+             _short(list(mine.per_prompt_cov_loss)))
     c.record("model.d_model = IR", pred["model"]["d_model"] == ir.d_model, pred["model"]["d_model"], ir.d_model)
     for key in ("tokens", "loss_tokens"):
         c.record(f"metric {key}", claimed[key] == getattr(mine, key), claimed[key], getattr(mine, key))
@@ -413,10 +444,10 @@ def verify_certificate(root: Path, rel: str, *, level: str, reference: str, poli
         contents = _check_subjects(root, cert, c)
         block_dirname = rel.rsplit("/", 1)[0]
         _check_block_files(root, block_dirname, contents, c)
-        _, index = _cross_refs(pred, contents, block_dirname, c)
+        metrics_record, index = _cross_refs(pred, contents, block_dirname, c)
         if level in ("replay", "full"):
             ir = _load_ir(contents, block_dirname, c)
-            verdict = _replay_checks(pred, contents, index, ir, block_dirname, c, policy, tol, reference, full)
+            verdict = _replay_checks(pred, contents, index, ir, block_dirname, c, policy, tol, reference, full, metrics_record)
     except _Fail:
         pass
     except (ArtifactError, UserError) as exc:
@@ -426,7 +457,7 @@ def verify_certificate(root: Path, rel: str, *, level: str, reference: str, poli
     return CertReport(rel, "block", block, claimed_cert, verdict, tuple(c.checks))
 
 
-ROOT_ENTRIES = {"run.json", "metrics.json", "traces"}
+ROOT_ENTRIES = {"run.json", "metrics.json", "traces", "full"}
 
 
 def _expected_summary(root: Path, certs: Sequence[str]) -> dict[str, Any]:
@@ -494,6 +525,127 @@ def verify_summary(root: Path, certs: Sequence[str]) -> CertReport:
     return CertReport("metrics.json", "summary", None, None, None, tuple(c.checks))
 
 
+FULL_FIELDS = {"schema_version", "tool", "model", "prompts", "stitched_blocks", "block_certificates", "metrics", "evaluation"}
+FULL_METRICS = {"layer_mae", "layer_max", "mean_layer_mae", "worst_layer_mae", "max_residual_error", "ppl_baseline", "ppl_stitched",
+                "delta_ppl", "rel_delta_ppl", "probe_prompts", "probe_stitched_vs_baseline", "probe_baseline_vs_human",
+                "probe_stitched_vs_human"}
+
+
+def _agree(items: list[dict[str, Any]], a: str, b: str) -> float:
+    same = [str(i[a]).strip().lower() == str(i[b]).strip().lower() for i in items]
+    return float(np.mean(same)) if same else 1.0
+
+
+def verify_full_model(root: Path, rel: str, *, level: str, reference: str, tol: Tolerances, model: str | None) -> CertReport:
+    """A full-model certificate: its references to block certificates (by id), its evaluation file, the
+    internal arithmetic of its metrics; at level replay the all-IR stream when every block is stitched;
+    at level full the whole stitched evaluation, re-run with the model."""
+    from .stitch import FULL_PREDICATE, FULL_SCHEMA_VERSION
+
+    c = _Checker()
+    try:
+        cert, _ = _load_certificate(root, rel, c, FULL_PREDICATE)
+        pred = cert["predicate"]
+        _exact_keys(c, "predicate", pred, FULL_FIELDS)
+        c.require("predicate schema_version", pred["schema_version"] == FULL_SCHEMA_VERSION, FULL_SCHEMA_VERSION, pred["schema_version"])
+        _exact_keys(c, "predicate.metrics", pred["metrics"], FULL_METRICS)
+        m = pred["metrics"]
+        for key in FULL_METRICS - {"layer_mae", "layer_max"}:
+            _real(c, f"metrics.{key}", m[key])
+        for key in ("layer_mae", "layer_max"):
+            _typed(c, f"metrics.{key}", m[key], list)
+            for v in m[key]:
+                _real(c, f"metrics.{key}[]", v)
+        contents = _check_subjects(root, cert, c)
+        for name in ("run.json", pred["evaluation"], "traces/index.json"):
+            c.require(f"{name} referenced", name in contents, name, "", "the full-model certificate must cover it")
+        manifest = strict_json(contents["run.json"], "run.json")
+        for key in ("tool", "model", "prompts"):
+            c.require(f"{key} = run.json", pred[key] == manifest.get(key), _short(pred[key]), _short(manifest.get(key)))
+        L = pred["model"]["n_blocks"]
+        c.require("one entry per layer", len(m["layer_mae"]) == len(m["layer_max"]) == L, L, len(m["layer_mae"]))
+        refs = _typed(c, "block_certificates", pred["block_certificates"], list)
+        for ref in refs:
+            _exact_keys(c, "block certificate reference", ref, {"index", "certificate", "certificate_id"})
+            name = ref["certificate"]
+            c.require(f"reference {name}", name == f"block_{ref['index']:03d}/certificate.json" and name in contents, name, "",
+                      "every referenced block certificate must be a subject")
+            actual = hashlib.sha256(contents[name]).hexdigest()
+            c.require(f"certificate id {name}", ref["certificate_id"] == actual, str(ref["certificate_id"])[:16], actual[:16],
+                      f"{name} changed after the full-model certificate was written" if ref["certificate_id"] != actual else "")
+        c.require("stitched blocks = referenced", sorted(r["index"] for r in refs) == pred["stitched_blocks"],
+                  pred["stitched_blocks"], sorted(r["index"] for r in refs))
+        evaluation = strict_json(contents[pred["evaluation"]], pred["evaluation"])
+        _exact_keys(c, "eval.json", evaluation, {"stitched_blocks", "metrics", "probe"})
+        c.record("eval.json = certificate", evaluation["metrics"] == m and evaluation["stitched_blocks"] == pred["stitched_blocks"],
+                  "same metrics", "" if evaluation["metrics"] == m else "differ")
+        probe = evaluation["probe"]
+        derived = {
+            "mean_layer_mae": float(np.mean(m["layer_mae"])), "worst_layer_mae": float(np.max(m["layer_mae"])),
+            "max_residual_error": float(np.max(m["layer_max"])), "delta_ppl": m["ppl_stitched"] - m["ppl_baseline"],
+            "rel_delta_ppl": abs(m["ppl_stitched"] - m["ppl_baseline"]) / m["ppl_baseline"], "probe_prompts": len(probe),
+            "probe_stitched_vs_baseline": _agree(probe, "stitched", "baseline"),
+            "probe_baseline_vs_human": _agree(probe, "baseline", "label"), "probe_stitched_vs_human": _agree(probe, "stitched", "label"),
+        }
+        for key, value in derived.items():
+            c.record(f"metric {key} follows", value == m[key], m[key], value)
+        if level in ("replay", "full") and pred["stitched_blocks"] == list(range(L)) and level != "full":
+            _replay_full_stream(root, contents, pred, c, tol, reference)
+        if level == "full":
+            from .stitch import recompute
+
+            again = recompute(root, model, pred["stitched_blocks"])
+            for key in sorted(FULL_METRICS):
+                a, b = m[key], again[key]
+                ok = all(_close(tol, float(x), float(y), 0.0) or abs(float(x) - float(y)) <= 1e-6 * max(1.0, abs(float(x)))
+                         for x, y in zip(a if isinstance(a, list) else [a], b if isinstance(b, list) else [b]))
+                c.record(f"re-run {key}", ok, _short(a), _short(b))
+    except _Fail:
+        pass
+    except (ArtifactError, UserError) as exc:
+        c.record("artifacts", False, detail=str(exc))
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+        c.record("well-formed", False, detail=f"{rel}: {type(exc).__name__}: {exc}")
+    return CertReport(rel, "full-model", None, None, None, tuple(c.checks))
+
+
+def _replay_full_stream(root: Path, contents: dict[str, bytes], pred: dict[str, Any], c: _Checker, tol: Tolerances, reference: str) -> None:
+    """Every block stitched: the stream x_hat^(1..L) is a pure function of x^(0) and the IRs. Recompute it."""
+    from .interpreter import replay
+
+    index = strict_json(contents["traces/index.json"], "traces/index.json")
+    L = pred["model"]["n_blocks"]
+    irs = []
+    for ell in range(L):
+        d = f"block_{ell:03d}"
+        meta = strict_json(read_artifact(root, f"{d}/ir.json", MAX_JSON_BYTES), f"{d}/ir.json")
+        tensors = read_safetensors(read_artifact(root, f"{d}/ir.safetensors", MAX_TENSOR_FILE_BYTES), f"{d}/ir.safetensors")
+        irs.append(from_dict(meta, {k: np.array(v) for k, v in tensors.items()}))
+    errs: list[list[np.ndarray]] = [[] for _ in range(L)]
+    peak = 0.0
+    for e in index["entries"]:
+        t = read_safetensors(read_artifact(root, e["file"], MAX_TENSOR_FILE_BYTES), e["file"])
+        res = t["residual"]
+        if reference == "numpy":
+            x = res[0].astype(np.float64)[None]
+        else:
+            import torch
+
+            x = torch.from_numpy(np.array(res[0], dtype=np.float32))[None]
+        for ell in range(L):
+            x = replay(irs[ell], x).output
+            y = x[0] if reference == "numpy" else x[0].numpy()
+            errs[ell].append(token_errors(y, res[ell + 1]))
+            peak = max(peak, float(token_norms(res[ell + 1]).max()))
+    claimed = pred["metrics"]
+    mae = [float(np.mean(np.concatenate(e))) for e in errs]
+    mx = [float(np.max(np.concatenate(e))) for e in errs]
+    ok_mae = all(_close(tol, a, b, peak) for a, b in zip(claimed["layer_mae"], mae))
+    ok_max = all(_close(tol, a, b, peak) for a, b in zip(claimed["layer_max"], mx))
+    c.record("layer MAE (IR chain)", ok_mae, _short(claimed["layer_mae"]), _short(mae))
+    c.record("layer max (IR chain)", ok_max, _short(claimed["layer_max"]), _short(mx))
+
+
 def find_certificates(path: Path) -> tuple[Path, list[str]]:
     """(run directory, certificate paths relative to it) for a run directory or one certificate file."""
     path = Path(path)
@@ -532,6 +684,11 @@ def verify(path: str | Path, *, level: str = "replay", reference: str = "torch",
         reports.append(verify_certificate(root, rel, level=level, reference=reference, policy=policy, tol=tol, full=full))
         if progress is not None:
             progress(rel)
+    full_rel = "full/certificate.json"
+    if Path(path).is_dir() and (root / full_rel).exists():
+        reports.append(verify_full_model(root, full_rel, level=level, reference=reference, tol=tol, model=model))
+    elif Path(path).is_file() and Path(path).resolve() == (root / full_rel).resolve():
+        reports = [verify_full_model(root, full_rel, level=level, reference=reference, tol=tol, model=model)]
     if Path(path).is_dir():
         reports.append(verify_summary(root, certs))
     return VerifyReport(str(root), level, reference, policy, tol, tuple(reports))

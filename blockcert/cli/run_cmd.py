@@ -26,6 +26,7 @@ def run_command(
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out; finished blocks are kept."),
     force: bool = typer.Option(False, "--force", help="Replace an existing BlockCert run in --out."),
     batch_size: int = typer.Option(8, "--batch-size", help="Prompts per batch (trace capture and loss-coverage suffixes)."),
+    full: bool = typer.Option(False, "--full", help="Then stitch every certified block back in and write the full-model certificate."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout (progress still goes to stderr)."),
 ) -> None:
     """Certify blocks: trace the model, extract each block to IR, replay, measure ε, MAE, cov_act, cov_path,
@@ -41,10 +42,26 @@ def run_command(
         policy = Policy(tau_act=tau_act, tau_loss=tau_loss, alpha_act=alpha_act, alpha_loss=alpha_loss)
     except ValueError as exc:
         raise UserError(f"invalid threshold: {exc}") from exc
-    result = run(model, arch=arch, prompts=prompts, blocks=blocks, policy=policy, dtype=dtype, out=out,
+    from ..models import load_model
+    from ..promptsets import load_prompts
+    from . import err_console
+
+    load_prompts(prompts)  # a bad prompt file fails before the model loads
+    with err_console.status("Loading model"):
+        loaded = load_model(model, arch=arch, dtype=dtype)
+    result = run(loaded=loaded, arch=arch, prompts=prompts, blocks=blocks, policy=policy, dtype=dtype, out=out,
                  resume=resume, force=force, batch_size=batch_size, progress=True)
+    stitched = None
+    if full:
+        from ..stitch import stitch
+
+        with err_console.status("Stitching all certified blocks"):
+            stitched = stitch(out, loaded=loaded, batch_size=batch_size)
     if as_json:
-        typer.echo(json.dumps(result.summary(), indent=2))
+        summary = result.summary()
+        if stitched is not None:
+            summary["full_model"] = {**stitched.metrics(), "certificate": stitched.certificate, "certificate_id": stitched.certificate_id}
+        typer.echo(json.dumps(summary, indent=2))
         return
     table = Table(title=f"{result.model} ({result.arch}, {result.dtype}) on {result.prompts}: "
                         f"{result.n_prompts} prompts, {result.tokens} tokens")
@@ -60,3 +77,7 @@ def run_command(
     n_ok = sum(b.certified for b in result.blocks)
     console.print(f"{n_ok}/{len(result.blocks)} blocks certified at α_act={policy.alpha_act}, α_loss={policy.alpha_loss} "
                   f"(τ_act={policy.tau_act:g}, τ_loss={policy.tau_loss:g}); written to {result.out}/")
+    if stitched is not None:
+        from .stitch_cmd import render_stitch
+
+        render_stitch(stitched)

@@ -1,0 +1,257 @@
+"""The stitched model (paper §4.3, §6.5-6.6): chosen blocks replaced by their IR replays, replayed end to end.
+
+From a finished run directory: x_hat^(0) = x^(0) (the recorded embedding); block l is the IR replay of
+``block_<l>/ir`` if l is stitched, else the native block; the head gives the stitched token losses. We
+record, per layer l = 1..L, the mean and max over tokens of ||x_hat^(l) - x^(l)||_2 (the MAE of eq. 5 applied
+to the whole stream), baseline and stitched perplexity, and a 30-prompt semantic probe. The result is
+written to ``full/eval.json`` and a full-model certificate ``full/certificate.json`` that references every
+block certificate by id.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import attrs
+import numpy as np
+import torch
+
+from .certificate import statement, subject, write_certificate
+from .digest import canonical_json, file_sha256
+from .errors import UserError
+from .fsutil import atomic_write_bytes
+from .ir import BlockIR, load_ir
+from .metrics import token_errors
+from .models import LoadedModel, load_model
+from .plugins import get_plugins
+from .safeio import strict_json
+from .trace import PromptTrace, batches, load_traces, pad_batch, token_nll
+
+FULL_DIR = "full"
+FULL_PREDICATE = "https://blockcert.dev/predicate/full-model-certificate/v1"
+FULL_SCHEMA_VERSION = 1
+
+
+@attrs.frozen
+class ProbeItem:
+    prompt: str
+    label: str
+    kind: str
+    baseline: str  # the baseline model's greedy next token, decoded
+    stitched: str  # the stitched model's
+
+
+@attrs.frozen
+class StitchResult:
+    stitched_blocks: tuple[int, ...]
+    layer_mae: tuple[float, ...]  # l = 1..L: mean over tokens of ||x_hat^(l) - x^(l)||
+    layer_max: tuple[float, ...]  # l = 1..L: max over tokens
+    ppl_baseline: float
+    ppl_stitched: float
+    probe: tuple[ProbeItem, ...]
+    certificate: str
+    certificate_id: str
+
+    @property
+    def mean_layer_mae(self) -> float:
+        return float(np.mean(self.layer_mae))
+
+    @property
+    def worst_layer_mae(self) -> float:
+        return float(np.max(self.layer_mae))
+
+    @property
+    def max_residual_error(self) -> float:
+        return float(np.max(self.layer_max))
+
+    @property
+    def delta_ppl(self) -> float:
+        return self.ppl_stitched - self.ppl_baseline
+
+    @property
+    def rel_delta_ppl(self) -> float:
+        return abs(self.delta_ppl) / self.ppl_baseline
+
+    def agreement(self, a: str, b: str) -> float:
+        def pick(item: ProbeItem, who: str) -> str:
+            return item.label if who == "label" else getattr(item, who)
+
+        same = [_norm(pick(i, a)) == _norm(pick(i, b)) for i in self.probe]
+        return float(np.mean(same)) if same else 1.0
+
+    def metrics(self) -> dict[str, Any]:
+        return {
+            "layer_mae": list(self.layer_mae), "layer_max": list(self.layer_max),
+            "mean_layer_mae": self.mean_layer_mae, "worst_layer_mae": self.worst_layer_mae,
+            "max_residual_error": self.max_residual_error,
+            "ppl_baseline": self.ppl_baseline, "ppl_stitched": self.ppl_stitched,
+            "delta_ppl": self.delta_ppl, "rel_delta_ppl": self.rel_delta_ppl,
+            "probe_prompts": len(self.probe),
+            "probe_stitched_vs_baseline": self.agreement("stitched", "baseline"),
+            "probe_baseline_vs_human": self.agreement("baseline", "label"),
+            "probe_stitched_vs_human": self.agreement("stitched", "label"),
+        }
+
+
+def _norm(token: str) -> str:
+    return token.strip().lower()
+
+
+def probe_items() -> list[dict[str, str]]:
+    """The 30 human-written probe prompts with human labels (arithmetic, simple facts, yes/no)."""
+    text = resources.files("blockcert.prompts").joinpath("semantic_probe.jsonl").read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+@torch.no_grad()
+def stitched_stream(loaded: LoadedModel, irs: dict[int, BlockIR], x0: torch.Tensor, lengths: Sequence[int],
+                    ) -> list[torch.Tensor]:
+    """[x_hat^(0..L)] for a right-padded batch: stitched blocks by IR replay (each prompt unpadded, as
+    certified), the others natively. Every entry is float32 [B, T, d]."""
+    plugins = get_plugins()
+    native = loaded.native
+    B, T, _ = x0.shape
+    positions = torch.arange(T)[None].expand(B, T)
+    x = x0.to(native.dtype)
+    out = [x.float()]
+    for index in range(native.n_blocks):
+        if index in irs:
+            y = torch.zeros((B, T, x.shape[-1]), dtype=torch.float32)
+            for b, n in enumerate(lengths):
+                y[b, :n] = plugins.replay(irs[index], x[b : b + 1, :n].float()).output[0]
+            x = y.to(native.dtype)
+        else:
+            x = native.call_block(index, x, positions)
+        out.append(x.float())
+    return out
+
+
+def _check_model(loaded: LoadedModel, manifest: dict[str, Any]) -> None:
+    if loaded.weights_sha256() != manifest["model"]["weights_sha256"]:
+        raise UserError(f"model {loaded.name} is not the model of this run (weights digest differs)",
+                        "pass --model with the model the run certified")
+
+
+@torch.no_grad()
+def stitch(out: str | Path, *, blocks: Sequence[int] | None = None, model: str | None = None, loaded: LoadedModel | None = None,
+           batch_size: int = 8) -> StitchResult:
+    """Stitch ``blocks`` (default: every certified block) of the run in ``out``; write ``full/``."""
+    root = Path(out)
+    manifest_path = root / "run.json"
+    if not manifest_path.is_file():
+        raise UserError(f"{root} is not a finished blockcert run (no run.json)", "run `blockcert run --out DIR` first")
+    manifest = strict_json(manifest_path.read_bytes(), str(manifest_path))
+    summary_path = root / "metrics.json"
+    if not summary_path.is_file():
+        raise UserError(f"{root} has no metrics.json: the run did not finish", "finish it with `blockcert run --resume`")
+    summary = strict_json(summary_path.read_bytes(), str(summary_path))
+    available = {b["index"]: b for b in summary["blocks"]}
+    chosen = sorted(available) if blocks is None else sorted(set(blocks))
+    missing = [i for i in chosen if i not in available]
+    if missing:
+        raise UserError(f"blocks {missing} have no certificate in {root}", f"certified blocks: {sorted(available)}")
+    loaded = loaded or load_model(model or manifest["model"]["name"], arch=manifest["model"]["arch"], dtype=manifest["model"]["dtype"])
+    _check_model(loaded, manifest)
+    result = _evaluate(root, loaded, chosen, batch_size)
+    return _write(root, manifest, summary, result)
+
+
+def _evaluate(root: Path, loaded: LoadedModel, chosen: list[int], batch_size: int) -> StitchResult:
+    traces = load_traces(root)
+    if traces is None:
+        raise UserError(f"{root}/traces is incomplete")
+    irs = {i: load_ir(root / f"block_{i:03d}" / "ir") for i in chosen}
+    L = loaded.native.n_blocks
+    errs: list[list[np.ndarray]] = [[] for _ in range(L)]
+    nll_base, nll_stitched = [], []
+    for group in batches(len(traces), batch_size):
+        part: list[PromptTrace] = [traces[k] for k in group]
+        lengths = [t.n_tokens for t in part]
+        x0 = torch.zeros((len(part), max(lengths), loaded.native.d_model))
+        for b, t in enumerate(part):
+            x0[b, : t.n_tokens] = torch.from_numpy(t.residual[0])
+        stream = stitched_stream(loaded, irs, x0, lengths)
+        ids = pad_batch([t.input_ids for t in part])
+        nll = token_nll(loaded.native.head(stream[-1].to(loaded.native.dtype)), ids)
+        for b, t in enumerate(part):
+            for layer in range(1, L + 1):
+                errs[layer - 1].append(token_errors(stream[layer][b, : t.n_tokens].numpy(), t.residual[layer]))
+            nll_stitched.append(nll[b, : t.n_tokens - 1].numpy().astype(np.float64))
+            nll_base.append(t.loss.astype(np.float64))
+    layer_mae = tuple(float(np.mean(np.concatenate(e))) for e in errs)
+    layer_max = tuple(float(np.max(np.concatenate(e))) for e in errs)
+    ppl_base = math.exp(float(np.mean(np.concatenate(nll_base))))
+    ppl_st = math.exp(float(np.mean(np.concatenate(nll_stitched))))
+    probe = run_probe(loaded, irs)
+    result = StitchResult(tuple(chosen), layer_mae, layer_max, ppl_base, ppl_st, tuple(probe), f"{FULL_DIR}/certificate.json", "")
+    return result
+
+
+@torch.no_grad()
+def run_probe(loaded: LoadedModel, irs: dict[int, BlockIR]) -> list[ProbeItem]:
+    """Greedy next token of the baseline and the stitched model on each probe prompt (one padded batch)."""
+    native = loaded.native
+    items = probe_items()
+    ids = [np.asarray(loaded.tokenizer(item["prompt"])["input_ids"], dtype=np.int64) for item in items]
+    n_ctx = min((ir.n_ctx for ir in irs.values()), default=None)
+    for item, a in zip(items, ids):
+        if n_ctx is not None and a.size > n_ctx:
+            raise UserError(f"probe prompt {item['prompt']!r} has {a.size} tokens, beyond the IR tables ({n_ctx})")
+    batch = pad_batch(ids)
+    lengths = [a.size for a in ids]
+    positions = torch.arange(batch.shape[1])[None].expand_as(batch)
+    x0 = native.embed(batch, positions)
+    stitched = stitched_stream(loaded, irs, x0.float(), lengths)[-1].to(native.dtype)
+    base = native.residual_stream(batch)[-1]
+    last = torch.tensor(lengths) - 1
+    rows = torch.arange(len(ids))
+
+    def decode(x: torch.Tensor) -> list[str]:
+        best = native.head(x)[rows, last].argmax(-1)
+        return [loaded.tokenizer.decode([int(t)]) for t in best]
+
+    return [ProbeItem(item["prompt"], item["label"], item.get("kind", ""), b, s_)
+            for item, b, s_ in zip(items, decode(base), decode(stitched))]
+
+
+def _write(root: Path, manifest: dict[str, Any], summary: dict[str, Any], result: StitchResult) -> StitchResult:
+    d = root / FULL_DIR
+    evaluation = {
+        "stitched_blocks": list(result.stitched_blocks),
+        "metrics": result.metrics(),
+        "probe": [attrs.asdict(p) for p in result.probe],
+    }
+    atomic_write_bytes(d / "eval.json", canonical_json(evaluation))
+    refs = []
+    for index in result.stitched_blocks:
+        rel = f"block_{index:03d}/certificate.json"
+        refs.append({"index": index, "certificate": rel, "certificate_id": file_sha256(root / rel)})
+    predicate = {
+        "schema_version": FULL_SCHEMA_VERSION,
+        "tool": manifest["tool"],
+        "model": manifest["model"],
+        "prompts": manifest["prompts"],
+        "stitched_blocks": list(result.stitched_blocks),
+        "block_certificates": refs,
+        "metrics": result.metrics(),
+        "evaluation": f"{FULL_DIR}/eval.json",
+    }
+    subjects = [subject(root, f"{FULL_DIR}/eval.json"), subject(root, "run.json"), subject(root, "traces/index.json"),
+                *(subject(root, r["certificate"]) for r in refs)]
+    cert = statement(subjects, FULL_PREDICATE, predicate)
+    cert_id = write_certificate(d / "certificate.json", cert)
+    return attrs.evolve(result, certificate_id=cert_id)
+
+
+@torch.no_grad()
+def recompute(root: Path, model: str | None, blocks: Sequence[int]) -> dict[str, Any]:
+    """The full-model metrics of ``root`` re-derived with ``model`` (for ``verify --level full``), nothing written."""
+    manifest = strict_json((root / "run.json").read_bytes(), "run.json")
+    loaded = load_model(model or manifest["model"]["name"], arch=manifest["model"]["arch"], dtype=manifest["model"]["dtype"])
+    _check_model(loaded, manifest)
+    return _evaluate(root, loaded, list(blocks), batch_size=8).metrics()

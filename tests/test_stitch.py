@@ -1,0 +1,131 @@
+"""The stitched model and its full-model certificate (paper §4.3, §6.5-6.6)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import rfc8785
+
+from blockcert.pipeline import run
+from blockcert.stitch import probe_items, stitch
+from blockcert.verify import verify
+from test_run import make_model_dir
+
+
+@pytest.fixture(scope="module")
+def stitched_run(tmp_path_factory, smollm2):
+    base = tmp_path_factory.mktemp("stitch")
+    model = make_model_dir(base / "model", smollm2.tokenizer, layers=3)
+    run(model, prompts="builtin:default", out=base / "run")
+    result = stitch(base / "run", model=str(model))
+    return base, model, result
+
+
+def test_probe_set_is_30_labelled_prompts():
+    items = probe_items()
+    assert len(items) == 30
+    assert {i["kind"] for i in items} == {"arithmetic", "fact", "yes/no"}
+    assert all(i["prompt"].strip() and i["label"].strip() for i in items)
+
+
+def test_stitched_model_matches_baseline(stitched_run):
+    _, _, r = stitched_run
+    m = r.metrics()
+    assert r.stitched_blocks == (0, 1, 2) and len(m["layer_mae"]) == 3
+    assert m["rel_delta_ppl"] <= 1e-5 and m["probe_stitched_vs_baseline"] == 1.0
+    assert 0 < m["max_residual_error"] and m["worst_layer_mae"] == max(m["layer_mae"])
+    assert m["probe_prompts"] == 30
+
+
+def test_full_model_certificate_verifies_at_every_level(stitched_run):
+    base, model, _ = stitched_run
+    root = base / "run"
+    cert = json.loads((root / "full/certificate.json").read_bytes())
+    assert cert["predicateType"].endswith("full-model-certificate/v1")
+    assert [r["index"] for r in cert["predicate"]["block_certificates"]] == [0, 1, 2]
+    for kwargs in ({"level": "hashes"}, {"level": "replay"}, {"level": "replay", "reference": "numpy"},
+                   {"level": "full", "model": str(model)}):
+        report = verify(root, **kwargs)
+        assert report.ok, (kwargs, [(c.path, ch.name, ch.detail) for c in report.certificates for ch in c.checks if not ch.ok])
+        assert any(c.kind == "full-model" for c in report.certificates)
+
+
+def _copy(stitched_run, tmp_path):
+    base, _, _ = stitched_run
+    shutil.copytree(base / "run", tmp_path / "run")
+    return tmp_path / "run"
+
+
+def _failures(root, **kw) -> str:
+    report = verify(root, **kw)
+    assert not report.ok
+    return "\n".join(f"{ch.name} {ch.detail}" for c in report.certificates for ch in c.checks if not ch.ok)
+
+
+def test_block_certificate_edited_after_full_model_certificate(stitched_run, tmp_path):
+    root = _copy(stitched_run, tmp_path)
+    cert = json.loads((root / "block_001/certificate.json").read_bytes())
+    cert["predicate"]["tool"]["version"] = "0.0.0-edited"
+    (root / "block_001/certificate.json").write_bytes(rfc8785.dumps(cert))
+    message = _failures(root, level="hashes")
+    assert "block_001/certificate.json differs from the bytes this certificate was issued for" in message
+
+
+def test_edited_evaluation_is_rejected(stitched_run, tmp_path):
+    root = _copy(stitched_run, tmp_path)
+    cert = json.loads((root / "full/certificate.json").read_bytes())
+    cert["predicate"]["metrics"]["ppl_stitched"] *= 0.5
+    (root / "full/certificate.json").write_bytes(rfc8785.dumps(cert))
+    message = _failures(root, level="hashes")
+    assert "eval.json = certificate" in message and "metric delta_ppl follows" in message
+
+
+def test_edited_layer_errors_are_recomputed(stitched_run, tmp_path):
+    """Every block stitched: the verifier recomputes the stream from the IRs alone and catches a false MAE."""
+    root = _copy(stitched_run, tmp_path)
+    for name in ("full/eval.json", "full/certificate.json"):
+        obj = json.loads((root / name).read_bytes())
+        metrics = obj["metrics"] if "metrics" in obj else obj["predicate"]["metrics"]
+        metrics["layer_mae"][1] *= 0.5
+        metrics["mean_layer_mae"] = sum(metrics["layer_mae"]) / len(metrics["layer_mae"])
+        metrics["worst_layer_mae"] = max(metrics["layer_mae"])
+        if name == "full/certificate.json":
+            import hashlib
+
+            for s in obj["subject"]:
+                if s["name"] == "full/eval.json":
+                    s["digest"]["sha256"] = hashlib.sha256((root / "full/eval.json").read_bytes()).hexdigest()
+        (root / name).write_bytes(rfc8785.dumps(obj))
+    assert verify(root, level="hashes").certificates  # structure is consistent now ...
+    assert "layer MAE (IR chain)" in _failures(root, level="replay")  # ... but the numbers are not
+
+
+def test_stitch_a_subset_and_bad_requests(stitched_run, tmp_path):
+    base, model, _ = stitched_run
+    root = _copy(stitched_run, tmp_path)
+    r = stitch(root, blocks=[1], model=str(model))
+    assert r.stitched_blocks == (1,) and r.layer_mae[0] == 0.0  # layer 1 (after block 0) is untouched
+    assert verify(root, level="replay").ok
+    proc = subprocess.run([sys.executable, "-m", "blockcert", "stitch", str(root), "--blocks", "7", "--model", str(model)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "no certificate" in proc.stderr and "Traceback" not in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "blockcert", "stitch", str(tmp_path / "nowhere")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "run.json" in proc.stderr
+
+
+def test_default_model_fully_stitched(tmp_path):
+    """All 30 SmolLM2 blocks replaced by their IR: perplexity within 1e-5 relative, probe agreement 1.0."""
+    out = tmp_path / "D"
+    proc = subprocess.run([sys.executable, "-m", "blockcert", "run", "--full", "--out", str(out), "--json"],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    full = json.loads(proc.stdout)["full_model"]
+    assert full["rel_delta_ppl"] <= 1e-5
+    assert full["probe_stitched_vs_baseline"] == 1.0
+    assert len(full["layer_mae"]) == 30
+    report = verify(out, level="hashes")
+    assert report.ok
