@@ -31,7 +31,9 @@ from .digest import tensors_sha256
 from .errors import UserError
 from .ir import BlockIR, from_dict
 from .metrics import Policy, block_metrics, certified, path_matches, token_errors, token_norms
-from .safeio import MAX_JSON_BYTES, MAX_TENSOR_FILE_BYTES, ArtifactError, is_sha256_hex, read_artifact, read_safetensors, strict_json
+from .safeio import (
+    MAX_JSON_BYTES, MAX_TENSOR_FILE_BYTES, ArtifactError, is_sha256_hex, read_artifact, read_safetensors, resolve_inside, strict_json,
+)
 
 LEVELS = ("hashes", "replay", "full")
 
@@ -188,7 +190,29 @@ def _load_certificate(root: Path, rel: str, c: _Checker, predicate_type: str = B
     return cert, raw
 
 
-def _check_subjects(root: Path, cert: dict[str, Any], c: _Checker) -> dict[str, bytes]:
+def _read_hashed(root: Path, name: str, limit: int, cache: dict[Any, Any] | None) -> tuple[bytes, str, dict[str, Any]]:
+    """(bytes, sha256, memo) of an artifact; within one verify() call a file shared by many certificates
+    (the traces) is read and hashed once, keyed by its identity and modification stamp."""
+    import os
+
+    key = None
+    if cache is not None:
+        path = resolve_inside(root, name)
+        try:
+            st = os.stat(path)
+            key = (str(path), st.st_ino, st.st_size, st.st_mtime_ns)
+        except OSError:
+            key = None
+        if key is not None and key in cache:
+            return cache[key]
+    data = read_artifact(root, name, limit)
+    entry = (data, hashlib.sha256(data).hexdigest(), {})
+    if key is not None:
+        cache[key] = entry
+    return entry
+
+
+def _check_subjects(root: Path, cert: dict[str, Any], c: _Checker, cache: dict[Any, Any] | None = None) -> dict[str, bytes]:
     subjects = _typed(c, "subject", cert["subject"], list)
     contents: dict[str, bytes] = {}
     names = []
@@ -204,20 +228,20 @@ def _check_subjects(root: Path, cert: dict[str, Any], c: _Checker) -> dict[str, 
         c.require(f"digest hex of {name}", is_sha256_hex(digest["sha256"]), "64 lowercase hex digits", digest["sha256"])
         limit = MAX_TENSOR_FILE_BYTES if name.endswith(".safetensors") else MAX_JSON_BYTES
         try:
-            data = read_artifact(root, name, limit)
+            data, actual, memo = _read_hashed(root, name, limit, cache)
         except ArtifactError as exc:
             c.require(f"artifact {name}", False, detail=str(exc))
-        actual = hashlib.sha256(data).hexdigest()
         c.require(f"sha256 {name}", actual == digest["sha256"], digest["sha256"][:16], actual[:16],
                   "" if actual == digest["sha256"] else f"{name} differs from the bytes this certificate was issued for")
         if name.endswith(".safetensors"):
             ann = _typed(c, f"annotations of {name}", s.get("annotations"), dict)
             c.require(f"annotations of {name}", set(ann) == {TENSOR_ANNOTATION}, TENSOR_ANNOTATION, ",".join(sorted(ann)))
-            try:
-                tensors = read_safetensors(data, name)
-            except ArtifactError as exc:
-                c.require(f"tensors {name}", False, detail=str(exc))
-            td = tensors_sha256(tensors)
+            if "tensors_sha256" not in memo:
+                try:
+                    memo["tensors_sha256"] = tensors_sha256(read_safetensors(data, name))
+                except ArtifactError as exc:
+                    c.require(f"tensors {name}", False, detail=str(exc))
+            td = memo["tensors_sha256"]
             c.require(f"tensor digest {name}", td == ann[TENSOR_ANNOTATION], ann[TENSOR_ANNOTATION][:16], td[:16])
         else:
             c.require(f"annotations of {name}", "annotations" not in s, "none", "present")
@@ -432,7 +456,7 @@ def _replay_checks(pred: dict[str, Any], contents: dict[str, bytes], index: dict
 
 
 def verify_certificate(root: Path, rel: str, *, level: str, reference: str, policy: Policy, tol: Tolerances,
-                       full: Callable[..., Any] | None = None) -> CertReport:
+                       full: Callable[..., Any] | None = None, cache: dict[Any, Any] | None = None) -> CertReport:
     c = _Checker()
     claimed_cert = verdict = block = None
     try:
@@ -441,7 +465,7 @@ def verify_certificate(root: Path, rel: str, *, level: str, reference: str, poli
         _check_predicate(pred, c, policy)
         block = pred["block"]["index"]
         claimed_cert = pred["verdict"]["certified"]
-        contents = _check_subjects(root, cert, c)
+        contents = _check_subjects(root, cert, c, cache)
         block_dirname = rel.rsplit("/", 1)[0]
         _check_block_files(root, block_dirname, contents, c)
         metrics_record, index = _cross_refs(pred, contents, block_dirname, c)
@@ -680,8 +704,9 @@ def verify(path: str | Path, *, level: str = "replay", reference: str = "torch",
 
         full = FullCheck(root, model, tol)
     reports = []
+    cache: dict[Any, Any] = {}
     for rel in certs:
-        reports.append(verify_certificate(root, rel, level=level, reference=reference, policy=policy, tol=tol, full=full))
+        reports.append(verify_certificate(root, rel, level=level, reference=reference, policy=policy, tol=tol, full=full, cache=cache))
         if progress is not None:
             progress(rel)
     full_rel = "full/certificate.json"
