@@ -89,3 +89,21 @@ def test_missing_default_model_is_one_line_and_exit_2():
 def test_version():
     out = blockcert("--version")
     assert out.returncode == 0 and out.stdout.startswith("blockcert ")
+
+
+def test_gguf_without_its_loader_names_the_package(tmp_path):
+    """A machine without the `gguf` package: converting the GGUF fails with one line naming what to install."""
+    code = (
+        "import sys, importlib.abc\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'gguf' or name.startswith('gguf.'):\n"
+        "            raise ImportError('No module named gguf')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from blockcert.cli import main\n"
+        "main(['ir-check', '--blocks', '0'])\n"
+    )
+    env = {**os.environ, "BLOCKCERT_CACHE": str(tmp_path / "cache")}  # force a fresh conversion
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "gguf" in out.stderr and "pip install" in out.stderr and "Traceback" not in out.stderr
