@@ -3,7 +3,9 @@
     .venv/bin/python benchmarks/replay_vs_native.py [--blocks 0,15,29] [--repeats 20]
 
 Prints, per block, the median time of the native HF block call, of the torch float32 IR replay and of
-the numpy float64 reference replay on the same recorded inputs, and the two ratios.
+the numpy float64 reference replay on the same recorded inputs (one unpadded sequence: the default
+prompts joined), and the two ratios. The three are sampled round-robin so they see the same load.
+benchmarks/run_costs.py measures the replay ratio on ``blockcert run``'s padded batches instead.
 """
 
 from __future__ import annotations
@@ -18,14 +20,19 @@ import blockcert
 from blockcert.prompts import builtin
 
 
-def median_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def interleaved_medians(fns: list, repeats: int) -> list[float]:
+    """Median seconds of each function, sampled round-robin (order reversed every other round) so that
+    all of them see the same machine load; one warm-up call each first."""
+    for fn in fns:
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    times: list[list[float]] = [[] for _ in fns]
+    for r in range(repeats):
+        order = list(range(len(fns))) if r % 2 == 0 else list(reversed(range(len(fns))))
+        for i in order:
+            start = time.perf_counter()
+            fns[i]()
+            times[i].append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
 
 
 def main() -> None:
@@ -45,9 +52,9 @@ def main() -> None:
         x = xs[index]
         x64 = x.double().numpy()
         with torch.no_grad():
-            t_native = median_time(lambda: m.native.call_block(index, x, positions), args.repeats)
-            t_torch = median_time(lambda: blockcert.replay(ir, x), args.repeats)
-        t_numpy = median_time(lambda: blockcert.replay(ir, x64), args.repeats)
+            t_native, t_torch, t_numpy = interleaved_medians(
+                [lambda: m.native.call_block(index, x, positions), lambda: blockcert.replay(ir, x),
+                 lambda: blockcert.replay(ir, x64)], args.repeats)
         print(f"{index:>5} {t_native * 1e3:>10.2f} {t_torch * 1e3:>12.2f} {t_numpy * 1e3:>12.2f} "
               f"{t_torch / t_native:>13.2f} {t_numpy / t_native:>13.2f}")
 
