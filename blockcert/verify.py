@@ -17,8 +17,9 @@ policy. Unknown fields are errors. Each check reports claimed vs recomputed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +117,20 @@ class VerifyReport:
 
 class _Fail(Exception):
     """Stops the checks of one certificate (the failure is already recorded)."""
+
+
+@contextlib.contextmanager
+def _guard(c: "_Checker", rel: str) -> Iterator[None]:
+    """Checks of one certificate: a failed ``require`` stops them; a malformed artifact becomes a failed
+    check naming the certificate, never an exception escaping the verifier."""
+    try:
+        yield
+    except _Fail:
+        pass
+    except (ArtifactError, UserError) as exc:
+        c.record("artifacts", False, detail=str(exc))
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+        c.record("well-formed", False, detail=f"{rel}: {type(exc).__name__}: {exc}")
 
 
 class _Checker:
@@ -459,7 +474,7 @@ def verify_certificate(root: Path, rel: str, *, level: str, reference: str, poli
                        full: Callable[..., Any] | None = None, cache: dict[Any, Any] | None = None) -> CertReport:
     c = _Checker()
     claimed_cert = verdict = block = None
-    try:
+    with _guard(c, rel):
         cert, _ = _load_certificate(root, rel, c)
         pred = cert["predicate"]
         _check_predicate(pred, c, policy)
@@ -472,12 +487,6 @@ def verify_certificate(root: Path, rel: str, *, level: str, reference: str, poli
         if level in ("replay", "full"):
             ir = _load_ir(contents, block_dirname, c)
             verdict = _replay_checks(pred, contents, index, ir, block_dirname, c, policy, tol, reference, full, metrics_record)
-    except _Fail:
-        pass
-    except (ArtifactError, UserError) as exc:
-        c.record("artifacts", False, detail=str(exc))
-    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
-        c.record("well-formed", False, detail=f"{rel}: {type(exc).__name__}: {exc}")
     return CertReport(rel, "block", block, claimed_cert, verdict, tuple(c.checks))
 
 
@@ -567,7 +576,7 @@ def verify_full_model(root: Path, rel: str, *, level: str, reference: str, tol: 
     from .stitch import FULL_PREDICATE, FULL_SCHEMA_VERSION
 
     c = _Checker()
-    try:
+    with _guard(c, rel):
         cert, _ = _load_certificate(root, rel, c, FULL_PREDICATE)
         pred = cert["predicate"]
         _exact_keys(c, "predicate", pred, FULL_FIELDS)
@@ -624,12 +633,6 @@ def verify_full_model(root: Path, rel: str, *, level: str, reference: str, tol: 
                 ok = all(_close(tol, float(x), float(y), 0.0) or abs(float(x) - float(y)) <= 1e-6 * max(1.0, abs(float(x)))
                          for x, y in zip(a if isinstance(a, list) else [a], b if isinstance(b, list) else [b]))
                 c.record(f"re-run {key}", ok, _short(a), _short(b))
-    except _Fail:
-        pass
-    except (ArtifactError, UserError) as exc:
-        c.record("artifacts", False, detail=str(exc))
-    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
-        c.record("well-formed", False, detail=f"{rel}: {type(exc).__name__}: {exc}")
     return CertReport(rel, "full-model", None, None, None, tuple(c.checks))
 
 
