@@ -40,7 +40,6 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-
 import torch
 
 import blockcert
