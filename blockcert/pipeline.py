@@ -40,7 +40,7 @@ from .models import LoadedModel, load_model
 from .plugins import get_plugins
 from .promptsets import load_prompts
 from .spec import parse_blocks
-from .trace import PromptTrace, batches, capture, load_traces, prompt_file, prompts_sha256, save_traces, token_nll
+from .trace import PromptTrace, batches, capture, load_traces, prompt_file, prompt_nll, prompts_sha256, save_traces
 
 MANIFEST = "run.json"
 SUMMARY = "metrics.json"
@@ -203,14 +203,13 @@ def measure_block(loaded: LoadedModel, traces: Sequence[PromptTrace], ir: Any, i
         ids = torch.zeros((B, T), dtype=torch.long)
         for b, t in enumerate(part):
             ids[b, : t.n_tokens] = torch.from_numpy(t.input_ids)
-        nll = token_nll(native.head(x), ids)
+        nll = prompt_nll(native, x, ids, [t.n_tokens for t in part])
         for b, (t, rep) in enumerate(zip(part, reps)):
-            n = t.n_tokens
             m.errors.append(token_errors(rep.output[0].numpy(), t.residual[index + 1]))
             m.norms.append(token_norms(t.residual[index + 1]))
             m.paths.append(path_matches(rep.mask[0].numpy(), t.masks[index], rep.head_active.numpy(), t.head_gates[index]))
             m.base.append(t.loss)
-            m.stitched.append(nll[b, : n - 1].numpy())
+            m.stitched.append(nll[b])
     return m
 
 

@@ -30,7 +30,7 @@ from .metrics import token_errors
 from .models import LoadedModel, load_model
 from .plugins import get_plugins
 from .safeio import strict_json
-from .trace import PromptTrace, batches, load_traces, pad_batch, token_nll
+from .trace import PromptTrace, batches, load_traces, pad_batch, prompt_nll
 
 FULL_DIR = "full"
 FULL_PREDICATE = "https://blockcert.dev/predicate/full-model-certificate/v1"
@@ -177,11 +177,11 @@ def _evaluate(root: Path, loaded: LoadedModel, chosen: list[int], batch_size: in
             x0[b, : t.n_tokens] = torch.from_numpy(t.residual[0])
         stream = stitched_stream(loaded, irs, x0, lengths)
         ids = pad_batch([t.input_ids for t in part])
-        nll = token_nll(loaded.native.head(stream[-1].to(loaded.native.dtype)), ids)
+        nll = prompt_nll(loaded.native, stream[-1].to(loaded.native.dtype), ids, lengths)
         for b, t in enumerate(part):
             for layer in range(1, L + 1):
                 errs[layer - 1].append(token_errors(stream[layer][b, : t.n_tokens].numpy(), t.residual[layer]))
-            nll_stitched.append(nll[b, : t.n_tokens - 1].numpy().astype(np.float64))
+            nll_stitched.append(nll[b].astype(np.float64))
             nll_base.append(t.loss.astype(np.float64))
     layer_mae = tuple(float(np.mean(np.concatenate(e))) for e in errs)
     layer_max = tuple(float(np.max(np.concatenate(e))) for e in errs)

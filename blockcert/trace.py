@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import attrs
 import numpy as np
@@ -102,6 +103,20 @@ def token_nll(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
     return -logp.gather(-1, input_ids[:, 1:, None])[..., 0]
 
 
+def prompt_nll(native: Any, x: torch.Tensor, input_ids: torch.Tensor, lengths: Sequence[int]) -> list[np.ndarray]:
+    """Token losses of each prompt of a right-padded batch: final stream ``x`` [B, T, d] -> [T_b - 1] each.
+
+    The head (final norm + unembedding, the most expensive matrix of a small model) runs only on the
+    rows that predict a real token, Σ(T_b − 1) of them, never on padding or on a prompt's last position.
+    Every token loss of BlockCert (baseline, stitched, re-verified) goes through this one function.
+    """
+    B, T = input_ids.shape
+    sel = torch.arange(T - 1)[None, :] < (torch.as_tensor(list(lengths))[:, None] - 1)  # [B, T-1]
+    logits = native.head(x[:, :-1][sel])  # [N, V]
+    nll = torch.nn.functional.cross_entropy(logits.float(), input_ids[:, 1:][sel], reduction="none")
+    return [part.numpy() for part in torch.split(nll, [n - 1 for n in lengths])]
+
+
 @torch.no_grad()
 def capture(
     loaded: LoadedModel,
@@ -126,7 +141,7 @@ def capture(
             masks.append(native.attention_allowed(index, positions))
             x = native.call_block(index, x, positions)
             stream.append(x.float())
-        loss = token_nll(native.head(x), input_ids)
+        loss = prompt_nll(native, x, input_ids, [ids[k].size for k in group])
         residual = torch.stack(stream, dim=1)  # [B, L+1, T, d]
         mask = torch.stack(masks, dim=1)  # [B, L, T, T]
         for b, k in enumerate(group):
@@ -141,7 +156,7 @@ def capture(
                 index=k, text=prompts[k], input_ids=ids[k], residual=res,
                 masks=mask[b, :, :n, :n].contiguous().numpy(),
                 head_gates=np.ones((L, H), dtype=bool),
-                loss=loss[b, : n - 1].contiguous().numpy(),
+                loss=loss[b],
             ))
         if progress is not None:
             progress(len(group))

@@ -27,14 +27,34 @@ class LlamaNative(hf.NativeModel):
     def call_block(
         self, index: int, x: torch.Tensor, positions: torch.Tensor, key_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
-        # LlamaDecoderLayer needs the model-level RoPE (cos, sin) for these positions and an explicit mask.
-        cos_sin = self.base.rotary_emb(x, position_ids=positions)
-        mask = hf.additive_mask(self.attention_allowed(index, positions, key_mask), x.dtype)
+        # LlamaDecoderLayer needs the model-level RoPE (cos, sin) for these positions and a mask.
+        cos_sin, mask = self._batch_inputs(x, positions, key_mask)
         out = self.blocks[index](x, attention_mask=mask, position_ids=positions, position_embeddings=cos_sin)
         return out[0] if isinstance(out, tuple) else out
 
     def head(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.lm_head(self.base.norm(x))
+
+    def _batch_inputs(
+        self, x: torch.Tensor, positions: torch.Tensor, key_mask: torch.Tensor | None
+    ) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor | None]:
+        """RoPE (cos, sin) and the attention mask of one batch, built once and reused by every block.
+
+        The cache is keyed on the identity of ``positions`` / ``key_mask`` (callers pass the same
+        tensors to each block of a batch). Plain causal attention on positions 0..T-1 under SDPA gets no
+        explicit mask, so SDPA takes its ``is_causal`` kernel exactly as HF's own forward does; every
+        other case (padded keys, shifted positions, eager attention) gets the explicit additive mask.
+        """
+        cached = getattr(self, "_cache", None)
+        if cached is not None and cached[0] is positions and cached[1] is key_mask and cached[2] == (x.dtype, x.device):
+            return cached[3], cached[4]
+        cos_sin = self.base.rotary_emb(x, position_ids=positions)
+        T = positions.shape[-1]
+        plain = (key_mask is None and getattr(self.model.config, "_attn_implementation", None) == "sdpa"
+                 and bool((positions == torch.arange(T, device=positions.device)).all()))
+        mask = None if plain else hf.additive_mask(self.attention_allowed(0, positions, key_mask), x.dtype)
+        self._cache = (positions, key_mask, (x.dtype, x.device), cos_sin, mask)
+        return cos_sin, mask
 
 
 def to_ir(native: LlamaNative, index: int, n_ctx: int) -> BlockIR:
