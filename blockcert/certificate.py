@@ -17,8 +17,8 @@ from .digest import canonical_json, file_sha256, tensors_sha256
 from .fsutil import atomic_write_bytes
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
-BLOCK_PREDICATE = "https://blockcert.dev/predicate/block-certificate/v1"
-CERT_SCHEMA_VERSION = 1
+BLOCK_PREDICATE = "https://blockcert.dev/predicate/block-certificate/v2"
+CERT_SCHEMA_VERSION = 2
 TENSOR_ANNOTATION = "blockcert.tensors_sha256"
 
 

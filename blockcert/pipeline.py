@@ -35,6 +35,7 @@ from .digest import canonical_json, file_sha256
 from .errors import UserError
 from .fsutil import atomic_write_bytes, atomic_write_text, is_temp_name
 from .ir import save_ir
+from .lipschitz import BoundSettings, block_record, predicate_summary
 from .metrics import BlockMetrics, Policy, block_metrics, certified, path_matches, token_errors, token_norms
 from .models import LoadedModel, load_model
 from .plugins import get_plugins
@@ -43,6 +44,7 @@ from .spec import parse_blocks
 from .trace import PromptTrace, batches, capture, load_traces, prompt_file, prompt_nll, prompts_sha256, save_traces
 
 MANIFEST = "run.json"
+BOUNDS_FILE = "bounds.json"
 SUMMARY = "metrics.json"
 
 
@@ -145,7 +147,12 @@ def _prepare_out(out: Path, manifest: dict[str, Any], resume: bool, force: bool)
     atomic_write_text(manifest_path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 
-def _load_finished(root: Path, index: int) -> BlockResult | None:
+def _load_finished(root: Path, index: int, bounds: BoundSettings | None = None) -> BlockResult | None:
+    """The result of a block an earlier run finished; None if it must be (re)done.
+
+    With ``bounds``, a block whose certificate logs no Lipschitz bounds, or bounds computed with other
+    settings, counts as unfinished.
+    """
     d = root / block_dir(index)
     cert_path, metrics_path = d / "certificate.json", d / "metrics.json"
     if not (cert_path.is_file() and metrics_path.is_file()):
@@ -159,8 +166,20 @@ def _load_finished(root: Path, index: int) -> BlockResult | None:
         cert = json.loads(cert_path.read_text(encoding="utf-8"))
     except (ValueError, KeyError, TypeError):
         return None  # damaged by a crash in an older version: redo the block
+    if bounds is not None and not _has_bounds(d, cert, bounds):
+        return None
     return BlockResult(index, metrics, bool(record["certified"]), f"{block_dir(index)}/certificate.json",
                        certificate_id(cert), resumed=True)
+
+
+def _has_bounds(d: Path, cert: dict[str, Any], bounds: BoundSettings) -> bool:
+    if not (cert.get("predicate") or {}).get("lipschitz"):
+        return False
+    try:
+        record = json.loads((d / BOUNDS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return record.get("settings") == attrs.asdict(bounds)
 
 
 def _pad(arrays: Sequence[np.ndarray]) -> torch.Tensor:
@@ -223,11 +242,14 @@ def _remove_stale_temps(directory: Path) -> None:
 def certify_block(
     loaded: LoadedModel, traces: Sequence[PromptTrace], index: int, root: Path, policy: Policy,
     n_ctx: int, shared_subjects: Sequence[dict[str, Any]], manifest: dict[str, Any], batch_size: int,
+    bounds: BoundSettings | None = None,
 ) -> BlockResult:
     """Extract block ``index``, replay it on its traces, measure, write its artifacts and certificate."""
     ir = get_plugins().to_ir(loaded.native, index, n_ctx)
     d = root / block_dir(index)
     _remove_stale_temps(d)
+    if bounds is None:  # left by an interrupted --bounds run of this block: not part of this certificate
+        (d / BOUNDS_FILE).unlink(missing_ok=True)
     save_ir(ir, d / "ir")
     meas = measure_block(loaded, traces, ir, index, batch_size)
     errors, norms, paths, stitched = meas.errors, meas.norms, meas.paths, meas.stitched
@@ -245,7 +267,14 @@ def certify_block(
     atomic_write_bytes(d / "errors.safetensors", save(per_token, metadata={"format": "blockcert-errors"}))
     record = {"block": index, "metrics": _metrics_dict(metrics), "certified": verdict, "policy": attrs.asdict(policy)}
     atomic_write_bytes(d / "metrics.json", canonical_json(record))
-    own = [subject(root, f"{block_dir(index)}/{name}") for name in ("ir.json", "ir.safetensors", "errors.safetensors", "metrics.json")]
+    names = ["ir.json", "ir.safetensors", "errors.safetensors", "metrics.json"]
+    lipschitz = None
+    if bounds is not None:
+        record = block_record(ir, [t.residual[index] for t in traces], errors, bounds)
+        atomic_write_bytes(d / BOUNDS_FILE, canonical_json(record))
+        names.append(BOUNDS_FILE)
+        lipschitz = predicate_summary(record, f"{block_dir(index)}/{BOUNDS_FILE}")
+    own = [subject(root, f"{block_dir(index)}/{name}") for name in sorted(names)]
     m = _metrics_dict(metrics)
     predicate = {
         "schema_version": CERT_SCHEMA_VERSION,
@@ -260,6 +289,7 @@ def certify_block(
                     "cov_loss_ok": metrics.cov_loss >= policy.alpha_loss},
         "replay": manifest["replay"],
         "surrogate": None,
+        "lipschitz": lipschitz,
     }
     cert = statement([*own, *shared_subjects], BLOCK_PREDICATE, predicate)
     cert_id = write_certificate(d / "certificate.json", cert)  # last: its presence marks the block done
@@ -280,8 +310,15 @@ def run(
     batch_size: int = 8,
     progress: bool = False,
     loaded: LoadedModel | None = None,
+    bounds: bool | BoundSettings = False,
 ) -> RunResult:
-    """Certify ``blocks`` of ``model`` on ``prompts``; write everything under ``out``. See the module doc."""
+    """Certify ``blocks`` of ``model`` on ``prompts``; write everything under ``out``. See the module doc.
+
+    ``bounds=True`` (or a :class:`~blockcert.lipschitz.BoundSettings`) also computes each block's
+    Lipschitz bounds, writes them to ``block_<idx>/bounds.json`` and logs them in the certificate
+    (about 1 s per SmolLM2 block); with ``resume=True``, finished blocks without bounds are redone.
+    """
+    settings = (BoundSettings() if bounds is True else bounds) or None
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -314,8 +351,9 @@ def run(
         shared = [subject(root, MANIFEST), subject(root, "traces/index.json"), *(subject(root, prompt_file(t.index)) for t in traces)]
         task = bar.add_task("Certifying blocks", total=len(selected))
         for index in selected:
-            done = _load_finished(root, index) if resume else None
-            results.append(done or certify_block(loaded, traces, index, root, policy, n_ctx, shared, manifest, batch_size))
+            done = _load_finished(root, index, settings) if resume else None
+            results.append(done or certify_block(loaded, traces, index, root, policy, n_ctx, shared, manifest, batch_size,
+                                                 settings))
             bar.advance(task)
     result = RunResult(out=root, model=loaded.name, arch=loaded.arch, dtype=loaded.dtype, prompts=prompts,
                        n_prompts=len(texts), tokens=sum(t.n_tokens for t in traces), policy=policy, blocks=tuple(results))

@@ -35,17 +35,28 @@ from .metrics import Policy, block_metrics, certified, path_matches, token_error
 from .safeio import (
     MAX_JSON_BYTES, MAX_TENSOR_FILE_BYTES, ArtifactError, is_sha256_hex, read_artifact, read_safetensors, resolve_inside, strict_json,
 )
+from .verify_bounds import check_lipschitz, recheck_lipschitz
 
 LEVELS = ("hashes", "replay", "full")
 
 #: predicateType of an older certificate schema -> function rewriting its statement into the current one.
-#: Empty while schema v1 is the only one; a format change adds ``migrate_v1_to_v2`` here (and a golden run).
-MIGRATIONS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+#: A format change adds ``migrate_vN_to_vN+1`` here and a golden run (tests/make_golden.py); old runs keep verifying.
+def migrate_v1_to_v2(cert: dict[str, Any]) -> dict[str, Any]:
+    """Schema v1 -> v2: v2 added ``predicate.lipschitz`` (null when a run computed no bounds, as v1 runs never did)."""
+    pred = cert.get("predicate")
+    if not isinstance(pred, dict) or pred.get("schema_version") != 1 or "lipschitz" in pred:
+        return cert  # not a well-formed v1 predicate: let the v2 checks report what is wrong
+    return {**cert, "predicateType": BLOCK_PREDICATE, "predicate": {**pred, "schema_version": 2, "lipschitz": None}}
+
+
+MIGRATIONS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "https://blockcert.dev/predicate/block-certificate/v1": migrate_v1_to_v2,
+}
 REFERENCES = ("torch", "numpy")
 
 PER_PROMPT_FIELDS = ("per_prompt_cov_act", "per_prompt_mae", "per_prompt_cov_loss")
 METRIC_FIELDS = ("epsilon", "mae", "cov_act", "cov_path", "cov_loss", "rel_max", "rel_mean", "tokens", "loss_tokens", "best_prompt")
-PREDICATE_FIELDS = {"schema_version", "tool", "model", "block", "prompts", "policy", "metrics", "verdict", "replay", "surrogate"}
+PREDICATE_FIELDS = {"schema_version", "tool", "model", "block", "prompts", "policy", "metrics", "verdict", "replay", "surrogate", "lipschitz"}
 MODEL_FIELDS = {"name", "arch", "dtype", "weights_sha256", "source_sha256", "n_blocks", "d_model"}
 BLOCK_FIELDS = {"index", "arch", "n_ctx", "ir"}
 PROMPT_FIELDS = {"description", "count", "sha256", "tokens", "trace_index"}
@@ -265,8 +276,9 @@ def _check_subjects(root: Path, cert: dict[str, Any], c: _Checker, cache: dict[A
     return contents
 
 
-def _check_block_files(root: Path, block_dirname: str, contents: dict[str, bytes], c: _Checker) -> None:
-    expected = {f"{block_dirname}/{n}" for n in ("ir.json", "ir.safetensors", "errors.safetensors", "metrics.json")}
+def _check_block_files(root: Path, block_dirname: str, contents: dict[str, bytes], c: _Checker, with_bounds: bool) -> None:
+    names = ("ir.json", "ir.safetensors", "errors.safetensors", "metrics.json") + (("bounds.json",) if with_bounds else ())
+    expected = {f"{block_dirname}/{n}" for n in names}
     missing = expected - set(contents)
     c.require("required artifacts referenced", not missing, "ir, errors, metrics", "", f"not referenced: {sorted(missing)}")
     on_disk = {f"{block_dirname}/{p.name}" for p in (root / block_dirname).iterdir()} - {f"{block_dirname}/certificate.json"}
@@ -482,11 +494,15 @@ def verify_certificate(root: Path, rel: str, *, level: str, reference: str, poli
         claimed_cert = pred["verdict"]["certified"]
         contents = _check_subjects(root, cert, c, cache)
         block_dirname = rel.rsplit("/", 1)[0]
-        _check_block_files(root, block_dirname, contents, c)
+        _check_block_files(root, block_dirname, contents, c, with_bounds=pred["lipschitz"] is not None)
         metrics_record, index = _cross_refs(pred, contents, block_dirname, c)
+        bounds = check_lipschitz(c, pred, contents, block_dirname, exact_keys=_exact_keys)
         if level in ("replay", "full"):
             ir = _load_ir(contents, block_dirname, c)
             verdict = _replay_checks(pred, contents, index, ir, block_dirname, c, policy, tol, reference, full, metrics_record)
+            if bounds is not None:
+                inputs = [read_safetensors(contents[e["file"]], e["file"])["residual"][block] for e in index["entries"]]
+                recheck_lipschitz(c, bounds, ir, inputs, with_lower=level == "full")
     return CertReport(rel, "block", block, claimed_cert, verdict, tuple(c.checks))
 
 

@@ -28,7 +28,7 @@ def main() -> None:
         model = make_model_dir(Path(tmp) / "model", blockcert.load_model().tokenizer, layers=2)
         if target.exists():
             shutil.rmtree(target)
-        blockcert.run(model, prompts="builtin:default", out=target)
+        blockcert.run(model, prompts="builtin:default", out=target, bounds=True)  # v2: certificates log Lipschitz bounds
     print(f"wrote {target}")
 
 

@@ -37,7 +37,7 @@ def pristine(tmp_path_factory, smollm2) -> Path:
     """A complete, valid run on a small random model (blocks 0 and 1, the default prompts)."""
     base = tmp_path_factory.mktemp("tamper")
     model = make_model_dir(base / "model", smollm2.tokenizer, layers=2)
-    run(model, prompts="builtin:default", out=base / "run")
+    run(model, prompts="builtin:default", out=base / "run", bounds=True)
     run(model, prompts="builtin:stress", out=base / "other-prompts")
     run(model, prompts="builtin:default", out=base / "strict", policy=Policy(tau_act=1e-12))  # nothing certified
     assert verify(base / "run").ok
@@ -263,7 +263,7 @@ def t_non_canonical_bytes(root: Path) -> str:
 
 
 def t_unknown_schema_major(root: Path) -> str:
-    edit_cert(root, lambda c: c.update(predicateType="https://blockcert.dev/predicate/block-certificate/v2"))
+    edit_cert(root, lambda c: c.update(predicateType="https://blockcert.dev/predicate/block-certificate/v3"))
     return "predicateType"
 
 
@@ -380,6 +380,76 @@ def t_model_identity_edited(root: Path) -> str:
 def t_summary_missing(root: Path) -> str:
     (root / "metrics.json").unlink()
     return "interrupted run has no summary"
+
+
+def edit_bounds(root: Path, fn: Callable[[dict], None], summary: Callable[[dict], None] | None = None) -> None:
+    """Edit block_000/bounds.json (and the certificate's summary of it), keeping every digest consistent."""
+    p = root / "block_000/bounds.json"
+    record = json.loads(p.read_bytes())
+    fn(record)
+    p.write_bytes(rfc8785.dumps(record))
+    if summary is not None:
+        edit_cert(root, lambda c: summary(c["predicate"]["lipschitz"]))
+    redigest(root)
+
+
+def t_bounds_lowered_consistently(root: Path) -> str:
+    """A smaller K_attn with every composition and summary redone to match: only recomputation catches it."""
+    from fractions import Fraction
+
+    from blockcert.bounds import _fdown, _fup
+
+    def lower(r: dict) -> None:
+        up = r["certified"]["upper"]
+        up["K_attn"] = up["K_attn"] / 4
+        one = Fraction(1)
+        up["analytic_upper_bound"] = _fup((one + Fraction(up["K_attn"])) * (one + Fraction(up["K_mlp"])))
+        up["hybrid_upper_bound"] = _fup((one + Fraction(up["K_attn"])) * (one + Fraction(up["K_mlp_local"])))
+        r["certified"]["hybrid_input_radius"] = _fdown(Fraction(r["settings"]["radius"]) / (one + Fraction(up["K_attn"])))
+        bounds_now.update(r)
+
+    bounds_now: dict = {}
+
+    def summary(s: dict) -> None:
+        s["analytic_upper_bound"] = bounds_now["certified"]["upper"]["analytic_upper_bound"]
+        s["hybrid_upper_bound"] = bounds_now["certified"]["upper"]["hybrid_upper_bound"]
+        s["hybrid_input_radius"] = bounds_now["certified"]["hybrid_input_radius"]
+
+    edit_bounds(root, lower, summary)
+    return "recomputed K_attn"
+
+
+def t_bounds_summary_differs(root: Path) -> str:
+    edit_cert(root, lambda c: c["predicate"]["lipschitz"].update(hybrid_upper_bound=1.0))
+    return "lipschitz.hybrid_upper_bound = bounds.json"
+
+
+def t_bounds_composition_wrong(root: Path) -> str:
+    def edit(r: dict) -> None:
+        r["certified"]["upper"]["analytic_upper_bound"] = r["certified"]["upper"]["analytic_upper_bound"] / 10
+
+    edit_bounds(root, edit, lambda s: s.update(analytic_upper_bound=s["analytic_upper_bound"] / 10))
+    return "analytic_upper_bound = composition of K_attn, K_mlp"
+
+
+def t_bounds_epsilon_seq_lowered(root: Path) -> str:
+    edit_bounds(root, lambda r: r.update(epsilon_seq=r["epsilon_seq"] / 2), lambda s: s.update(epsilon_seq=s["epsilon_seq"] / 2))
+    return "epsilon_seq from errors.safetensors"
+
+
+def t_bounds_lower_above_upper(root: Path) -> str:
+    big = 1e30
+
+    def edit(r: dict) -> None:
+        r["empirical_lower_bound"]["value"] = big
+
+    edit_bounds(root, edit, lambda s: s.update(empirical_lower_bound=big))
+    return "empirical lower <= certified upper"
+
+
+def t_bounds_dropped_from_predicate(root: Path) -> str:
+    edit_cert(root, lambda c: c["predicate"].update(lipschitz=None))
+    return "no bounds.json without predicate.lipschitz"
 
 
 CASES = {name[2:]: fn for name, fn in globals().items() if name.startswith("t_")}
