@@ -34,9 +34,18 @@ _LAZY = {
     "Policy": ("blockcert.metrics", "Policy"),
     "BlockMetrics": ("blockcert.metrics", "BlockMetrics"),
     "parse_spec": ("blockcert.spec", "parse_spec"),
+    "stitch": ("blockcert.stitch", "stitch"),
+    "bound": ("blockcert.compose", "bound"),
+    "BoundReport": ("blockcert.compose", "BoundReport"),
+    "BoundSettings": ("blockcert.lipschitz", "BoundSettings"),
+    "verify": ("blockcert.verify", "verify"),
 }
 
 if TYPE_CHECKING:
+    from .compose import BoundReport, bound
+    from .lipschitz import BoundSettings
+    from .stitch import stitch
+    from .verify import verify
     from .equivalence import check_blocks
     from .metrics import BlockMetrics, Policy
     from .pipeline import BlockResult, RunResult, run
@@ -64,6 +73,11 @@ __all__ = [
     "SCHEMA_VERSION",
     "BlockMetrics",
     "BlockResult",
+    "BoundReport",
+    "BoundSettings",
+    "bound",
+    "stitch",
+    "verify",
     "Policy",
     "RunResult",
     "run",

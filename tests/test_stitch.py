@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+from fractions import Fraction
 
 import pytest
 import rfc8785
@@ -118,9 +119,10 @@ def test_stitch_a_subset_and_bad_requests(stitched_run, tmp_path):
 
 
 def test_default_model_fully_stitched(tmp_path):
-    """All 30 SmolLM2 blocks replaced by their IR: perplexity within 1e-5 relative, probe agreement 1.0."""
+    """All 30 SmolLM2 blocks replaced by their IR: perplexity within 1e-5 relative, probe agreement 1.0, and
+    Theorem 1 from the certified Lipschitz bounds above the observed max residual at every layer."""
     out = tmp_path / "D"
-    proc = subprocess.run([sys.executable, "-m", "blockcert", "run", "--full", "--out", str(out), "--json"],
+    proc = subprocess.run([sys.executable, "-m", "blockcert", "run", "--full", "--bounds", "--out", str(out), "--json"],
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr
     full = json.loads(proc.stdout)["full_model"]
@@ -129,3 +131,9 @@ def test_default_model_fully_stitched(tmp_path):
     assert len(full["layer_mae"]) == 30
     report = verify(out, level="hashes")
     assert report.ok
+    proc = subprocess.run([sys.executable, "-m", "blockcert", "bound", str(out), "--json"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    theorem = json.loads(proc.stdout)
+    assert theorem["holds"] is True and theorem["observed"]["max_residual_error"] == full["max_residual_error"]
+    sound = [v for v in theorem["variants"] if v["sound"]]
+    assert sound and all(Fraction(v["bound"]["decimal"]) >= Fraction(full["max_residual_error"]) for v in sound)
