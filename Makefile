@@ -1,5 +1,6 @@
 # The few verbs everyone uses. Every target is idempotent and builds .venv from scratch if needed.
-#   make demo   set up, then certify every block of the default model on the stress prompts (blockcert-out/)
+#   make demo   set up, then certify every block of the default model on the stress prompts with Lipschitz
+#               bounds, stitch them all back in (blockcert-out/), and print the global bound of Theorem 1
 #   make test   set up, then run the test suite
 PYTHON ?= python3
 VENV   ?= .venv
@@ -23,7 +24,8 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: setup
-	$(BIN)/blockcert run --out blockcert-out --force
+	$(BIN)/blockcert run --bounds --full --out blockcert-out --force
+	$(BIN)/blockcert bound blockcert-out
 
 test: setup
 	$(BIN)/python -m pytest

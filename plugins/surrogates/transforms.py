@@ -1,0 +1,160 @@
+"""The transforms: pure numpy functions from a :class:`~blockcert.ir.BlockIR` to a derived one.
+
+Each takes the IR and already-parsed parameters and returns ``(derived_ir, info)``; ``info`` maps a
+key such as ``"energy_kept.attn.q"`` to a string, recorded by the caller as ``source["derivation.<key>"]``.
+Spec strings, parameter parsing and the ``source`` bookkeeping live in ``blockcert_surrogates``.
+
+Every computation runs in float64 and is cast back to the weight's own dtype; nothing is modified in
+place (arrays are copied or rebuilt, records are ``attrs.evolve``-d). No torch.
+"""
+
+from __future__ import annotations
+
+import attrs
+import numpy as np
+
+from blockcert.ir import BlockIR, Linear
+
+Info = dict[str, str]
+
+#: The matrices each ``targets`` value names, as (block part, field) pairs; ``mlp.gate`` only if gated.
+TARGETS: dict[str, tuple[tuple[str, str], ...]] = {
+    "attn": (("attn", "q"), ("attn", "k"), ("attn", "v"), ("attn", "o")),
+    "mlp": (("mlp", "up"), ("mlp", "gate"), ("mlp", "down")),
+}
+TARGETS["all"] = TARGETS["attn"] + TARGETS["mlp"]
+
+
+class Inapplicable(Exception):
+    """The transform does not apply to this IR (e.g. ``drop-rope`` on a block without RoPE)."""
+
+
+def _linears(ir: BlockIR, targets: str) -> list[tuple[str, Linear]]:
+    """``[("attn.q", Linear), ...]`` for the matrices ``targets`` names that this block has."""
+    found = [(f"{part}.{name}", getattr(getattr(ir, part), name)) for part, name in TARGETS[targets]]
+    return [(key, lin) for key, lin in found if lin is not None]
+
+
+def _replace(ir: BlockIR, new: dict[str, Linear]) -> BlockIR:
+    """``ir`` with the Linear at each ``"part.name"`` key of ``new`` swapped in."""
+    parts = {part: {k.split(".")[1]: v for k, v in new.items() if k.startswith(part + ".")} for part in ("attn", "mlp")}
+    return attrs.evolve(ir, attn=attrs.evolve(ir.attn, **parts["attn"]), mlp=attrs.evolve(ir.mlp, **parts["mlp"]))
+
+
+def _rel_error(new: np.ndarray, old: np.ndarray) -> float:
+    """``||new - old||_F / ||old||_F`` in float64 (0 for an all-zero ``old``)."""
+    ref = np.linalg.norm(old.astype(np.float64))
+    return float(np.linalg.norm(new.astype(np.float64) - old.astype(np.float64)) / ref) if ref > 0 else 0.0
+
+
+# ---------------------------------------------------------------------------------------------------
+# Surrogates
+# ---------------------------------------------------------------------------------------------------
+
+
+def truncated_svd(w: np.ndarray, r: int) -> tuple[np.ndarray, int, float]:
+    """Best rank-``min(r, min(w.shape))`` approximation of ``w`` (Eckart-Young), its rank, and the energy kept.
+
+    The energy kept is ``sum_{i<k} s_i^2 / sum_i s_i^2`` from sequential prefix sums, so it is monotone
+    in ``r`` and exactly 1.0 at full rank (1.0 for an all-zero matrix).
+    """
+    u, s, vt = np.linalg.svd(w.astype(np.float64), full_matrices=False)  # [m,n] -> [m,p], [p], [p,n]
+    k = min(r, s.size)
+    energy = np.cumsum(s**2)  # [p]
+    kept = float(energy[k - 1] / energy[-1]) if energy[-1] > 0 else 1.0
+    approx = (u[:, :k] * s[:k]) @ vt[:k]  # [m,k] @ [k,n] -> [m,n], rank <= k
+    return approx.astype(w.dtype), k, kept
+
+
+def lowrank(ir: BlockIR, *, r: int, targets: str) -> tuple[BlockIR, Info]:
+    """Every target weight replaced by its truncated SVD; biases untouched."""
+    new: dict[str, Linear] = {}
+    info: Info = {}
+    for key, lin in _linears(ir, targets):
+        weight, k, kept = truncated_svd(lin.weight, r)
+        new[key] = attrs.evolve(lin, weight=weight)
+        info[f"rank.{key}"] = str(k)
+        info[f"energy_kept.{key}"] = repr(kept)
+    return _replace(ir, new), info
+
+
+def int8_roundtrip(w: np.ndarray) -> np.ndarray:
+    """Symmetric per-output-channel int8 quantisation of ``w`` [d_in, d_out], dequantised to ``w.dtype``.
+
+    ``scale_j = max_i |w_ij| / 127`` (1 for an all-zero column), ``q = clip(rint(w / scale), -127, 127)``,
+    result ``q * scale``: within ``scale_j / 2`` of ``w`` in column ``j`` (plus the final cast's rounding).
+    """
+    w64 = w.astype(np.float64)  # [d_in, d_out]
+    peak = np.max(np.abs(w64), axis=0)  # [d_out]
+    scale = np.where(peak > 0, peak / 127.0, 1.0)  # [d_out]
+    q = np.clip(np.rint(w64 / scale), -127, 127)  # [d_in, d_out], integers
+    return (q * scale).astype(w.dtype)
+
+
+def int8(ir: BlockIR, *, targets: str) -> tuple[BlockIR, Info]:
+    """Every target weight int8-quantised per output channel and stored dequantised; biases untouched."""
+    new: dict[str, Linear] = {}
+    info: Info = {}
+    for key, lin in _linears(ir, targets):
+        weight = int8_roundtrip(lin.weight)
+        new[key] = attrs.evolve(lin, weight=weight)
+        info[f"max_abs_error.{key}"] = repr(float(np.max(np.abs(weight.astype(np.float64) - lin.weight.astype(np.float64)))))
+        info[f"rel_error.{key}"] = repr(_rel_error(weight, lin.weight))
+    return _replace(ir, new), info
+
+
+def prune_heads(ir: BlockIR, *, heads: tuple[int, ...]) -> tuple[BlockIR, Info]:
+    """``head_gate[h] = 0`` for every listed query head."""
+    n = ir.attn.n_heads
+    missing = [h for h in heads if h >= n]
+    if missing:
+        raise Inapplicable(f"parameter 'heads': query head {missing[0]} does not exist (block {ir.index} has heads 0-{n - 1})")
+    gate = ir.attn.head_gate.copy()  # [H]
+    gate[list(heads)] = 0
+    return attrs.evolve(ir, attn=attrs.evolve(ir.attn, head_gate=gate)), {}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Ablations
+# ---------------------------------------------------------------------------------------------------
+
+
+def drop_rope(ir: BlockIR) -> tuple[BlockIR, Info]:
+    """Attention without its rotary embedding."""
+    if ir.attn.rope is None:
+        raise Inapplicable(f"block {ir.index} has no RoPE to drop")
+    return attrs.evolve(ir, attn=attrs.evolve(ir.attn, rope=None)), {}
+
+
+def invert_mask(ir: BlockIR) -> tuple[BlockIR, Info]:
+    """``allowed' = NOT allowed``, with every position's own key (the diagonal) kept allowed.
+
+    The diagonal keeps every softmax row finite in *every* replay, including those shorter than
+    ``n_ctx`` (a replay of ``T`` tokens uses the table's top-left ``T x T`` corner, where a query
+    row's only allowed keys could otherwise all lie beyond ``T``). For a causal mask this makes every
+    position attend to itself and all later positions.
+    """
+    mask = ~ir.attn.mask | np.eye(ir.n_ctx, dtype=bool)  # [n_ctx, n_ctx]
+    return attrs.evolve(ir, attn=attrs.evolve(ir.attn, mask=mask)), {}
+
+
+def zero_wv(ir: BlockIR) -> tuple[BlockIR, Info]:
+    """``W_V = 0`` and ``b_V = 0``: every head reads zero values (the attention output is ``b_O``)."""
+    v = ir.attn.v
+    zero = Linear(np.zeros_like(v.weight), None if v.bias is None else np.zeros_like(v.bias))
+    return attrs.evolve(ir, attn=attrs.evolve(ir.attn, v=zero)), {}
+
+
+def noise_wq(ir: BlockIR, *, sigma: float, seed: int) -> tuple[BlockIR, Info]:
+    """``W_Q += sigma * N(0, 1)``, absolute noise from ``np.random.default_rng(seed)`` in float64.
+
+    ``sigma = 0`` keeps ``W_Q`` bit for bit (adding ``0 * N`` would turn ``-0.0`` entries into ``+0.0``).
+    """
+    q = ir.attn.q
+    if sigma == 0:
+        weight = q.weight.copy()
+    else:
+        noise = np.random.default_rng(seed).standard_normal(q.weight.shape)  # [d, H*hd] float64
+        weight = (q.weight.astype(np.float64) + sigma * noise).astype(q.weight.dtype)
+    info = {"rel_error.attn.q": repr(_rel_error(weight, q.weight))}
+    return attrs.evolve(ir, attn=attrs.evolve(ir.attn, q=attrs.evolve(q, weight=weight))), info
