@@ -21,6 +21,15 @@ LIPSCHITZ_FORMAT = "blockcert-lipschitz/v1"
 NORM = "sequences: Frobenius norm over tokens, each token Euclidean"
 UPPER_FIELDS = ("K_norm1", "K_attn", "K_mlp", "K_mlp_local", "analytic_upper_bound", "hybrid_upper_bound")
 SPECTRAL_MATRICES = ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.gate", "mlp.up", "mlp.down")
+LOWER_LABEL = ("attained lower bound on the local Lipschitz constant: ||J v|| / ||v|| at the traced input of this prompt, "
+               "v from power iteration on JᵀJ (torch.func jvp/vjp); never above the true Jacobian norm")
+LABELS = {
+    "certified": "upper bounds on the IR block's Lipschitz constant (and its parts), outward-rounded, each valid on "
+                 "the region in certified.regions; null = no finite bound",
+    "epsilon_seq": "measured: max over prompts of the Frobenius norm of the replay error over the sequence "
+                   "(sqrt of the sum of the per-token e(p,t)^2), rounded up",
+    "empirical_lower_bound": "attained, not certified: a lower bound, so the gap to the upper bounds is visible",
+}
 SUMMARY_FIELDS = ("bounds", "analytic_upper_bound", "hybrid_upper_bound", "hybrid_input_radius", "empirical_lower_bound",
                   "epsilon_seq")
 
@@ -57,7 +66,7 @@ def epsilon_seq(errors: Sequence[np.ndarray]) -> float:
     """max over prompts of sqrt(Σ_t e(p,t)²): the block's error in the sequence norm, rounded up.
 
     This is the ε that Theorem 1 needs next to sequence-norm Lipschitz constants; it is at most
-    sqrt(T_p)·ε_token. Computed in exact rationals from the float32 per-token errors.
+    sqrt(T_p)·ε_token. Computed in exact rationals from the stored (float64) per-token errors.
     """
     from .bounds import _sqrt_up
 
@@ -78,8 +87,8 @@ def spectral_table(ir: Any) -> dict[str, dict[str, Any]]:
         if lin is None:
             continue
         sb = spectral_upper_bound(np.asarray(lin.weight))
-        out[name] = {"shape": list(np.shape(lin.weight)), "upper": sb.value, "lower": sb.lower, "method": sb.method,
-                     "exact": sb.exact}
+        out[name] = {"shape": list(np.shape(lin.weight)), "upper": finite_or_none(sb.value), "lower": sb.lower,
+                     "method": sb.method, "exact": sb.exact}
     return out
 
 
@@ -97,8 +106,7 @@ def empirical_lower(ir: Any, inputs: Sequence[np.ndarray], iterations: int) -> d
     x = np.asarray(inputs[k], np.float64)[None]
     value = empirical_lower_bound(lambda t: replay(ir, t), x, iterations=iterations, seed=0)
     return {"value": value, "prompt": k, "tokens": int(x.shape[1]), "iterations": iterations, "dtype": "float64",
-            "label": "attained lower bound on the local Lipschitz constant: ||J v|| / ||v|| at the traced input of this "
-                     "prompt, v from power iteration on JᵀJ (torch.func jvp/vjp); never above the true Jacobian norm"}
+            "label": LOWER_LABEL}
 
 
 def certified_part(ir: Any, inputs: Sequence[np.ndarray], settings: BoundSettings) -> dict[str, Any]:
@@ -129,13 +137,7 @@ def block_record(ir: Any, inputs: Sequence[np.ndarray], errors: Sequence[np.ndar
         "certified": certified_part(ir, inputs, settings),
         "epsilon_seq": epsilon_seq(errors),
         "empirical_lower_bound": empirical_lower(ir, inputs, settings.lower_iterations),
-        "labels": {
-            "certified": "upper bounds on the IR block's Lipschitz constant (and its parts), outward-rounded, each valid on "
-                         "the region in certified.regions; null = no finite bound",
-            "epsilon_seq": "measured: max over prompts of the Frobenius norm of the replay error over the sequence "
-                           "(sqrt of the sum of the per-token e(p,t)^2), rounded up",
-            "empirical_lower_bound": "attained, not certified: a lower bound, so the gap to the upper bounds is visible",
-        },
+        "labels": dict(LABELS),
     }
 
 

@@ -316,7 +316,8 @@ def run(
 
     ``bounds=True`` (or a :class:`~blockcert.lipschitz.BoundSettings`) also computes each block's
     Lipschitz bounds, writes them to ``block_<idx>/bounds.json`` and logs them in the certificate
-    (about 1 s per SmolLM2 block); with ``resume=True``, finished blocks without bounds are redone.
+    (about 1 s per SmolLM2 block); with ``resume=True``, finished blocks without bounds, or with bounds
+    computed under other settings, are redone.
     """
     settings = (BoundSettings() if bounds is True else bounds) or None
     from rich.console import Console

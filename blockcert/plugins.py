@@ -35,6 +35,7 @@ BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
     ("core", "blockcert.builtin"),
     ("gpt2", "blockcert_gpt2"),
     ("llama", "blockcert_llama"),
+    ("surrogates", "blockcert_surrogates"),
 )
 
 

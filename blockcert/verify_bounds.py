@@ -12,12 +12,17 @@
 from __future__ import annotations
 
 import math
+import re
 from fractions import Fraction
 from typing import Any
 
+import attrs
 import numpy as np
 
-from .lipschitz import LIPSCHITZ_FORMAT, NORM, SPECTRAL_MATRICES, SUMMARY_FIELDS, UPPER_FIELDS, BoundSettings, epsilon_seq, lower_bound_input
+from .lipschitz import (
+    LABELS, LIPSCHITZ_FORMAT, LOWER_LABEL, NORM, SPECTRAL_MATRICES, SUMMARY_FIELDS, UPPER_FIELDS, BoundSettings, epsilon_seq,
+    lower_bound_input,
+)
 from .safeio import read_safetensors, strict_json
 
 BOUND_RTOL = 1e-6
@@ -58,11 +63,17 @@ def check_lipschitz(c: Any, pred: dict[str, Any], contents: dict[str, bytes], bl
     c.require(f"{path} format", rec["format"] == LIPSCHITZ_FORMAT, LIPSCHITZ_FORMAT, rec["format"])
     c.require(f"{path} block", rec["block"] == pred["block"]["index"], pred["block"]["index"], rec["block"])
     c.require(f"{path} norm", rec["norm"] == NORM, NORM, rec["norm"])
+    exact_keys(c, f"{path} settings", rec["settings"], {a.name for a in attrs.fields(BoundSettings)})
     settings = BoundSettings(**rec["settings"])
+    c.require(f"{path} labels", rec["labels"] == LABELS, "the standard labels", str(rec["labels"])[:40])
     cert = rec["certified"]
     exact_keys(c, f"{path} certified", cert, CERTIFIED_FIELDS)
     exact_keys(c, f"{path} certified.upper", cert["upper"], set(UPPER_FIELDS))
-    exact_keys(c, f"{path} empirical_lower_bound", rec["empirical_lower_bound"], LOWER_FIELDS)
+    low_rec = rec["empirical_lower_bound"]
+    exact_keys(c, f"{path} empirical_lower_bound", low_rec, LOWER_FIELDS)
+    c.require(f"{path} empirical_lower_bound settings", low_rec["iterations"] == settings.lower_iterations and low_rec["dtype"] == "float64"
+              and low_rec["label"] == LOWER_LABEL, f"{settings.lower_iterations} iterations, float64, standard label",
+              f"{low_rec['iterations']}, {low_rec['dtype']}")
     up = {k: _num(cert["upper"][k]) for k in UPPER_FIELDS}
     for key, value in (("analytic_upper_bound", cert["upper"]["analytic_upper_bound"]), ("hybrid_upper_bound", cert["upper"]["hybrid_upper_bound"]),
                        ("hybrid_input_radius", cert["hybrid_input_radius"]), ("empirical_lower_bound", rec["empirical_lower_bound"]["value"]),
@@ -83,12 +94,12 @@ def check_lipschitz(c: Any, pred: dict[str, Any], contents: dict[str, bytes], bl
     c.record("hybrid_input_radius = radius / (1 + K_attn)", cert["hybrid_input_radius"] == r_in, cert["hybrid_input_radius"], r_in)
     for name, s in cert["spectral"].items():
         exact_keys(c, f"{path} spectral {name}", s, {"shape", "upper", "lower", "method", "exact"})
-        c.require(f"spectral {name}", name in SPECTRAL_MATRICES and 0 <= s["lower"] <= s["upper"], "lower <= upper",
-                  f"{s.get('lower')} / {s.get('upper')}")
+        c.require(f"spectral {name}", name in SPECTRAL_MATRICES and 0 <= s["lower"] and (s["upper"] is None or s["lower"] <= s["upper"]),
+                  "lower <= upper", f"{s.get('lower')} / {s.get('upper')}")
     lower = _num(rec["empirical_lower_bound"]["value"])
     finite_uppers = [u for u in (up["analytic_upper_bound"], up["hybrid_upper_bound"]) if u is not None]
     c.record("empirical lower <= certified upper", lower is not None and lower >= 0 and all(lower <= u for u in finite_uppers),
-             rec["empirical_lower_bound"]["value"], min(finite_uppers, default=None))
+             rec["empirical_lower_bound"]["value"], float(min(finite_uppers)) if finite_uppers else None)
     per_token = read_safetensors(contents[f"{block_dirname}/errors.safetensors"], f"{block_dirname}/errors.safetensors")
     errors = [np.asarray(v) for k, v in sorted(per_token.items()) if k.endswith(".error")]
     eps = epsilon_seq(errors)
@@ -114,7 +125,9 @@ def recheck_lipschitz(c: Any, rec: dict[str, Any], ir: Any, inputs: list[np.ndar
              ",".join(sorted(mine["spectral"])))
     for name, s in mine["spectral"].items():
         theirs = claimed["spectral"].get(name, {})
-        c.record(f"recomputed spectral {name}", _near(theirs.get("upper"), s["upper"]), theirs.get("upper"), s["upper"])
+        same = (_near(theirs.get("upper"), s["upper"]) and _near(theirs.get("lower"), s["lower"])
+                and all(theirs.get(k) == s[k] for k in ("shape", "method", "exact")))
+        c.record(f"recomputed spectral {name}", same, theirs.get("upper"), s["upper"])
     if with_lower:
         low = empirical_lower(ir, inputs, settings.lower_iterations)
         theirs = rec["empirical_lower_bound"]
@@ -123,7 +136,18 @@ def recheck_lipschitz(c: Any, rec: dict[str, Any], ir: Any, inputs: list[np.ndar
                  theirs["value"], low["value"])
 
 
+_NUMBER = re.compile(r"[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?|inf")
+
+
 def _regions_near(a: dict[str, str], b: dict[str, str]) -> bool:
-    """Region strings embed floats (min scales, radii) that another BLAS may round differently: same keys suffice
-    here, the numbers in them are compared field by field above."""
-    return isinstance(a, dict) and sorted(a) == sorted(b)
+    """Region strings embed floats (min scales, radii) that another BLAS may round differently: the same text
+    around the numbers, and each number within BOUND_RTOL."""
+    if not (isinstance(a, dict) and sorted(a) == sorted(b)):
+        return False
+    for key in a:
+        if not isinstance(a[key], str) or _NUMBER.split(a[key]) != _NUMBER.split(b[key]):
+            return False
+        na, nb = _NUMBER.findall(a[key]), _NUMBER.findall(b[key])
+        if len(na) != len(nb) or not all(x == y or _near(float(x), float(y)) for x, y in zip(na, nb)):
+            return False
+    return True
