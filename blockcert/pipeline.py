@@ -35,6 +35,8 @@ from .digest import canonical_json, file_sha256
 from .errors import UserError
 from .fsutil import atomic_write_bytes, atomic_write_text, is_temp_name
 from .ir import save_ir
+from . import derive
+from .derive import Derivation
 from .lipschitz import BoundSettings, block_record, predicate_summary
 from .metrics import BlockMetrics, Policy, block_metrics, certified, path_matches, token_errors, token_norms
 from .models import LoadedModel, load_model
@@ -242,14 +244,25 @@ def _remove_stale_temps(directory: Path) -> None:
 def certify_block(
     loaded: LoadedModel, traces: Sequence[PromptTrace], index: int, root: Path, policy: Policy,
     n_ctx: int, shared_subjects: Sequence[dict[str, Any]], manifest: dict[str, Any], batch_size: int,
-    bounds: BoundSettings | None = None,
+    bounds: BoundSettings | None = None, derivation: Derivation | None = None,
 ) -> BlockResult:
-    """Extract block ``index``, replay it on its traces, measure, write its artifacts and certificate."""
+    """Extract block ``index`` (and derive from it), replay it on its traces, measure, write its artifacts and certificate."""
     ir = get_plugins().to_ir(loaded.native, index, n_ctx)
     d = root / block_dir(index)
     _remove_stale_temps(d)
     if bounds is None:  # left by an interrupted --bounds run of this block: not part of this certificate
         (d / BOUNDS_FILE).unlink(missing_ok=True)
+    names = ["ir.json", "ir.safetensors", "errors.safetensors", "metrics.json"]
+    surrogate = None
+    if derivation is not None:
+        base = ir
+        ir = derive.apply(derivation, base, [t.residual[index] for t in traces])
+        save_ir(base, d / derive.BASE_STEM)
+        names += [f"{derive.BASE_STEM}.json", f"{derive.BASE_STEM}.safetensors"]
+        from .digest import tensors_sha256
+        from .ir import to_dict
+
+        surrogate = derive.predicate(derivation, ir, block_dir(index), tensors_sha256(to_dict(base)[1]))
     save_ir(ir, d / "ir")
     meas = measure_block(loaded, traces, ir, index, batch_size)
     errors, norms, paths, stitched = meas.errors, meas.norms, meas.paths, meas.stitched
@@ -267,7 +280,6 @@ def certify_block(
     atomic_write_bytes(d / "errors.safetensors", save(per_token, metadata={"format": "blockcert-errors"}))
     record = {"block": index, "metrics": _metrics_dict(metrics), "certified": verdict, "policy": attrs.asdict(policy)}
     atomic_write_bytes(d / "metrics.json", canonical_json(record))
-    names = ["ir.json", "ir.safetensors", "errors.safetensors", "metrics.json"]
     lipschitz = None
     if bounds is not None:
         record = block_record(ir, [t.residual[index] for t in traces], errors, bounds)
@@ -288,7 +300,7 @@ def certify_block(
         "verdict": {"certified": verdict, "cov_act_ok": metrics.cov_act >= policy.alpha_act,
                     "cov_loss_ok": metrics.cov_loss >= policy.alpha_loss},
         "replay": manifest["replay"],
-        "surrogate": None,
+        "surrogate": surrogate,
         "lipschitz": lipschitz,
     }
     cert = statement([*own, *shared_subjects], BLOCK_PREDICATE, predicate)
@@ -311,6 +323,8 @@ def run(
     progress: bool = False,
     loaded: LoadedModel | None = None,
     bounds: bool | BoundSettings = False,
+    surrogate: str | None = None,
+    ablate: str | None = None,
 ) -> RunResult:
     """Certify ``blocks`` of ``model`` on ``prompts``; write everything under ``out``. See the module doc.
 
@@ -318,8 +332,12 @@ def run(
     Lipschitz bounds, writes them to ``block_<idx>/bounds.json`` and logs them in the certificate
     (about 1 s per SmolLM2 block); with ``resume=True``, finished blocks without bounds, or with bounds
     computed under other settings, are redone.
+
+    ``surrogate="lowrank:r=64"`` or ``ablate="invert-mask"`` certifies, for every block, the IR derived
+    from the extraction by that plugin instead of the extraction itself (see :mod:`blockcert.derive`).
     """
     settings = (BoundSettings() if bounds is True else bounds) or None
+    derivation = derive.from_options(surrogate, ablate)
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -337,7 +355,11 @@ def run(
     from .trace import tokenize_prompts
 
     n_ctx = max(ids.size for ids in tokenize_prompts(loaded, texts))  # validates prompts before writing anything
+    if derivation is not None:  # an unknown name or a bad parameter fails here, before anything is written
+        derive.apply(derivation, get_plugins().to_ir(loaded.native, selected[0], n_ctx))
     manifest = _manifest(loaded, prompts, texts, policy, n_ctx)
+    if derivation is not None:
+        manifest["derivation"] = derivation.manifest()
     _prepare_out(root, manifest, resume, force)
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    console=console, disable=not progress)
@@ -354,7 +376,7 @@ def run(
         for index in selected:
             done = _load_finished(root, index, settings) if resume else None
             results.append(done or certify_block(loaded, traces, index, root, policy, n_ctx, shared, manifest, batch_size,
-                                                 settings))
+                                                 settings, derivation))
             bar.advance(task)
     result = RunResult(out=root, model=loaded.name, arch=loaded.arch, dtype=loaded.dtype, prompts=prompts,
                        n_prompts=len(texts), tokens=sum(t.n_tokens for t in traces), policy=policy, blocks=tuple(results))

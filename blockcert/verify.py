@@ -28,6 +28,8 @@ import numpy as np
 import rfc8785
 
 from .certificate import BLOCK_PREDICATE, CERT_SCHEMA_VERSION, STATEMENT_TYPE, TENSOR_ANNOTATION
+from .derive import BASE_STEM, DERIVATION_FIELDS, KINDS, ir_difference
+from .derive import rederive as rederive_ir
 from .digest import tensors_sha256
 from .errors import UserError
 from .ir import BlockIR, from_dict
@@ -276,8 +278,10 @@ def _check_subjects(root: Path, cert: dict[str, Any], c: _Checker, cache: dict[A
     return contents
 
 
-def _check_block_files(root: Path, block_dirname: str, contents: dict[str, bytes], c: _Checker, with_bounds: bool) -> None:
+def _check_block_files(root: Path, block_dirname: str, contents: dict[str, bytes], c: _Checker, with_bounds: bool,
+                       derived: bool) -> None:
     names = ("ir.json", "ir.safetensors", "errors.safetensors", "metrics.json") + (("bounds.json",) if with_bounds else ())
+    names += (f"{BASE_STEM}.json", f"{BASE_STEM}.safetensors") if derived else ()
     expected = {f"{block_dirname}/{n}" for n in names}
     missing = expected - set(contents)
     c.require("required artifacts referenced", not missing, "ir, errors, metrics", "", f"not referenced: {sorted(missing)}")
@@ -305,7 +309,9 @@ def _check_predicate(pred: Any, c: _Checker, policy: Policy) -> None:
     for key in VERDICT_FIELDS:
         _typed(c, f"verdict.{key}", pred["verdict"][key], bool)
     _exact_keys(c, "predicate.replay", pred["replay"], REPLAY_FIELDS)
-    c.require("surrogate", pred["surrogate"] is None, "null", pred["surrogate"], "this verifier knows no surrogate certificates yet")
+    if pred["surrogate"] is not None:
+        _exact_keys(c, "predicate.surrogate", pred["surrogate"], DERIVATION_FIELDS)
+        c.require("surrogate.kind", pred["surrogate"]["kind"] in KINDS, "|".join(KINDS), pred["surrogate"]["kind"])
     claimed = {k: _real(c, f"policy.{k}", pred["policy"][k]) for k in POLICY_FIELDS}
     ours = attrs.asdict(policy)
     looser = [k for k in POLICY_FIELDS if (claimed[k] > ours[k] if k.startswith("tau") else claimed[k] < ours[k])]
@@ -332,6 +338,10 @@ def _cross_refs(pred: dict[str, Any], contents: dict[str, bytes], block_dirname:
     _typed(c, "run.json", manifest, dict)
     for key in ("tool", "model", "policy", "replay"):
         c.require(f"{key} = run.json", pred[key] == manifest.get(key), _short(pred[key]), _short(manifest.get(key)))
+    sur = pred["surrogate"]
+    wanted = None if sur is None else {"kind": sur["kind"], "spec": sur["requested"]}
+    c.require("derivation = run.json", manifest.get("derivation") == wanted, _short(wanted), _short(manifest.get("derivation")),
+              "the run was made for another surrogate/ablation than this certificate's")
     run_prompts = manifest.get("prompts") or {}
     c.require("prompts = run.json", {k: pred["prompts"][k] for k in ("description", "count", "sha256")} == run_prompts,
               _short(pred["prompts"]), _short(run_prompts))
@@ -360,14 +370,47 @@ def _cross_refs(pred: dict[str, Any], contents: dict[str, bytes], block_dirname:
     return metrics_record, index
 
 
-def _load_ir(contents: dict[str, bytes], block_dirname: str, c: _Checker) -> BlockIR:
-    meta = strict_json(contents[f"{block_dirname}/ir.json"], f"{block_dirname}/ir.json")
-    tensors = read_safetensors(contents[f"{block_dirname}/ir.safetensors"], f"{block_dirname}/ir.safetensors")
+def _load_ir(contents: dict[str, bytes], block_dirname: str, c: _Checker, stem: str = "ir") -> BlockIR:
+    meta = strict_json(contents[f"{block_dirname}/{stem}.json"], f"{block_dirname}/{stem}.json")
+    tensors = read_safetensors(contents[f"{block_dirname}/{stem}.safetensors"], f"{block_dirname}/{stem}.safetensors")
     try:
         return from_dict(meta, {k: np.array(v) for k, v in tensors.items()})
     except UserError as exc:
-        c.require("IR well-formed", False, detail=f"{block_dirname}/ir: {exc.message}")
+        c.require("IR well-formed", False, detail=f"{block_dirname}/{stem}: {exc.message}")
         raise
+
+
+#: how far a re-derived surrogate may sit from the certified one (max |Δ| over max |value|, per tensor):
+#: a truncated SVD on another LAPACK rounds differently; a tampered weight is far beyond this.
+DERIVATION_RTOL = 1e-5
+
+
+def _check_derivation(c: _Checker, cert: dict[str, Any], pred: dict[str, Any], contents: dict[str, bytes], block_dirname: str,
+                      rederive: bool) -> None:
+    """A surrogate/ablation certificate: the base IR is covered and named by its tensor digest, the certified IR
+    says how it was derived, and (level replay) re-deriving it from the base IR gives the certified IR."""
+    sur = pred["surrogate"]
+    base_json = f"{block_dirname}/{BASE_STEM}.json"
+    c.require("surrogate.base_ir", sur["base_ir"] == base_json and base_json in contents, base_json, sur["base_ir"])
+    annotated = next((s.get("annotations", {}).get(TENSOR_ANNOTATION) for s in cert["subject"]
+                      if s["name"] == f"{block_dirname}/{BASE_STEM}.safetensors"), None)
+    c.require("surrogate.base_ir_tensors_sha256", sur["base_ir_tensors_sha256"] == annotated, str(sur["base_ir_tensors_sha256"])[:16],
+              str(annotated)[:16], "the certificate names another base IR than the one it covers")
+    derived_meta = strict_json(contents[f"{block_dirname}/ir.json"], f"{block_dirname}/ir.json")
+    source = derived_meta.get("source") or {}
+    recorded = source.get("derivation", sur["requested"])
+    c.require("surrogate.spec = the IR's derivation", recorded == sur["spec"], sur["spec"], recorded)
+    notes = {k.removeprefix("derivation."): v for k, v in source.items() if k.startswith("derivation.")}
+    c.require("surrogate.notes = the IR's", notes == sur["notes"], _short(sur["notes"]), _short(notes))
+    if not rederive:
+        return
+    base = _load_ir(contents, block_dirname, c, BASE_STEM)
+    certified_ir = _load_ir(contents, block_dirname, c)
+    again = rederive_ir(sur["kind"], sur["spec"], base)
+    same, gap, where = ir_difference(again, certified_ir)
+    c.record("re-derived surrogate = certified IR", same and gap <= DERIVATION_RTOL, sur["spec"],
+             f"max rel |Δ| {gap:.3g}" + (f" ({where})" if where else ""),
+             "" if same and gap <= DERIVATION_RTOL else f"{block_dirname}/ir is not {sur['spec']} of {BASE_STEM}")
 
 
 def _replay_checks(pred: dict[str, Any], contents: dict[str, bytes], index: dict[str, Any], ir: BlockIR, block_dirname: str,
@@ -494,9 +537,12 @@ def verify_certificate(root: Path, rel: str, *, level: str, reference: str, poli
         claimed_cert = pred["verdict"]["certified"]
         contents = _check_subjects(root, cert, c, cache)
         block_dirname = rel.rsplit("/", 1)[0]
-        _check_block_files(root, block_dirname, contents, c, with_bounds=pred["lipschitz"] is not None)
+        _check_block_files(root, block_dirname, contents, c, with_bounds=pred["lipschitz"] is not None,
+                           derived=pred["surrogate"] is not None)
         metrics_record, index = _cross_refs(pred, contents, block_dirname, c)
         bounds = check_lipschitz(c, pred, contents, block_dirname, exact_keys=_exact_keys)
+        if pred["surrogate"] is not None:
+            _check_derivation(c, cert, pred, contents, block_dirname, rederive=level in ("replay", "full"))
         if level in ("replay", "full"):
             ir = _load_ir(contents, block_dirname, c)
             verdict = _replay_checks(pred, contents, index, ir, block_dirname, c, policy, tol, reference, full, metrics_record)

@@ -213,6 +213,23 @@ def test_every_transform_changes_the_replay(ir, data):
         assert np.array_equal(got.head_active, active), spec
 
 
+@given(ir=block_irs(rope=True), data=st.data())
+def test_ablations_and_pruning_change_exactly_their_target(ir, data):
+    heads = data.draw(st.lists(st.integers(0, ir.attn.n_heads - 1), min_size=1, unique=True))
+    v = ir.attn.v
+    gate = ir.attn.head_gate.copy()
+    gate[heads] = 0
+    expected = {
+        "drop-rope": {"rope": None},
+        "zero-wv": {"v": Linear(np.zeros_like(v.weight), None if v.bias is None else np.zeros_like(v.bias))},
+        "invert-mask": {"mask": ~ir.attn.mask | np.eye(ir.n_ctx, dtype=bool)},
+        f"prune-heads:heads={'+'.join(map(str, heads))}": {"head_gate": gate},
+    }
+    for spec, changes in expected.items():
+        derived = bs.derive(ir, spec)
+        assert underived(derived, ir) == attrs.evolve(ir, attn=attrs.evolve(ir.attn, **changes)), spec
+
+
 @given(ir=block_irs())
 def test_invert_mask_keeps_the_diagonal_and_every_replay_finite(ir):
     inverted = bs.derive(ir, "invert-mask")

@@ -27,6 +27,11 @@ def run_command(
     force: bool = typer.Option(False, "--force", help="Replace an existing BlockCert run in --out."),
     batch_size: int = typer.Option(8, "--batch-size", help="Prompts per batch (trace capture and loss-coverage suffixes)."),
     full: bool = typer.Option(False, "--full", help="Then stitch every certified block back in and write the full-model certificate."),
+    surrogate: str = typer.Option(None, "--surrogate", help="Certify a surrogate derived from each extracted block instead: "
+                                  "lowrank:r=64[,targets=attn|mlp|all], int8[:targets=...], prune-heads:heads=1+4 "
+                                  "(plus any plugin's). The base IR is kept beside it; verify re-derives it."),
+    ablate: str = typer.Option(None, "--ablate", help="Certify a deliberately broken block instead: drop-rope, invert-mask, "
+                               "zero-wv, noise-wq:sigma=0.01,seed=0 (plus any plugin's)."),
     bounds: bool = typer.Option(False, "--bounds", help="Also compute each block's Lipschitz bounds (certified upper, empirical lower; "
                                 "about 1 s per SmolLM2 block), write block_<idx>/bounds.json and log them in the certificate. "
                                 "Needed by `blockcert bound`."),
@@ -55,11 +60,15 @@ def run_command(
     from ..lipschitz import BoundSettings
 
     settings = BoundSettings(margin=bound_margin, radius=bound_radius, lower_iterations=bound_iterations) if bounds else False
+    from ..derive import from_options
+
+    derivation = from_options(surrogate, ablate)  # a malformed spec fails before the model loads
     load_prompts(prompts)  # a bad prompt file fails before the model loads
     with err_console.status("Loading model"):
         loaded = load_model(model, arch=arch, dtype=dtype)
     result = run(loaded=loaded, arch=arch, prompts=prompts, blocks=blocks, policy=policy, dtype=dtype, out=out,
-                 resume=resume, force=force, batch_size=batch_size, progress=True, bounds=settings)
+                 resume=resume, force=force, batch_size=batch_size, progress=True, bounds=settings,
+                 surrogate=surrogate, ablate=ablate)
     stitched = None
     if full:
         from ..stitch import stitch
@@ -72,7 +81,8 @@ def run_command(
             summary["full_model"] = {**stitched.metrics(), "certificate": stitched.certificate, "certificate_id": stitched.certificate_id}
         typer.echo(json.dumps(summary, indent=2))
         return
-    table = Table(title=f"{result.model} ({result.arch}, {result.dtype}) on {result.prompts}: "
+    what = "" if derivation is None else f"{derivation.kind} {derivation.text} of "
+    table = Table(title=f"{what}{result.model} ({result.arch}, {result.dtype}) on {result.prompts}: "
                         f"{result.n_prompts} prompts, {result.tokens} tokens")
     for col in ("block", "ε", "MAE", "rel max", "cov_act", "cov_path", "cov_loss", "best prompt", "certified"):
         table.add_column(col, justify="right")

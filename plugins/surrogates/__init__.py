@@ -51,9 +51,6 @@ from blockcert.spec import Spec, parse_spec
 
 from . import transforms as tf
 
-SURROGATES: tuple[str, ...] = ("lowrank", "int8", "prune-heads")
-ABLATIONS: tuple[str, ...] = ("drop-rope", "invert-mask", "zero-wv", "noise-wq")
-
 _DIGITS = re.compile(r"^[0-9]+$")
 
 
@@ -109,10 +106,9 @@ def _targets(default: str) -> _Param:
     return _Param("targets", default, "one of attn, mlp, all", _choice(*tf.TARGETS))
 
 
+#: Every transform by name, its parameters in canonical order.
 _TRANSFORMS: dict[str, _Transform] = {
-    "lowrank": _Transform(
-        "surrogate", (_Param("r", "64", "an integer >= 1", _count(1)), _targets("attn")), tf.lowrank
-    ),
+    "lowrank": _Transform("surrogate", (_Param("r", "64", "an integer >= 1", _count(1)), _targets("attn")), tf.lowrank),
     "int8": _Transform("surrogate", (_targets("all"),), tf.int8),
     "prune-heads": _Transform(
         "surrogate",
@@ -128,6 +124,8 @@ _TRANSFORMS: dict[str, _Transform] = {
         tf.noise_wq,
     ),
 }
+SURROGATES: tuple[str, ...] = tuple(n for n, t in _TRANSFORMS.items() if t.kind == "surrogate")
+ABLATIONS: tuple[str, ...] = tuple(n for n, t in _TRANSFORMS.items() if t.kind == "ablation")
 
 
 def _parse(t: _Transform, spec: Spec, where: str) -> tuple[dict[str, Any], str]:
