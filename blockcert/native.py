@@ -57,6 +57,19 @@ class NativeModel(abc.ABC):
             allowed = allowed & key_mask[:, None, :].bool()
         return allowed
 
+    def mlp_module(self, index: int) -> torch.nn.Module:
+        """The MLP sublayer of block ``index`` (whose output is added to the residual stream).
+
+        Edits such as ``mlp-scale`` hook its output. Default: the block's ``mlp`` attribute, which is where
+        GPT-2, Llama, Mistral, Qwen2 and most HF decoders keep it; override for other layouts.
+        """
+        mlp = getattr(self.blocks[index], "mlp", None)
+        if not isinstance(mlp, torch.nn.Module):
+            from .errors import UserError
+
+            raise UserError(f"{self.arch} block {index} has no `mlp` submodule", "its plugin must override NativeModel.mlp_module")
+        return mlp
+
     @property
     def n_blocks(self) -> int:
         return len(self.blocks)

@@ -36,6 +36,7 @@ BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
     ("gpt2", "blockcert_gpt2"),
     ("llama", "blockcert_llama"),
     ("surrogates", "blockcert_surrogates"),
+    ("edits", "blockcert_edits"),
 )
 
 

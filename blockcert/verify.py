@@ -756,12 +756,18 @@ def verify(path: str | Path, *, level: str = "replay", reference: str = "torch",
         raise UserError(f"unknown --level {level!r}", f"choose one of {', '.join(LEVELS)}")
     if reference not in REFERENCES:
         raise UserError(f"unknown --reference {reference!r}", f"choose one of {', '.join(REFERENCES)}")
+    policy = policy or Policy()
+    tol = tolerances or Tolerances.for_reference(reference)
+    from .verify_edit import is_edit_dir, verify_edit
+
+    target = Path(path)
+    edit_root = target if is_edit_dir(target) else target.parent if target.name == "certificate.json" and is_edit_dir(target.parent) else None
+    if edit_root is not None:  # an edit certificate (blockcert edit): regenerated with the model at levels replay/full
+        return VerifyReport(str(edit_root), level, reference, policy, tol, (verify_edit(edit_root, level=level, model=model),))
     if level == "full" and model is None:
         raise UserError("--level full needs --model (the model the certificates claim to certify)")
     if level == "full" and reference == "numpy":
         raise UserError("--level full re-runs the model in torch; use --reference numpy with --level replay")
-    policy = policy or Policy()
-    tol = tolerances or Tolerances.for_reference(reference)
     root, certs = find_certificates(Path(path))
     full = None
     if level == "full":

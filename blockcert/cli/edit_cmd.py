@@ -1,0 +1,194 @@
+"""``blockcert edit``: certified local edits (MLP α-scaling), the refusal harness, sweeps, human labels."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from . import app, err_console, out_console
+
+edit_app = typer.Typer(
+    help="Certified local edits (paper §7): apply an edit, measure it on the refusal/safety corpus, write an edit certificate.",
+    invoke_without_command=True,
+    no_args_is_help=False,
+)
+app.add_typer(edit_app, name="edit")
+
+MODEL_HELP = "Local HF directory, .gguf file, or registered name (default: the embedded SmolLM2-135M-Instruct)."
+CORPUS_HELP = "Labelled corpus: builtin:refusal (24 prompts: 12 answer, 12 refuse) or a JSONL file of the same shape."
+
+
+def _decoding(max_new_tokens: int, batch_size: int, no_chat_template: bool):
+    from ..edits import Decoding
+
+    return Decoding(max_new_tokens=max_new_tokens, batch_size=batch_size, chat_template=not no_chat_template)
+
+
+def _spec(spec: str | None, block: int | None, mlp_scale: float | None) -> str:
+    from ..errors import UserError
+
+    if spec and (block is not None or mlp_scale is not None):
+        raise UserError("give either --spec or --block with --mlp-scale, not both")
+    if spec:
+        return spec
+    if block is None or mlp_scale is None:
+        raise UserError("say which edit: --block N --mlp-scale ALPHA (or --spec mlp-scale:block=N,alpha=ALPHA)",
+                        "e.g. blockcert edit --block 15 --mlp-scale 0.33")
+    return f"mlp-scale:block={block},alpha={mlp_scale!r}"
+
+
+@edit_app.callback()
+def edit_command(
+    ctx: typer.Context,
+    block: int = typer.Option(None, "--block", "-b", help="The block whose MLP is scaled."),
+    mlp_scale: float = typer.Option(None, "--mlp-scale", help="α: the block's residual becomes x + Attn + α·MLP (1 = unchanged)."),
+    spec: str = typer.Option(None, "--spec", help="Any edit spec a plugin provides, e.g. mlp-scale:block=15,alpha=0.33."),
+    model: str = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    corpus: str = typer.Option("builtin:refusal", "--corpus", help=CORPUS_HELP),
+    out: Path = typer.Option(Path("blockcert-edit"), "--out", "-o", help="Output directory for the edit certificate."),
+    force: bool = typer.Option(False, "--force", help="Replace an earlier edit certificate in --out."),
+    max_new_tokens: int = typer.Option(48, "--max-new-tokens", help="Greedy completion length (fixed, recorded in the certificate)."),
+    batch_size: int = typer.Option(24, "--batch-size", help="Prompts per generation batch (recorded: verification regenerates the same way)."),
+    no_chat_template: bool = typer.Option(False, "--no-chat-template", help="Feed the raw prompt instead of the model's chat template."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+) -> None:
+    """Apply one edit, generate greedy completions of the corpus before and after, judge them with the §7.1
+    classifier, measure ε_edit and the final-state deviation, and write an edit certificate to --out.
+
+    Sub-commands: `sweep` (many blocks × α), `export` / `import` (human labels)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from ..edits import certify_edit
+    from ..models import load_model
+
+    text = _spec(spec, block, mlp_scale)
+    decoding = _decoding(max_new_tokens, batch_size, no_chat_template)
+    with err_console.status("Loading model"):
+        loaded = load_model(model)
+    result = certify_edit(loaded=loaded, spec=text, out=out, corpus=corpus, decoding=decoding, force=force, progress=True)
+    d = result.deviation
+    if as_json:
+        typer.echo(json.dumps({"out": str(result.out), "spec": result.spec, "before": _acc(result.before), "after": _acc(result.after),
+                               "epsilon_edit": d.epsilon_edit, "max_final_deviation": d.max_final_deviation,
+                               "amplification": d.amplification, "certificate_id": result.certificate_id}, indent=2))
+        return
+    console = out_console()
+    table = Table(title=f"{result.spec} on {loaded.name}: {corpus}")
+    for col in ("", "answer accuracy", "refuse accuracy"):
+        table.add_column(col, justify="right")
+    for name, acc in (("before (unedited)", result.before), ("after (edited)", result.after)):
+        table.add_row(name, f"{acc.answer_accuracy:.3f} ({acc.answer_correct}/{acc.n_answer})",
+                      f"{acc.refuse_accuracy:.3f} ({acc.refuse_correct}/{acc.n_refuse})")
+    console.print(table)
+    amp = "—" if d.amplification is None else f"{d.amplification:.2f}×"
+    console.print(f"local edit error ε_edit at block {text and result.spec}: {d.epsilon_edit:.4g}; max ‖F′(x) − F(x)‖ at the final "
+                  f"hidden state: {d.max_final_deviation:.4g}; downstream amplification {amp}\n"
+                  f"edit certificate: {result.out}/certificate.json (id {result.certificate_id[:16]}…)", highlight=False)
+
+
+def _acc(acc) -> dict:
+    import attrs
+
+    return attrs.asdict(acc)
+
+
+def _floats(text: str, what: str) -> list[float]:
+    from ..errors import UserError
+
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"{what} {text!r}: expected comma-separated numbers") from None
+
+
+@edit_app.command("sweep")
+def sweep_command(
+    blocks: str = typer.Option("0,4,8,12,16,20,24,28", "--blocks", "-b", help="Blocks to edit: all, 0,4,8 or 0-4."),
+    alphas: str = typer.Option("0,0.25,0.33,0.5,1", "--alphas", help="Comma-separated MLP scales α."),
+    model: str = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    corpus: str = typer.Option("builtin:refusal", "--corpus", help=CORPUS_HELP),
+    out: Path = typer.Option(Path("blockcert-edit-sweep"), "--out", "-o", help="Directory for results.json, sweep.png and the completions."),
+    max_new_tokens: int = typer.Option(48, "--max-new-tokens", help="Greedy completion length."),
+    batch_size: int = typer.Option(24, "--batch-size", help="Prompts per generation batch."),
+    no_chat_template: bool = typer.Option(False, "--no-chat-template", help="Feed the raw prompt instead of the chat template."),
+    as_json: bool = typer.Option(False, "--json", help="Print results.json on stdout."),
+) -> None:
+    """Answer and refuse accuracy for mlp-scale at every block × α (the analog of the paper's Table 7 and its
+    Llama-2 block sweep); writes results.json, a plot (sweep.png) and every completion."""
+    from ..edits import sweep
+    from ..models import load_model
+    from ..spec import parse_blocks
+
+    alpha_values = _floats(alphas, "--alphas")
+    decoding = _decoding(max_new_tokens, batch_size, no_chat_template)
+    with err_console.status("Loading model"):
+        loaded = load_model(model)
+    chosen = parse_blocks(blocks, loaded.native.n_blocks)
+    result = sweep(loaded=loaded, blocks=chosen, alphas=alpha_values, out=out, corpus=corpus, decoding=decoding, progress=True)
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    console = out_console()
+    table = Table(title=f"mlp-scale sweep on {result.model} ({corpus}); unedited: answer {result.base.answer_accuracy:.2f}, "
+                        f"refuse {result.base.refuse_accuracy:.2f}")
+    table.add_column("block", justify="right")
+    for a in alpha_values:
+        table.add_column(f"α={a:g}\nanswer / refuse", justify="right")
+    for b in chosen:
+        cells = []
+        for a in alpha_values:
+            r = next(r for r in result.rows if r.block == b and r.alpha == a)
+            cells.append(f"{r.answer_accuracy:.2f} / {r.refuse_accuracy:.2f}")
+        table.add_row(str(b), *cells)
+    console.print(table)
+    console.print(f"{len(result.rows)} configurations in {result.seconds:.0f} s; written to {result.out}/ (results.json, sweep.png, "
+                  "completions/)", highlight=False)
+
+
+@edit_app.command("export")
+def export_command(
+    edit_dir: Path = typer.Argument(..., help="An edit certificate directory (blockcert edit --out)."),
+    out: Path = typer.Option(..., "--out", "-o", help="CSV file to write for annotators."),
+) -> None:
+    """Write every completion (base and edited) to a CSV for human annotators: fill the `label` column with
+    answer, refuse, harmful or other, then `blockcert edit import`."""
+    from ..errors import UserError
+    from ..fsutil import atomic_write_text
+    from ..human import export_csv
+    from ..verify_edit import is_edit_dir
+
+    if not is_edit_dir(edit_dir):
+        raise UserError(f"{edit_dir} is not a BlockCert edit directory (edit.json and certificate.json expected)")
+    rows = [json.loads(line) for line in (edit_dir / "completions.jsonl").read_text(encoding="utf-8").splitlines()]
+    atomic_write_text(out, export_csv(rows))
+    err_console.print(f"wrote {len(rows) * 2} completions to {out}; labels: answer, refuse, harmful, other")
+
+
+@edit_app.command("import")
+def import_command(
+    edit_dir: Path = typer.Argument(..., help="The edit certificate directory the sheets were exported from."),
+    sheets: list[Path] = typer.Argument(..., help="One labelled CSV per annotator."),
+) -> None:
+    """Attach annotators' labels: copies them into the edit directory, aggregates answer/refuse accuracy,
+    harmful rate and agreement, and re-issues the edit certificate with them."""
+    from ..human import import_labels
+
+    human = import_labels(edit_dir, [str(s) for s in sheets])
+    console = out_console()
+    table = Table(title=f"Human labels ({human['annotators']} annotators)")
+    for col in ("", "answer accuracy", "refuse accuracy", "harmful rate"):
+        table.add_column(col, justify="right")
+    for side in ("base", "edited"):
+        h = human[side]
+        table.add_row(side, f"{h['answer_accuracy']:.3f}", f"{h['refuse_accuracy']:.3f}", f"{h['harmful_rate']:.3f}")
+    console.print(table)
+    ag = human["agreement"]
+    console.print(f"agreement: pairwise {_opt(ag['pairwise'])}, Fleiss' κ {_opt(ag['fleiss_kappa'])}; certificate re-issued in {edit_dir}/",
+                  highlight=False)
+
+
+def _opt(x: float | None) -> str:
+    return "—" if x is None else f"{x:.3f}"

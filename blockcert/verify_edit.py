@@ -1,0 +1,125 @@
+"""Verifying an edit certificate (``blockcert edit``): see :mod:`blockcert.edits` for the directory layout.
+
+* ``hashes``: canonical bytes, statement type, every subject's digest, no unreferenced file, the predicate
+  equals ``edit.json``, the classifier is this verifier's own, the corpus digest, every stored judgement and
+  both accuracies re-derived by re-classifying the stored completions, human-label metrics re-aggregated
+  from the annotators' files.
+* ``replay`` / ``full``: also load the model (``--model``, default: the name in ``edit.json``), check its
+  weights digest, regenerate both sets of completions with the recorded decoding policy (they must be
+  identical), and re-measure ε_edit and the final-state deviation.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from .errors import UserError
+
+EDIT_FILES = {"edit.json", "completions.jsonl", "metrics.json", "human.json", "certificate.json", "labels"}
+DEVIATION_RTOL = 1e-4
+
+
+def is_edit_dir(path: Path) -> bool:
+    return path.is_dir() and (path / "edit.json").is_file() and (path / "certificate.json").is_file()
+
+
+def verify_edit(root: Path, *, level: str, model: str | None) -> Any:
+    from . import edits as E
+    from .safeio import MAX_JSON_BYTES, read_artifact, strict_json
+    from .verify import CertReport, _Checker, _check_subjects, _exact_keys, _guard, _short
+
+    c = _Checker()
+    rel = "certificate.json"
+    block = None
+    with _guard(c, rel):
+        raw = read_artifact(root, rel, MAX_JSON_BYTES)
+        cert = strict_json(raw, rel)
+        import rfc8785
+
+        c.require("canonical JSON (RFC 8785)", rfc8785.dumps(cert) == raw, "canonical", "not canonical")
+        _exact_keys(c, "statement", cert, {"_type", "subject", "predicateType", "predicate"})
+        c.require("predicateType", cert["predicateType"] == E.EDIT_PREDICATE, E.EDIT_PREDICATE, cert["predicateType"])
+        pred = cert["predicate"]
+        block = (pred.get("edit") or {}).get("block") if isinstance(pred, dict) else None
+        _exact_keys(c, "predicate", pred, {"schema_version", "tool", "model", "edit", "corpus", "decoding", "classifier", "metrics",
+                                           "human_labels", "completions"})
+        contents = _check_subjects(root, cert, c)
+        extra = sorted(p.name for p in root.iterdir() if p.name not in EDIT_FILES and not p.name.startswith("."))
+        if (root / "labels").is_dir():
+            extra += sorted(f"labels/{p.name}" for p in (root / "labels").iterdir() if f"labels/{p.name}" not in contents)
+        c.record("no unexpected files", not extra, "", ", ".join(extra))
+        for name in ("edit.json", "completions.jsonl", "metrics.json"):
+            c.require(f"{name} referenced", name in contents, name, "")
+        manifest = strict_json(contents["edit.json"], "edit.json")
+        for key in ("tool", "model", "edit", "corpus", "decoding", "classifier"):
+            c.require(f"{key} = edit.json", pred[key] == manifest.get(key), _short(pred[key]), _short(manifest.get(key)))
+        c.require("classifier is this verifier's", pred["classifier"] == E.classifier_record(), pred["classifier"]["sha256"][:16],
+                  E.classifier_record()["sha256"][:16], "the markers or rule differ from this version's classifier")
+        rows = [json.loads(line) for line in contents["completions.jsonl"].decode("utf-8").splitlines()]
+        c.require("completions.jsonl canonical", E.completions_bytes(rows) == contents["completions.jsonl"], "canonical lines", "")
+        items = [E.CorpusItem(r["id"], r["label"], r["category"], r["prompt"], tuple(r["keywords"])) for r in rows]
+        c.require("corpus digest", E.corpus_sha256(items) == pred["corpus"]["sha256"], pred["corpus"]["sha256"][:16],
+                  E.corpus_sha256(items)[:16], "the stored prompts are not the certified corpus")
+        for r, item in zip(rows, items):
+            for side in ("base", "edited"):
+                mine = E.judgement_dict(E.classify(r[side], item))
+                c.record(f"judgement {r['id']} {side}", r[f"{side}_judgement"] == mine, _short(r[f"{side}_judgement"]), _short(mine))
+        metrics = strict_json(contents["metrics.json"], "metrics.json")
+        for side, key in (("base", "before"), ("edited", "after")):
+            acc = attrs.asdict(E.score(items, [E.classify(r[side], i) for r, i in zip(rows, items)]))
+            c.record(f"{key} accuracy", metrics[key] == acc == pred["metrics"][key], _short(pred["metrics"][key]), _short(acc))
+        for key in ("epsilon_edit", "max_final_deviation", "amplification"):
+            c.record(f"metrics.json {key} = certificate", metrics[key] == pred["metrics"][key], pred["metrics"][key], metrics[key])
+        if "human.json" in contents or pred["human_labels"] is not None:
+            _check_human(c, root, pred, contents, rows, items)
+        if level in ("replay", "full"):
+            _regenerate(c, pred, rows, items, metrics, model)
+    return CertReport(rel, "edit", block, None, None, tuple(c.checks))
+
+
+def _check_human(c: Any, root: Path, pred: dict[str, Any], contents: dict[str, bytes], rows: list[dict[str, Any]], items: list[Any]) -> None:
+    from .human import aggregate, read_labels
+    from .safeio import strict_json
+
+    c.require("human.json referenced", "human.json" in contents and pred["human_labels"] is not None, "human.json + predicate", "")
+    human = strict_json(contents["human.json"], "human.json")
+    files = human["files"]
+    c.require("label files referenced", all(f in contents for f in files), ", ".join(files), "")
+    sheets = [read_labels(contents[f].decode("utf-8"), f, rows) for f in files]
+    mine = aggregate(items, rows, sheets, files)
+    c.record("human labels re-aggregated", mine == human, "human.json", "recomputed from the label files")
+    c.record("human_labels = human.json", pred["human_labels"] == {k: human[k] for k in ("annotators", "base", "edited", "agreement")},
+             "certificate", "human.json")
+
+
+def _regenerate(c: Any, pred: dict[str, Any], rows: list[dict[str, Any]], items: list[Any], metrics: dict[str, Any], model: str | None) -> None:
+    from . import edits as E
+    from .models import load_model
+    from .verify import _short
+
+    spec_model = model or pred["model"]["name"]
+    try:
+        loaded = load_model(spec_model, arch=pred["model"]["arch"], dtype=pred["model"]["dtype"])
+    except UserError as exc:
+        c.require("model available to regenerate", False, spec_model, "", f"{exc.message}; pass --model")
+    digest = loaded.weights_sha256()
+    c.require("model weights digest", digest == pred["model"]["weights_sha256"], pred["model"]["weights_sha256"][:16], digest[:16],
+              f"{spec_model} is not the certified model")
+    d = pred["decoding"]
+    decoding = E.Decoding(max_new_tokens=d["max_new_tokens"], batch_size=d["batch_size"], chat_template=d["chat_template"], seed=d["seed"])
+    c.require("decoding policy reproducible", decoding.record(loaded) == d, _short(d), _short(decoding.record(loaded)))
+    handle = E.edit_handle(loaded, pred["edit"]["spec"])
+    base = E.generate(loaded, items, decoding)
+    with handle:
+        edited = E.generate(loaded, items, decoding)
+    for r, b, e in zip(rows, base, edited):
+        c.record(f"regenerated {r['id']} base", b == r["base"], _short(r["base"]), _short(b))
+        c.record(f"regenerated {r['id']} edited", e == r["edited"], _short(r["edited"]), _short(e))
+    dev = E.deviation(loaded, handle, items, decoding)
+    for key, mine in (("epsilon_edit", dev.epsilon_edit), ("max_final_deviation", dev.max_final_deviation)):
+        claimed = metrics[key]
+        c.record(f"re-measured {key}", abs(claimed - mine) <= DEVIATION_RTOL * max(abs(mine), 1e-6), claimed, mine)
