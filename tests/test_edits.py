@@ -273,3 +273,29 @@ def test_default_model_edit_end_to_end(tmp_path):
     data = json.loads(proc.stdout)
     assert data["epsilon_edit"] > 0 and data["max_final_deviation"] > 0
     assert verify(out, level="replay").ok
+
+
+def test_documented_third_party_edit_works(tiny, tmp_path):
+    """The head-scale example of docs/plugins.md, run as written: it reaches `blockcert edit` through the hook."""
+    import re
+    import types
+
+    from test_hooks import registered
+
+    text = (Path(__file__).parent.parent / "docs" / "plugins.md").read_text(encoding="utf-8")
+    section = text[text.index("### blockcert_edit(target, spec)"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    module = types.ModuleType("docs_head_scale")
+    exec(compile(code, "docs/plugins.md", "exec"), module.__dict__)
+    _, loaded = tiny
+    with registered(module, "docs-head-scale"):
+        ids = torch.tensor([[4, 8, 15, 16, 23]])
+        xs = loaded.native.residual_stream(ids)
+        with edit_handle(loaded, "head-scale:block=1,head=2,alpha=0"):
+            live = loaded.native.call_block(1, xs[1], torch.arange(5)[None])
+        ir = get_plugins().edit(blockcert.to_ir(loaded, 1, n_ctx=8), parse_spec("head-scale:block=1,head=2,alpha=0"))
+        assert torch.allclose(replay(ir, xs[1]).output, live, atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(live, xs[2])
+        result = certify_edit(loaded=loaded, spec="head-scale:block=1,head=2,alpha=0", out=tmp_path / "H", decoding=FAST)
+        assert result.spec == "head-scale:block=1,head=2,alpha=0.0" and result.deviation.epsilon_edit > 0  # canonical
+        assert verify(tmp_path / "H", level="hashes").ok
