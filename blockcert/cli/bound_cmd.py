@@ -56,18 +56,42 @@ def bound_command(
     blocks: str = typer.Option(None, "--blocks", "-b", help="Blocks replaced by their IR (ε = 0 for the others). Default: "
                                "those of full/eval.json if the run was stitched, else all."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
+    emit: str = typer.Option(None, "--emit", metavar="coq|lean", help="Also write the bound as a theorem instance for "
+                             "the mechanised Theorem 1 (lean/coq/GlobalBound.v or lean/GlobalBound.lean); prints the "
+                             "command that checks it."),
+    emit_out: Path = typer.Option(None, "--emit-out", metavar="FILE", help="Where --emit writes (default: "
+                                  "./blockcert_bound.v or ./BlockcertBound.lean)."),
+    variant: str = typer.Option("mixed", "--variant", help="Which bound --emit states: mixed (the sound headline), "
+                                "analytic, hybrid or per-token-eps."),
 ) -> None:
     """Instantiate the global composition bound (Theorem 1, Σ_i ε_i Π_{j>i} L_j) from the block certificates,
     in exact rational arithmetic rounded outward, beside the observed max residual of the stitched replay.
 
     Exit code 0; 1 if a sound bound is below the observed deviation; 2 for a usage error."""
     from ..compose import bound
+    from ..errors import UserError
 
+    if emit is None and (emit_out is not None or variant != "mixed"):
+        raise UserError(f"{'--emit-out' if emit_out is not None else '--variant'} needs --emit coq or --emit lean")
+    if emit is not None:
+        from ..emit import target
+
+        emit_out = target(emit, emit_out, out, variant)  # argument mistakes exit 2 before any work
     with err_console.status("Verifying certificates and composing bounds"):
         report = bound(out, blocks=blocks)
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2))
     else:
         render_bound(report)
+    if emit is not None:
+        from ..emit import emit as write_instance
+
+        done = write_instance(report, emit, emit_out, variant=variant)
+        if not done.instance.sound:
+            err_console.print(f"[yellow]warning:[/] variant {variant} is not a valid bound for this run; the file states "
+                              "it only as a conditional theorem", highlight=False, soft_wrap=True)
+        err_console.print(f"wrote {done.path} ({emit}: {done.instance.n} blocks, variant {variant}, bound {done.instance.decimal})",
+                          highlight=False, soft_wrap=True)
+        err_console.print(f"check it with: {done.command}", highlight=False, soft_wrap=True)
     if report.holds is False:
         raise typer.Exit(1)
