@@ -285,6 +285,7 @@ def edit_handle(loaded: Any, text: str) -> Any:
 class EditResult:
     out: Path
     spec: str
+    block: int
     before: Accuracy
     after: Accuracy
     deviation: Deviation
@@ -364,7 +365,7 @@ def certify_edit(
     rows = _completion_rows(items, base, edited)
     metrics = metrics_record(items, rows, dev)
     cert_id = write_edit_artifacts(root, manifest, rows, metrics, human=None)
-    return EditResult(root, canonical, Accuracy(**metrics["before"]), Accuracy(**metrics["after"]), dev, cert_id)
+    return EditResult(root, canonical, int(handle.block), Accuracy(**metrics["before"]), Accuracy(**metrics["after"]), dev, cert_id)
 
 
 def _prepare_edit_out(root: Path, force: bool) -> None:

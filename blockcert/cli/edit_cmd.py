@@ -84,7 +84,7 @@ def edit_command(
                       f"{acc.refuse_accuracy:.3f} ({acc.refuse_correct}/{acc.n_refuse})")
     console.print(table)
     amp = "—" if d.amplification is None else f"{d.amplification:.2f}×"
-    console.print(f"local edit error ε_edit at block {text and result.spec}: {d.epsilon_edit:.4g}; max ‖F′(x) − F(x)‖ at the final "
+    console.print(f"local edit error ε_edit at block {result.block}: {d.epsilon_edit:.4g}; max ‖F′(x) − F(x)‖ at the final "
                   f"hidden state: {d.max_final_deviation:.4g}; downstream amplification {amp}\n"
                   f"edit certificate: {result.out}/certificate.json (id {result.certificate_id[:16]}…)", highlight=False)
 
