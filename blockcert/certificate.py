@@ -19,6 +19,8 @@ from .fsutil import atomic_write_bytes
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 BLOCK_PREDICATE = "https://blockcert.dev/predicate/block-certificate/v2"
 CERT_SCHEMA_VERSION = 2
+FULL_PREDICATE = "https://blockcert.dev/predicate/full-model-certificate/v1"
+FULL_SCHEMA_VERSION = 1
 TENSOR_ANNOTATION = "blockcert.tensors_sha256"
 
 

@@ -167,7 +167,12 @@ def make_plugin_manager(*, entry_points: bool = True) -> pluggy.PluginManager:
     for name, module_name in BUILTIN_PLUGINS:
         if pm.is_blocked(name):
             continue
-        pm.register(importlib.import_module(module_name), name=name)
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            raise UserError(f"the built-in plugin {name!r} ({module_name}) is not installed: {exc}",
+                            "reinstall BlockCert (`pip install -e .` in a source checkout, or `make setup`)") from exc
+        pm.register(module, name=name)
     if entry_points:
         try:
             pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)

@@ -53,6 +53,11 @@ def test_full_model_certificate_verifies_at_every_level(stitched_run):
         report = verify(root, **kwargs)
         assert report.ok, (kwargs, [(c.path, ch.name, ch.detail) for c in report.certificates for ch in c.checks if not ch.ok])
         assert any(c.kind == "full-model" for c in report.certificates)
+    # the numpy reference never imports torch, full-model certificate included
+    code = (f"import sys; from blockcert.verify import verify; r = verify({str(root)!r}, reference='numpy'); "
+            "assert r.ok and any(c.kind == 'full-model' for c in r.certificates); assert 'torch' not in sys.modules, 'torch imported'")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
 
 
 def _copy(stitched_run, tmp_path):
