@@ -1,0 +1,271 @@
+"""``blockcert experiment``: re-run the paper's Tables 2-5 and its prompt-shift experiment on a model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from . import app, out_console
+
+experiment_app = typer.Typer(
+    name="experiment",
+    help="Regenerate analogs of the paper's tables on a model: every number from fresh (or reused) blockcert runs "
+         "kept under --out/runs/, a results.json, a table on stdout.",
+    no_args_is_help=True,
+)
+app.add_typer(experiment_app, name="experiment")
+
+# Options every experiment takes (typer reads these as metadata, so one instance can serve every command).
+MODEL = typer.Option(None, "--model", "-m", help="Local HF directory, .gguf file, or registered name (default: the embedded SmolLM2-135M-Instruct).")
+BLOCKS = typer.Option("0,5,10,15,20", "--blocks", "-b", help="Blocks to measure: 0,5,10, 0-4 or all (the paper's 0,5,10,15,20 by default).")
+DTYPE = typer.Option("bfloat16", "--dtype", help="Native precision: bfloat16 (default; the native block rounds to bfloat16 and "
+                     "the IR does not, so they differ by rounding, as in the paper), float16, or float32 (the extraction is then "
+                     "exact up to float32 rounding). The IR always replays in float32.")
+PROMPTS = typer.Option("builtin:stress", "--prompts", "-p", help="The evaluation prompt set (the paper's ten stress prompts by default): "
+                       "builtin:NAME, a text file (one prompt per line) or .jsonl.")
+TAU_ACT = typer.Option(1e-2, "--tau-act", help="τ_act of every run (eq. 6).")
+TAU_LOSS = typer.Option(1e-3, "--tau-loss", help="τ_loss of every run (eq. 7-8).")
+ALPHA_ACT = typer.Option(0.94, "--alpha-act", help="α_act of every run (eq. 9).")
+ALPHA_LOSS = typer.Option(0.9, "--alpha-loss", help="α_loss of every run (eq. 10); also Table 4's loss-coverage level.")
+BATCH_SIZE = typer.Option(8, "--batch-size", help="Prompts per batch (trace capture and loss-coverage suffixes).")
+OUT = typer.Option(None, "--out", "-o", help="Output directory: runs/ and results.json (default: blockcert-experiments/<experiment>).")
+FORCE = typer.Option(False, "--force", help="Redo every run instead of reusing the finished ones in --out.")
+AS_JSON = typer.Option(False, "--json", help="Print results.json on stdout instead of the table (progress still goes to stderr).")
+RANKS = typer.Option("16,32,64", "--ranks", help="Ranks r of the lowrank:r=R rows (truncated SVD of W_Q, W_K, W_V, W_O).")
+SURROGATES = typer.Option(["int8"], "--surrogate", help="Another surrogate row after the low-rank ones (repeatable; default int8). "
+                          "Passing any replaces the default.")
+ABLATIONS = typer.Option(["drop-rope", "invert-mask", "zero-wv", "noise-wq:sigma=0.01"], "--ablate",
+                         help="An ablation row (repeatable). Passing any replaces the paper's four.")
+LEVELS = typer.Option("0.90,0.94,0.97", "--levels", help="Table 4: the cov_act levels, comma-separated.")
+SIZES = typer.Option("1,4,10", "--sizes", help="Table 5: the prompt-set sizes k, comma-separated.")
+CERTIFY = typer.Option("builtin:default", "--certify-prompts", help="Prompt shift: the set the blocks are certified on "
+                       "(then re-measured on --prompts).")
+
+
+def _numbers(text: str, flag: str, kind: type) -> list[Any]:
+    from ..errors import UserError
+
+    try:
+        values = [kind(p) for p in (part.strip() for part in text.split(",")) if p]
+    except ValueError:
+        raise UserError(f"{flag} {text!r}: expected comma-separated {'integers' if kind is int else 'numbers'}") from None
+    if not values:
+        raise UserError(f"{flag} {text!r}: give at least one value")
+    return values
+
+
+def _settings(model: str | None, blocks: str, dtype: str, prompts: str, tau_act: float, tau_loss: float, alpha_act: float,
+              alpha_loss: float, batch_size: int, force: bool) -> Any:
+    from ..errors import UserError
+    from ..experiments import Settings
+    from ..metrics import Policy
+    from ..models import DTYPES
+
+    try:
+        policy = Policy(tau_act=tau_act, tau_loss=tau_loss, alpha_act=alpha_act, alpha_loss=alpha_loss)
+    except ValueError as exc:
+        raise UserError(f"invalid threshold: {exc}") from exc
+    if dtype not in DTYPES:
+        raise UserError(f"unknown --dtype {dtype!r}", f"choose one of: {', '.join(DTYPES)}")
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {batch_size}")
+    return Settings(model=model, blocks=blocks, dtype=dtype, prompts=prompts, policy=policy, batch_size=batch_size, force=force)
+
+
+def _out(out: Path | None, name: str) -> Path:
+    from ..experiments import OUT_ROOT
+
+    return out if out is not None else OUT_ROOT / name
+
+
+# -- rendering -----------------------------------------------------------------------------------------
+
+
+def _show(title: str, table: Table, note: str | None = None) -> None:
+    """The title on its own line (a narrow table would fold a long rich title), the table, a note under it."""
+    console = out_console()
+    console.print(title, style="bold", highlight=False)
+    console.print(table)
+    if note:
+        console.print(note, highlight=False)
+
+
+def _ratio(r: float | None) -> str:
+    return "—" if r is None else f"{r:.2f}" if r < 1e4 else f"{r:.2e}"
+
+
+def _about(setup: Any) -> str:
+    p = setup.policy
+    return (f"{setup.model} ({setup.arch}, {setup.dtype}), blocks {','.join(map(str, setup.blocks))}; "
+            f"τ_act={p.tau_act:g}, τ_loss={p.tau_loss:g}, α_act={p.alpha_act:g}, α_loss={p.alpha_loss:g}")
+
+
+def render_derived(t: Any) -> None:
+    what = "low-rank and other surrogates" if t.experiment == "table2" else "ablations"
+    table = Table()
+    for col in ("row", "mean cov_act", "mean MAE", "error ratio", "mean cov_path", "mean cov_loss"):
+        table.add_column(col, justify="left" if col == "row" else "right")
+    for r in t.rows:
+        table.add_row(r.label, f"{r.cov_act:.3f}", f"{r.mae:.3e}", _ratio(r.error_ratio), f"{r.cov_path:.3f}", f"{r.cov_loss:.3f}")
+    best = ", ".join(f"{c.block}→{c.prompt}" for c in t.rows[0].blocks)
+    _show(f"{t.experiment.replace('table', 'Table ')} analog, {what}, on {t.prompts} (best prompt per block)", table,
+          f"Every column is a mean over blocks of the block's value on its best prompt (block→prompt: {best}; the baseline "
+          "run's best_prompt, the same prompt in every row). Error ratio = mean MAE / the baseline's.")
+
+
+def render_thresholds(t: Any) -> None:
+    alpha = t.setup.policy.alpha_act
+    table = Table()
+    table.add_column("block", justify="right")
+    for level in t.levels:
+        table.add_column(f"cov_act ≥ {level:.2f}", justify="right")
+    table.add_column(f"τ_act for cov_act ≥ {alpha:g}", justify="right")
+    for b in t.blocks:
+        table.add_row(str(b.block), *(f"{n}/{b.n_prompts}" for n in b.passing), f"{b.tau_act_needed:.3e}")
+    _show(f"Table 4 analog, threshold sensitivity, on {t.prompts}: prompts with cov_act ≥ level and cov_loss ≥ {t.loss_level:.2f}",
+          table, f"Last column: the smallest τ_act under which the block's cov_act over all {t.blocks[0].n_prompts} prompts "
+                 f"would reach α_act = {alpha:g} (the per-token error at that quantile).")
+
+
+def render_sizes(t: Any) -> None:
+    table = Table()
+    table.add_column("block", justify="right")
+    for k in t.sizes:
+        table.add_column(f"k = {k}", justify="right")
+    for b in t.blocks:
+        table.add_row(str(b.block), *(f"{v:.3f}" for v in b.min_cov_act))
+    _show(f"Table 5 analog, prompt-set size, on {t.prompts}: min per-prompt cov_act over the first k prompts", table)
+
+
+def render_shift(t: Any) -> None:
+    from ..experiments import prompt_label
+
+    a, b = prompt_label(t.certify_prompts), prompt_label(t.shifted_prompts)
+    p = t.setup.policy
+    table = Table()
+    table.add_column("block", justify="right")
+    for col in (f"MAE {a}", f"MAE {b}", f"cov_act {a}", f"cov_act {b}", f"cov_loss {a}", f"cov_loss {b}", "certified", "same IR"):
+        table.add_column(col, justify="right")
+    yes = lambda ok: "[green]yes[/]" if ok else "[red]no[/]"  # noqa: E731
+    for r in t.blocks:
+        table.add_row(str(r.block), f"{r.certify.mae:.3e}", f"{r.shifted.mae:.3e}", f"{r.certify.cov_act:.3f}",
+                      f"{r.shifted.cov_act:.3f}", f"{r.certify.cov_loss:.3f}", f"{r.shifted.cov_loss:.3f}",
+                      f"{yes(r.certify.certified)} → {yes(r.shifted.certified)}", yes(r.same_extraction))
+    _show(f"Prompt shift: certified on {t.certify_prompts}, re-measured on {t.shifted_prompts}", table,
+          f"All-prompt values of each set; certified ({a} → {b}) = cov_act ≥ α_act={p.alpha_act:g} and cov_loss ≥ "
+          f"α_loss={p.alpha_loss:g}; same IR = identical weight tensors in the two runs.")
+
+
+def _finish(result: Any, out: Path, as_json: bool, render: Any) -> None:
+    from ..experiments import RESULTS, RUNS_DIR, to_json
+
+    if as_json:
+        typer.echo(json.dumps(to_json(result), indent=2))
+        return
+    out_console().print(_about(result.setup), highlight=False)
+    render(result)
+    made = sum(not r.reused for r in result.runs)
+    out_console().print(f"{len(result.runs)} runs in {out / RUNS_DIR}/ ({made} made now, {len(result.runs) - made} reused; "
+                        f"each verifies with `blockcert verify {out / RUNS_DIR}/<run>`); results in {out / RESULTS}",
+                        highlight=False)
+
+
+# -- commands ------------------------------------------------------------------------------------------
+
+
+@experiment_app.command("table2")
+def table2_command(
+    model: str = MODEL, blocks: str = BLOCKS, dtype: str = DTYPE, prompts: str = PROMPTS, tau_act: float = TAU_ACT,
+    tau_loss: float = TAU_LOSS, alpha_act: float = ALPHA_ACT, alpha_loss: float = ALPHA_LOSS, batch_size: int = BATCH_SIZE,
+    out: Path = OUT, force: bool = FORCE, as_json: bool = AS_JSON, ranks: str = RANKS, surrogates: list[str] = SURROGATES,
+) -> None:
+    """Table 2: the extraction vs low-rank attention surrogates (and int8), on each block's best prompt."""
+    from ..experiments import table2
+
+    settings = _settings(model, blocks, dtype, prompts, tau_act, tau_loss, alpha_act, alpha_loss, batch_size, force)
+    rank_list = _numbers(ranks, "--ranks", int)
+    result = table2(settings, _out(out, "table2"), ranks=rank_list, surrogates=surrogates, progress=True)
+    _finish(result, _out(out, "table2"), as_json, render_derived)
+
+
+@experiment_app.command("table3")
+def table3_command(
+    model: str = MODEL, blocks: str = BLOCKS, dtype: str = DTYPE, prompts: str = PROMPTS, tau_act: float = TAU_ACT,
+    tau_loss: float = TAU_LOSS, alpha_act: float = ALPHA_ACT, alpha_loss: float = ALPHA_LOSS, batch_size: int = BATCH_SIZE,
+    out: Path = OUT, force: bool = FORCE, as_json: bool = AS_JSON, ablations: list[str] = ABLATIONS,
+) -> None:
+    """Table 3: the extraction vs ablations (drop RoPE, invert the mask, zero W_V, noise on W_Q), on each block's best prompt."""
+    from ..experiments import table3
+
+    settings = _settings(model, blocks, dtype, prompts, tau_act, tau_loss, alpha_act, alpha_loss, batch_size, force)
+    result = table3(settings, _out(out, "table3"), ablations=ablations, progress=True)
+    _finish(result, _out(out, "table3"), as_json, render_derived)
+
+
+@experiment_app.command("table4")
+def table4_command(
+    model: str = MODEL, blocks: str = BLOCKS, dtype: str = DTYPE, prompts: str = PROMPTS, tau_act: float = TAU_ACT,
+    tau_loss: float = TAU_LOSS, alpha_act: float = ALPHA_ACT, alpha_loss: float = ALPHA_LOSS, batch_size: int = BATCH_SIZE,
+    out: Path = OUT, force: bool = FORCE, as_json: bool = AS_JSON, levels: str = LEVELS,
+) -> None:
+    """Table 4: per block, how many prompts reach each cov_act level with cov_loss ≥ α_loss (the extraction's run)."""
+    from ..experiments import table4
+
+    settings = _settings(model, blocks, dtype, prompts, tau_act, tau_loss, alpha_act, alpha_loss, batch_size, force)
+    result = table4(settings, _out(out, "table4"), levels=_numbers(levels, "--levels", float), progress=True)
+    _finish(result, _out(out, "table4"), as_json, render_thresholds)
+
+
+@experiment_app.command("table5")
+def table5_command(
+    model: str = MODEL, blocks: str = BLOCKS, dtype: str = DTYPE, prompts: str = PROMPTS, tau_act: float = TAU_ACT,
+    tau_loss: float = TAU_LOSS, alpha_act: float = ALPHA_ACT, alpha_loss: float = ALPHA_LOSS, batch_size: int = BATCH_SIZE,
+    out: Path = OUT, force: bool = FORCE, as_json: bool = AS_JSON, sizes: str = SIZES,
+) -> None:
+    """Table 5: per block, the minimum per-prompt cov_act over the first k prompts (the extraction's run)."""
+    from ..experiments import table5
+
+    settings = _settings(model, blocks, dtype, prompts, tau_act, tau_loss, alpha_act, alpha_loss, batch_size, force)
+    result = table5(settings, _out(out, "table5"), sizes=_numbers(sizes, "--sizes", int), progress=True)
+    _finish(result, _out(out, "table5"), as_json, render_sizes)
+
+
+@experiment_app.command("prompt-shift")
+def prompt_shift_command(
+    model: str = MODEL, blocks: str = BLOCKS, dtype: str = DTYPE, prompts: str = PROMPTS, tau_act: float = TAU_ACT,
+    tau_loss: float = TAU_LOSS, alpha_act: float = ALPHA_ACT, alpha_loss: float = ALPHA_LOSS, batch_size: int = BATCH_SIZE,
+    out: Path = OUT, force: bool = FORCE, as_json: bool = AS_JSON, certify_prompts: str = CERTIFY,
+) -> None:
+    """Prompt shift: certify on --certify-prompts, re-measure the same extraction on --prompts."""
+    from ..experiments import prompt_shift
+
+    settings = _settings(model, blocks, dtype, prompts, tau_act, tau_loss, alpha_act, alpha_loss, batch_size, force)
+    result = prompt_shift(settings, _out(out, "prompt-shift"), certify_prompts=certify_prompts, progress=True)
+    _finish(result, _out(out, "prompt-shift"), as_json, render_shift)
+
+
+@experiment_app.command("all")
+def all_command(
+    model: str = MODEL, blocks: str = BLOCKS, dtype: str = DTYPE, prompts: str = PROMPTS, tau_act: float = TAU_ACT,
+    tau_loss: float = TAU_LOSS, alpha_act: float = ALPHA_ACT, alpha_loss: float = ALPHA_LOSS, batch_size: int = BATCH_SIZE,
+    out: Path = OUT, force: bool = FORCE, as_json: bool = AS_JSON, ranks: str = RANKS, surrogates: list[str] = SURROGATES,
+    ablations: list[str] = ABLATIONS, levels: str = LEVELS, sizes: str = SIZES, certify_prompts: str = CERTIFY,
+) -> None:
+    """Every experiment, each run made once and shared (the extraction's run on --prompts serves all five)."""
+    from ..experiments import run_all
+
+    settings = _settings(model, blocks, dtype, prompts, tau_act, tau_loss, alpha_act, alpha_loss, batch_size, force)
+    result = run_all(settings, _out(out, "all"), ranks=_numbers(ranks, "--ranks", int), surrogates=surrogates,
+                     ablations=ablations, levels=_numbers(levels, "--levels", float), sizes=_numbers(sizes, "--sizes", int),
+                     certify_prompts=certify_prompts, progress=True)
+
+    def render(r: Any) -> None:
+        for table, fn in ((r.table2, render_derived), (r.table3, render_derived), (r.table4, render_thresholds),
+                          (r.table5, render_sizes), (r.prompt_shift, render_shift)):
+            fn(table)
+
+    _finish(result, _out(out, "all"), as_json, render)
