@@ -43,14 +43,21 @@ class LoadedModel:
     native: Any
     dtype: str
     source_sha256: str | None = None  # SHA-256 of the GGUF file the weights came from, if any
+    streamed: Any = None  # a blockcert.stream.StreamedModel when loaded with stream=True (weights stay on disk)
+    spec: str | None = None  # what load_model was given (resolved), so a worker process can load it again
     _weights_sha256: str | None = attrs.field(default=None, init=False, repr=False)
 
     def weights_sha256(self) -> str:
-        """Digest of every weight as loaded (name, dtype, shape, bytes): the certified model's identity."""
+        """Digest of every weight as loaded (name, dtype, shape, bytes): the certified model's identity.
+
+        A streamed model reads its weights tensor by tensor for this, never all at once; the digest is
+        the same as the in-memory model's.
+        """
         if self._weights_sha256 is None:
             from .digest import torch_state_sha256
 
-            self._weights_sha256 = torch_state_sha256(self.model.state_dict())
+            state = self.model.state_dict() if self.streamed is None else self.streamed.state_dict()
+            self._weights_sha256 = torch_state_sha256(state)
         return self._weights_sha256
 
 
@@ -79,7 +86,7 @@ def _quiet_transformers() -> None:
 
 def _load_hf_dir(path: Path, dtype: str) -> tuple[Any, Any]:
     _quiet_transformers()
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     if not (path / "config.json").is_file():
         raise UserError(f"{path} is not a Hugging Face model directory (no config.json)")
@@ -87,13 +94,18 @@ def _load_hf_dir(path: Path, dtype: str) -> tuple[Any, Any]:
         model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=_torch_dtype(dtype))
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot load the model in {path}: {exc}") from exc
-    tokenizer = None  # a weights-only directory is usable with token ids, not with text prompts
-    if any((path / f).is_file() for f in TOKENIZER_FILES):
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        except (OSError, ValueError) as exc:
-            raise UserError(f"cannot load the tokenizer in {path}: {exc}") from exc
-    return model, tokenizer
+    return model, _load_tokenizer(path)
+
+
+def _load_tokenizer(path: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    if not any((path / f).is_file() for f in TOKENIZER_FILES):
+        return None  # a weights-only directory is usable with token ids, not with text prompts
+    try:
+        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot load the tokenizer in {path}: {exc}") from exc
 
 
 @contextlib.contextmanager
@@ -175,24 +187,44 @@ def resolve(spec: str | os.PathLike[str] | None) -> tuple[str, Path]:
     )
 
 
-def load_model(spec: str | os.PathLike[str] | None = None, *, arch: str | None = None, dtype: str = "float32") -> LoadedModel:
-    """Load a model for tracing. ``arch`` overrides architecture detection; ``dtype`` is the native precision."""
+def load_model(
+    spec: str | os.PathLike[str] | None = None, *, arch: str | None = None, dtype: str = "float32", stream: bool = False
+) -> LoadedModel:
+    """Load a model for tracing. ``arch`` overrides architecture detection; ``dtype`` is the native precision.
+
+    ``stream=True`` never materialises the model: the weights stay in the safetensors shards and one
+    block at a time is read in when used (:mod:`blockcert.stream`). Every number computed with it, the
+    weights digest included, equals the in-memory model's.
+    """
     name, path = resolve(spec)
     torch_dtype = _torch_dtype(dtype)
     source_sha256 = None
+    directory = path
     if path.is_file():  # a GGUF checkpoint
         source_sha256 = file_sha256(path)
-        model, tokenizer = _load_hf_dir(gguf_cache_dir(path, source_sha256), dtype)
+        directory = gguf_cache_dir(path, source_sha256)
+    streamed = None
+    if stream:
+        from .stream import open_streamed
+
+        _quiet_transformers()
+        if not (directory / "config.json").is_file():
+            raise UserError(f"{directory} is not a Hugging Face model directory (no config.json)")
+        streamed = open_streamed(directory, torch_dtype)
+        model, tokenizer = streamed.model, _load_tokenizer(directory)
     else:
-        model, tokenizer = _load_hf_dir(path, dtype)
-    model = model.to(torch_dtype).eval()
+        model, tokenizer = _load_hf_dir(directory, dtype)
+        model = model.to(torch_dtype).eval()
     plugins = get_plugins()
     arch = arch or plugins.detect_architecture(model)
     if arch not in plugins.architectures():
         raise UserError(f"unknown --arch {arch!r}", f"known: {', '.join(sorted(plugins.architectures()))}")
     native = plugins.trace(model, arch)
+    if streamed is not None:
+        streamed.attach(native.blocks)
     return LoadedModel(
-        name=name, path=path, arch=arch, model=model, tokenizer=tokenizer, native=native, dtype=dtype, source_sha256=source_sha256
+        name=name, path=path, arch=arch, model=model, tokenizer=tokenizer, native=native, dtype=dtype, source_sha256=source_sha256,
+        streamed=streamed, spec=str(path),
     )
 
 

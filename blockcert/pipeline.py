@@ -12,7 +12,10 @@ Output directory (paths in certificates are relative to it)::
 
 Loss coverage really replaces block l by its IR replay and runs blocks l+1..L-1 and the head on the
 result; the prefix is the stored trace x^(l) (blocks < l are never re-run) and the prompts of a batch
-go through the suffix together.
+go through the suffix together. The selected blocks are certified in one pass over the model
+(:mod:`blockcert.staircase`): at block j the pass advances every variant l < j, then extracts and
+replays block j, so each block's weights are used once per pass (``--stream`` reads them once). The
+passes (groups of blocks) run on an executor (:mod:`blockcert.executors`): here, or on Ray.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -33,6 +36,7 @@ from . import __version__
 from .certificate import BLOCK_PREDICATE, CERT_SCHEMA_VERSION, certificate_id, statement, subject, write_certificate
 from .digest import canonical_json, file_sha256
 from .errors import UserError
+from .executors import Executor, get_executor, model_ref
 from .fsutil import atomic_write_bytes, atomic_write_text, is_temp_name
 from .ir import save_ir
 from . import derive
@@ -43,9 +47,11 @@ from .models import LoadedModel, load_model
 from .plugins import get_plugins
 from .promptsets import load_prompts
 from .spec import parse_blocks
-from .trace import PromptTrace, batches, capture, load_traces, prompt_file, prompt_nll, prompts_sha256, save_traces
+from .staircase import suffix_losses, variant_bytes
+from .trace import PromptTrace, capture, load_traces, prompt_file, prompts_sha256, save_traces
 
 MANIFEST = "run.json"
+DEFAULT_INFLIGHT_BYTES = 2 << 30  # loss-coverage activations one pass may hold (see blockcert.staircase)
 BOUNDS_FILE = "bounds.json"
 SUMMARY = "metrics.json"
 
@@ -184,15 +190,6 @@ def _has_bounds(d: Path, cert: dict[str, Any], bounds: BoundSettings) -> bool:
     return record.get("settings") == attrs.asdict(bounds)
 
 
-def _pad(arrays: Sequence[np.ndarray]) -> torch.Tensor:
-    """[T_b, d] arrays -> right-padded float32 [B, T_max, d]."""
-    t_max = max(a.shape[0] for a in arrays)
-    out = torch.zeros((len(arrays), t_max, arrays[0].shape[-1]), dtype=torch.float32)
-    for b, a in enumerate(arrays):
-        out[b, : a.shape[0]] = torch.from_numpy(a)
-    return out
-
-
 @attrs.frozen
 class Measurement:
     """Per-prompt arrays for one block: what eq. (3)-(10) aggregate."""
@@ -204,34 +201,150 @@ class Measurement:
     stitched: list[np.ndarray]  # [T_p - 1] token losses with block l replaced by its replay
 
 
+def _replay_all(ir: Any, traces: Sequence[Any], index: int) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """Replay ``ir`` on every prompt's recorded x^(l), unpadded, exactly as a verifier replays it:
+    (outputs [T_p, d], errors, norms, path matches) per prompt."""
+    plugins = get_plugins()
+    outputs, errors, norms, paths = [], [], [], []
+    for t in traces:
+        rep = plugins.replay(ir, torch.from_numpy(t.residual[index])[None])  # [1, T_p, d]
+        outputs.append(rep.output[0].numpy())
+        errors.append(token_errors(outputs[-1], t.residual[index + 1]))
+        norms.append(token_norms(t.residual[index + 1]))
+        paths.append(path_matches(rep.mask[0].numpy(), t.masks[index], rep.head_active.numpy(), t.head_gates[index]))
+    return outputs, errors, norms, paths
+
+
 @torch.no_grad()
 def measure_block(loaded: LoadedModel, traces: Sequence[PromptTrace], ir: Any, index: int, batch_size: int) -> Measurement:
     """Replay ``ir`` on the recorded x^(l) of every prompt and re-run the native suffix from its output."""
-    plugins = get_plugins()
-    native = loaded.native
-    m = Measurement([], [], [], [], [])
-    for group in batches(len(traces), batch_size):
-        part = [traces[k] for k in group]
-        # Each prompt is replayed on its own, unpadded, exactly as a verifier will replay it; the
-        # outputs are then padded into one batch for the native suffix.
-        reps = [plugins.replay(ir, torch.from_numpy(t.residual[index])[None]) for t in part]  # [1, T_p, d] each
-        y_pad = _pad([r.output[0].numpy() for r in reps])  # [B, T, d]
-        B, T, _ = y_pad.shape
-        positions = torch.arange(T)[None].expand(B, T)
-        x = y_pad.to(native.dtype)  # the stitched stream continues in the native precision
-        for j in range(index + 1, native.n_blocks):  # the suffix, batched; the prefix is the trace
-            x = native.call_block(j, x, positions)
-        ids = torch.zeros((B, T), dtype=torch.long)
-        for b, t in enumerate(part):
-            ids[b, : t.n_tokens] = torch.from_numpy(t.input_ids)
-        nll = prompt_nll(native, x, ids, [t.n_tokens for t in part])
-        for b, (t, rep) in enumerate(zip(part, reps)):
-            m.errors.append(token_errors(rep.output[0].numpy(), t.residual[index + 1]))
-            m.norms.append(token_norms(t.residual[index + 1]))
-            m.paths.append(path_matches(rep.mask[0].numpy(), t.masks[index], rep.head_active.numpy(), t.head_gates[index]))
-            m.base.append(t.loss)
-            m.stitched.append(nll[b])
-    return m
+    outputs, errors, norms, paths = _replay_all(ir, traces, index)
+    stitched = suffix_losses(loaded, traces, [index], lambda _: outputs, batch_size)[index]
+    return Measurement(errors, norms, paths, [t.loss for t in traces], stitched)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The per-block work: one task certifies a group of blocks in one pass (here or on a worker)
+# ---------------------------------------------------------------------------------------------------
+
+
+@attrs.frozen(eq=False)
+class TraceSlice:
+    """What certifying some blocks needs of one prompt's trace (what a worker is sent): x^(l), x^(l+1),
+    m_l of those blocks. Indexed like :class:`PromptTrace` (``residual[l]``, ``masks[l]``, ...)."""
+
+    index: int
+    input_ids: np.ndarray
+    loss: np.ndarray
+    residual: dict[int, np.ndarray]
+    masks: dict[int, np.ndarray]
+    head_gates: dict[int, np.ndarray]
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.input_ids.shape[0])
+
+
+def slice_traces(traces: Sequence[Any], blocks: Sequence[int]) -> list[TraceSlice]:
+    """Copies of the parts of ``traces`` that certifying ``blocks`` needs (the rest can be freed)."""
+    layers = sorted({j for i in blocks for j in (i, i + 1)})
+    return [TraceSlice(t.index, t.input_ids, t.loss, {j: t.residual[j].copy() for j in layers},
+                       {i: t.masks[i].copy() for i in blocks}, {i: t.head_gates[i].copy() for i in blocks}) for t in traces]
+
+
+@attrs.frozen(eq=False)
+class Extraction:
+    """Block ``index`` extracted (and derived), replayed on its traces and measured: all but loss coverage."""
+
+    index: int
+    arch: str
+    n_ctx: int
+    ir: Any  # the certified IR; None once the run has written it
+    base: Any  # the extraction a surrogate or ablation was derived from (None without --surrogate/--ablate)
+    surrogate: dict[str, Any] | None  # predicate.surrogate
+    errors: list[np.ndarray]
+    norms: list[np.ndarray]
+    paths: list[np.ndarray]
+    bounds: dict[str, Any] | None  # the bounds.json record, with --bounds
+
+
+@attrs.frozen
+class PassStep:
+    """A task's pass has run block ``block`` (for progress)."""
+
+    block: int
+
+
+@attrs.frozen(eq=False)
+class Coverage:
+    """Block ``index``'s token losses with it replaced by its replay (its pass has reached the head)."""
+
+    index: int
+    stitched: list[np.ndarray]  # per prompt [T_p - 1]
+
+
+@attrs.frozen(eq=False)
+class BlockTask:
+    """Certify ``blocks`` in one pass: what an executor runs. ``model`` is a LoadedModel or a ModelRef."""
+
+    model: Any
+    traces: Sequence[Any]
+    blocks: tuple[int, ...]
+    n_ctx: int
+    batch_size: int
+    derivation: Derivation | None = None
+    bounds: BoundSettings | None = None
+
+
+@torch.no_grad()
+def extract_block(loaded: LoadedModel, traces: Sequence[Any], index: int, n_ctx: int, derivation: Derivation | None = None,
+                  bounds: BoundSettings | None = None) -> tuple[Extraction, list[np.ndarray]]:
+    """Block ``index`` to IR (derived if asked), replayed and measured; also its replay outputs [T_p, d]."""
+    ir = get_plugins().to_ir(loaded.native, index, n_ctx)
+    base = surrogate = None
+    if derivation is not None:
+        from .digest import tensors_sha256
+        from .ir import to_dict
+
+        base = ir
+        ir = derive.apply(derivation, base, [t.residual[index] for t in traces])
+        surrogate = derive.predicate(derivation, ir, block_dir(index), tensors_sha256(to_dict(base)[1]))
+    outputs, errors, norms, paths = _replay_all(ir, traces, index)
+    record = None if bounds is None else block_record(ir, [t.residual[index] for t in traces], errors, bounds)
+    return Extraction(index, ir.arch, ir.n_ctx, ir, base, surrogate, errors, norms, paths, record), outputs
+
+
+def certify_blocks(task: BlockTask, emit: Callable[[Any], None]) -> None:
+    """One pass over the model for the task's blocks. ``emit`` gets, in order: each block's
+    :class:`Extraction` when the pass reaches it (the block then joins the loss-coverage staircase), a
+    :class:`PassStep` after every block of the pass, and each block's :class:`Coverage` at the end."""
+    from .executors import resolve_model
+
+    loaded = resolve_model(task.model)
+
+    def start(index: int) -> list[np.ndarray]:
+        extraction, outputs = extract_block(loaded, task.traces, index, task.n_ctx, task.derivation, task.bounds)
+        emit(extraction)
+        return outputs
+
+    losses = suffix_losses(loaded, task.traces, task.blocks, start, task.batch_size, step=lambda j: emit(PassStep(j)))
+    for index in sorted(losses):
+        emit(Coverage(index, losses[index]))
+
+
+def plan_groups(blocks: Sequence[int], per_pass: int, workers: int | None) -> list[tuple[int, ...]]:
+    """Blocks -> groups, each certified in one pass. At most ``per_pass`` blocks in flight per pass.
+
+    One worker: consecutive blocks share a pass (a pass reads blocks min(group)..L-1, so this reads
+    least). Several: dealt round-robin over ``workers`` passes (default one per block), which balances
+    their work (block l's suffix costs L-1-l blocks).
+    """
+    blocks = sorted(blocks)
+    per_pass = max(1, per_pass)
+    if workers == 1:
+        return [tuple(blocks[i : i + per_pass]) for i in range(0, len(blocks), per_pass)]
+    n = max(workers or len(blocks), -(-len(blocks) // per_pass))
+    return [tuple(blocks[i::n]) for i in range(min(n, len(blocks)))]
 
 
 def _remove_stale_temps(directory: Path) -> None:
@@ -241,32 +354,30 @@ def _remove_stale_temps(directory: Path) -> None:
             stale.unlink(missing_ok=True)
 
 
-def certify_block(
-    loaded: LoadedModel, traces: Sequence[PromptTrace], index: int, root: Path, policy: Policy,
-    n_ctx: int, shared_subjects: Sequence[dict[str, Any]], manifest: dict[str, Any], batch_size: int,
-    bounds: BoundSettings | None = None, derivation: Derivation | None = None,
-) -> BlockResult:
-    """Extract block ``index`` (and derive from it), replay it on its traces, measure, write its artifacts and certificate."""
-    ir = get_plugins().to_ir(loaded.native, index, n_ctx)
-    d = root / block_dir(index)
+def _write_ir(root: Path, extraction: Extraction) -> Extraction:
+    """Write a freshly extracted block's IR (and base IR); return the record without the tensors."""
+    d = root / block_dir(extraction.index)
     _remove_stale_temps(d)
-    if bounds is None:  # left by an interrupted --bounds run of this block: not part of this certificate
+    if extraction.bounds is None:  # left by an interrupted --bounds run of this block: not part of this certificate
         (d / BOUNDS_FILE).unlink(missing_ok=True)
-    names = ["ir.json", "ir.safetensors", "errors.safetensors", "metrics.json"]
-    surrogate = None
-    if derivation is not None:
-        base = ir
-        ir = derive.apply(derivation, base, [t.residual[index] for t in traces])
-        save_ir(base, d / derive.BASE_STEM)
-        names += [f"{derive.BASE_STEM}.json", f"{derive.BASE_STEM}.safetensors"]
-        from .digest import tensors_sha256
-        from .ir import to_dict
+    if extraction.base is not None:
+        save_ir(extraction.base, d / derive.BASE_STEM)
+    save_ir(extraction.ir, d / "ir")
+    return attrs.evolve(extraction, ir=None, base=None)
 
-        surrogate = derive.predicate(derivation, ir, block_dir(index), tensors_sha256(to_dict(base)[1]))
-    save_ir(ir, d / "ir")
-    meas = measure_block(loaded, traces, ir, index, batch_size)
-    errors, norms, paths, stitched = meas.errors, meas.norms, meas.paths, meas.stitched
-    metrics = block_metrics(errors, norms, paths, meas.base, stitched, policy)
+
+def _certify(
+    root: Path, ex: Extraction, stitched: list[np.ndarray], traces: Sequence[Any], policy: Policy,
+    shared_subjects: Sequence[dict[str, Any]], manifest: dict[str, Any],
+) -> BlockResult:
+    """Metrics, verdict, per-token errors, bounds and the certificate of a block whose IR is written."""
+    index = ex.index
+    d = root / block_dir(index)
+    names = ["ir.json", "ir.safetensors", "errors.safetensors", "metrics.json"]
+    if ex.surrogate is not None:
+        names += [f"{derive.BASE_STEM}.json", f"{derive.BASE_STEM}.safetensors"]
+    errors, norms, paths = ex.errors, ex.norms, ex.paths
+    metrics = block_metrics(errors, norms, paths, [t.loss for t in traces], stitched, policy)
     verdict = certified(metrics.cov_act, metrics.cov_loss, policy)
     from safetensors.numpy import save
 
@@ -281,18 +392,17 @@ def certify_block(
     record = {"block": index, "metrics": _metrics_dict(metrics), "certified": verdict, "policy": attrs.asdict(policy)}
     atomic_write_bytes(d / "metrics.json", canonical_json(record))
     lipschitz = None
-    if bounds is not None:
-        record = block_record(ir, [t.residual[index] for t in traces], errors, bounds)
-        atomic_write_bytes(d / BOUNDS_FILE, canonical_json(record))
+    if ex.bounds is not None:
+        atomic_write_bytes(d / BOUNDS_FILE, canonical_json(ex.bounds))
         names.append(BOUNDS_FILE)
-        lipschitz = predicate_summary(record, f"{block_dir(index)}/{BOUNDS_FILE}")
+        lipschitz = predicate_summary(ex.bounds, f"{block_dir(index)}/{BOUNDS_FILE}")
     own = [subject(root, f"{block_dir(index)}/{name}") for name in sorted(names)]
     m = _metrics_dict(metrics)
     predicate = {
         "schema_version": CERT_SCHEMA_VERSION,
         "tool": manifest["tool"],
         "model": manifest["model"],
-        "block": {"index": index, "arch": ir.arch, "n_ctx": ir.n_ctx, "ir": f"{block_dir(index)}/ir.json"},
+        "block": {"index": index, "arch": ex.arch, "n_ctx": ex.n_ctx, "ir": f"{block_dir(index)}/ir.json"},
         "prompts": {**manifest["prompts"], "tokens": metrics.tokens, "trace_index": "traces/index.json"},
         "policy": attrs.asdict(policy),
         "metrics": {k: m[k] for k in ("epsilon", "mae", "cov_act", "cov_path", "cov_loss", "rel_max", "rel_mean",
@@ -300,7 +410,7 @@ def certify_block(
         "verdict": {"certified": verdict, "cov_act_ok": metrics.cov_act >= policy.alpha_act,
                     "cov_loss_ok": metrics.cov_loss >= policy.alpha_loss},
         "replay": manifest["replay"],
-        "surrogate": surrogate,
+        "surrogate": ex.surrogate,
         "lipschitz": lipschitz,
     }
     cert = statement([*own, *shared_subjects], BLOCK_PREDICATE, predicate)
@@ -325,8 +435,17 @@ def run(
     bounds: bool | BoundSettings = False,
     surrogate: str | None = None,
     ablate: str | None = None,
+    stream: bool = False,
+    executor: str | Executor = "local",
+    inflight_bytes: int = DEFAULT_INFLIGHT_BYTES,
 ) -> RunResult:
     """Certify ``blocks`` of ``model`` on ``prompts``; write everything under ``out``. See the module doc.
+
+    ``stream=True`` loads the model block by block from its safetensors shards (never all of it; see
+    :mod:`blockcert.stream`); the certificates are byte-identical to an in-memory run's. ``executor``
+    (``"local"``, ``"ray"`` or an :class:`~blockcert.executors.Executor`) runs the passes that certify
+    the blocks; a pass holds at most ``inflight_bytes`` of loss-coverage activations (more blocks than
+    that fit take more passes).
 
     ``bounds=True`` (or a :class:`~blockcert.lipschitz.BoundSettings`) also computes each block's
     Lipschitz bounds, writes them to ``block_<idx>/bounds.json`` and logs them in the certificate
@@ -346,10 +465,11 @@ def run(
         raise UserError(f"--batch-size must be >= 1, got {batch_size}")
     console = Console(stderr=True)
     texts = load_prompts(prompts)
+    executor = get_executor(executor)
     with ExitStack() as stack:
         if progress:
             stack.enter_context(console.status("Loading model"))
-        loaded = loaded or load_model(model, arch=arch, dtype=dtype)
+        loaded = loaded or load_model(model, arch=arch, dtype=dtype, stream=stream)
     selected = parse_blocks(blocks, loaded.native.n_blocks)
     root = Path(out)
     from .trace import tokenize_prompts
@@ -363,23 +483,39 @@ def run(
     _prepare_out(root, manifest, resume, force)
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    console=console, disable=not progress)
-    results: list[BlockResult] = []
     with bar:
         traces = load_traces(root) if resume else None
         if traces is None:
             _remove_stale_temps(root / "traces")
-            task = bar.add_task("Capturing traces", total=len(texts))
+            task = bar.add_task("Capturing traces", total=loaded.native.n_blocks)
             traces = capture(loaded, texts, batch_size=batch_size, progress=lambda n: bar.advance(task, n))
             save_traces(root, traces, prompts)
         shared = [subject(root, MANIFEST), subject(root, "traces/index.json"), *(subject(root, prompt_file(t.index)) for t in traces)]
-        task = bar.add_task("Certifying blocks", total=len(selected))
-        for index in selected:
-            done = _load_finished(root, index, settings) if resume else None
-            results.append(done or certify_block(loaded, traces, index, root, policy, n_ctx, shared, manifest, batch_size,
-                                                 settings, derivation))
-            bar.advance(task)
+        finished = {i: r for i in selected if resume and (r := _load_finished(root, i, settings)) is not None}
+        todo = [i for i in selected if i not in finished]
+        tokens = sum(t.n_tokens for t in traces)
+        traces = slice_traces(traces, todo)  # x^(l), x^(l+1), m_l of the blocks to certify: the rest is freed
+        per_pass = inflight_bytes // variant_bytes([t.n_tokens for t in traces], batch_size, loaded.native.d_model, loaded.native.dtype)
+        groups = plan_groups(todo, per_pass, executor.workers) if todo else []
+        task = bar.add_task("Certifying blocks", total=sum(loaded.native.n_blocks - g[0] for g in groups))
+        model_arg = model_ref(loaded) if executor.remote else loaded
+        tasks = [BlockTask(model_arg, slice_traces(traces, g) if executor.remote else traces, g, n_ctx, batch_size, derivation,
+                           settings) for g in groups]
+        extracted: dict[int, Extraction] = {}
+        done: dict[int, BlockResult] = dict(finished)
+
+        def on_event(event: Any) -> None:
+            if isinstance(event, PassStep):
+                bar.advance(task)
+            elif isinstance(event, Extraction):  # write its IR now and drop the tensors
+                extracted[event.index] = _write_ir(root, event)
+            else:  # its pass is done: metrics, artifacts, certificate
+                done[event.index] = _certify(root, extracted.pop(event.index), event.stitched, traces, policy, shared, manifest)
+
+        executor.map(certify_blocks, tasks, on_event)
+        results = [done[i] for i in selected]
     result = RunResult(out=root, model=loaded.name, arch=loaded.arch, dtype=loaded.dtype, prompts=prompts,
-                       n_prompts=len(texts), tokens=sum(t.n_tokens for t in traces), policy=policy, blocks=tuple(results))
+                       n_prompts=len(texts), tokens=tokens, policy=policy, blocks=tuple(results))
     # The summary on disk covers every finished block in the directory (an earlier --blocks included),
     # in canonical JSON so that the verifier can check it byte for byte.
     others = [r for i in _finished_indices(root) if i not in selected and (r := _load_finished(root, i)) is not None]

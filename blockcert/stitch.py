@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ import attrs
 import numpy as np
 import torch
 
-from .certificate import statement, subject, write_certificate
+from .certificate import FULL_PREDICATE, FULL_SCHEMA_VERSION, statement, subject, write_certificate
 from .digest import canonical_json, file_sha256
 from .errors import UserError
 from .fsutil import atomic_write_bytes
@@ -33,8 +33,6 @@ from .safeio import strict_json
 from .trace import PromptTrace, batches, load_traces, pad_batch, prompt_nll
 
 FULL_DIR = "full"
-FULL_PREDICATE = "https://blockcert.dev/predicate/full-model-certificate/v1"
-FULL_SCHEMA_VERSION = 1
 
 
 @attrs.frozen
@@ -108,27 +106,38 @@ def probe_items() -> list[dict[str, str]]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
+@attrs.frozen(eq=False)
+class StreamJob:
+    """One right-padded batch to run through the (stitched) model: x^(0) float32 [B, T, d], prompt lengths,
+    and the blocks replaced by their IR (none: the baseline model)."""
+
+    x0: torch.Tensor
+    lengths: list[int]
+    irs: dict[int, BlockIR]
+
+
 @torch.no_grad()
-def stitched_stream(loaded: LoadedModel, irs: dict[int, BlockIR], x0: torch.Tensor, lengths: Sequence[int],
-                    ) -> list[torch.Tensor]:
-    """[x_hat^(0..L)] for a right-padded batch: stitched blocks by IR replay (each prompt unpadded, as
-    certified), the others natively. Every entry is float32 [B, T, d]."""
+def run_streams(loaded: LoadedModel, jobs: Sequence[StreamJob],
+                on_layer: Callable[[int, int, torch.Tensor], None] | None = None) -> list[torch.Tensor]:
+    """x_hat^(L) of every job, in the native dtype: block l is the IR replay of ``job.irs[l]`` (each prompt
+    unpadded, as certified) or the native block. Block-major, so a streamed model reads each block once
+    for all jobs; ``on_layer(l, job, x)`` sees every x_hat^(l), l = 1..L, as float32 [B, T, d]."""
     plugins = get_plugins()
     native = loaded.native
-    B, T, _ = x0.shape
-    positions = torch.arange(T)[None].expand(B, T)
-    x = x0.to(native.dtype)
-    out = [x.float()]
+    positions = [torch.arange(job.x0.shape[1])[None].expand(job.x0.shape[:2]) for job in jobs]
+    xs = [job.x0.to(native.dtype) for job in jobs]
     for index in range(native.n_blocks):
-        if index in irs:
-            y = torch.zeros((B, T, x.shape[-1]), dtype=torch.float32)
-            for b, n in enumerate(lengths):
-                y[b, :n] = plugins.replay(irs[index], x[b : b + 1, :n].float()).output[0]
-            x = y.to(native.dtype)
-        else:
-            x = native.call_block(index, x, positions)
-        out.append(x.float())
-    return out
+        for k, job in enumerate(jobs):
+            if index in job.irs:
+                y = torch.zeros(xs[k].shape, dtype=torch.float32)
+                for b, n in enumerate(job.lengths):
+                    y[b, :n] = plugins.replay(job.irs[index], xs[k][b : b + 1, :n].float()).output[0]
+                xs[k] = y.to(native.dtype)
+            else:
+                xs[k] = native.call_block(index, xs[k], positions[k])
+            if on_layer is not None:
+                on_layer(index + 1, k, xs[k].float())
+    return xs
 
 
 def _check_model(loaded: LoadedModel, manifest: dict[str, Any]) -> None:
@@ -139,8 +148,10 @@ def _check_model(loaded: LoadedModel, manifest: dict[str, Any]) -> None:
 
 @torch.no_grad()
 def stitch(out: str | Path, *, blocks: Sequence[int] | None = None, model: str | None = None, loaded: LoadedModel | None = None,
-           batch_size: int = 8) -> StitchResult:
-    """Stitch ``blocks`` (default: every certified block) of the run in ``out``; write ``full/``."""
+           batch_size: int = 8, stream: bool = False) -> StitchResult:
+    """Stitch ``blocks`` (default: every certified block) of the run in ``out``; write ``full/``.
+
+    ``stream=True`` loads the model block by block (:mod:`blockcert.stream`): one pass reads each block once."""
     root = Path(out)
     manifest_path = root / "run.json"
     if not manifest_path.is_file():
@@ -155,7 +166,8 @@ def stitch(out: str | Path, *, blocks: Sequence[int] | None = None, model: str |
     missing = [i for i in chosen if i not in available]
     if missing:
         raise UserError(f"blocks {missing} have no certificate in {root}", f"certified blocks: {sorted(available)}")
-    loaded = loaded or load_model(model or manifest["model"]["name"], arch=manifest["model"]["arch"], dtype=manifest["model"]["dtype"])
+    loaded = loaded or load_model(model or manifest["model"]["name"], arch=manifest["model"]["arch"], dtype=manifest["model"]["dtype"],
+                                  stream=stream)
     _check_model(loaded, manifest)
     result = _evaluate(root, loaded, chosen, batch_size)
     return _write(root, manifest, summary, result)
@@ -167,52 +179,61 @@ def _evaluate(root: Path, loaded: LoadedModel, chosen: list[int], batch_size: in
         raise UserError(f"{root}/traces is incomplete")
     irs = {i: load_ir(root / f"block_{i:03d}" / "ir") for i in chosen}
     L = loaded.native.n_blocks
-    errs: list[list[np.ndarray]] = [[] for _ in range(L)]
-    nll_base, nll_stitched = [], []
-    for group in batches(len(traces), batch_size):
-        part: list[PromptTrace] = [traces[k] for k in group]
+    groups = [[traces[k] for k in group] for group in batches(len(traces), batch_size)]
+    jobs = []
+    for part in groups:
         lengths = [t.n_tokens for t in part]
         x0 = torch.zeros((len(part), max(lengths), loaded.native.d_model))
         for b, t in enumerate(part):
             x0[b, : t.n_tokens] = torch.from_numpy(t.residual[0])
-        stream = stitched_stream(loaded, irs, x0, lengths)
+        jobs.append(StreamJob(x0, lengths, irs))
+    items, probe_ids = _probe_inputs(loaded, irs)
+    batch = pad_batch(probe_ids)
+    x0 = loaded.native.embed(batch, torch.arange(batch.shape[1])[None].expand_as(batch)).float()
+    lengths = [a.size for a in probe_ids]
+    jobs += [StreamJob(x0, lengths, irs), StreamJob(x0, lengths, {})]  # the probe: stitched, baseline
+    errs: list[list[np.ndarray]] = [[] for _ in range(L)]
+
+    def on_layer(layer: int, k: int, x: torch.Tensor) -> None:
+        if k < len(groups):
+            for b, t in enumerate(groups[k]):
+                errs[layer - 1].append(token_errors(x[b, : t.n_tokens].numpy(), t.residual[layer]))
+
+    finals = run_streams(loaded, jobs, on_layer)
+    nll_base, nll_stitched = [], []
+    for k, part in enumerate(groups):
         ids = pad_batch([t.input_ids for t in part])
-        nll = prompt_nll(loaded.native, stream[-1].to(loaded.native.dtype), ids, lengths)
+        nll = prompt_nll(loaded.native, finals[k], ids, [t.n_tokens for t in part])
         for b, t in enumerate(part):
-            for layer in range(1, L + 1):
-                errs[layer - 1].append(token_errors(stream[layer][b, : t.n_tokens].numpy(), t.residual[layer]))
             nll_stitched.append(nll[b].astype(np.float64))
             nll_base.append(t.loss.astype(np.float64))
     layer_mae = tuple(float(np.mean(np.concatenate(e))) for e in errs)
     layer_max = tuple(float(np.max(np.concatenate(e))) for e in errs)
     ppl_base = math.exp(float(np.mean(np.concatenate(nll_base))))
     ppl_st = math.exp(float(np.mean(np.concatenate(nll_stitched))))
-    probe = run_probe(loaded, irs)
-    result = StitchResult(tuple(chosen), layer_mae, layer_max, ppl_base, ppl_st, tuple(probe), f"{FULL_DIR}/certificate.json", "")
-    return result
+    probe = _probe_answers(loaded, items, probe_ids, finals[-2], finals[-1])
+    return StitchResult(tuple(chosen), layer_mae, layer_max, ppl_base, ppl_st, tuple(probe), f"{FULL_DIR}/certificate.json", "")
 
 
-@torch.no_grad()
-def run_probe(loaded: LoadedModel, irs: dict[int, BlockIR]) -> list[ProbeItem]:
-    """Greedy next token of the baseline and the stitched model on each probe prompt (one padded batch)."""
-    native = loaded.native
+def _probe_inputs(loaded: LoadedModel, irs: dict[int, BlockIR]) -> tuple[list[dict[str, str]], list[np.ndarray]]:
+    """The 30 probe prompts and their token ids."""
     items = probe_items()
     ids = [np.asarray(loaded.tokenizer(item["prompt"])["input_ids"], dtype=np.int64) for item in items]
     n_ctx = min((ir.n_ctx for ir in irs.values()), default=None)
     for item, a in zip(items, ids):
         if n_ctx is not None and a.size > n_ctx:
             raise UserError(f"probe prompt {item['prompt']!r} has {a.size} tokens, beyond the IR tables ({n_ctx})")
-    batch = pad_batch(ids)
-    lengths = [a.size for a in ids]
-    positions = torch.arange(batch.shape[1])[None].expand_as(batch)
-    x0 = native.embed(batch, positions)
-    stitched = stitched_stream(loaded, irs, x0.float(), lengths)[-1].to(native.dtype)
-    base = native.residual_stream(batch)[-1]
-    last = torch.tensor(lengths) - 1
+    return items, ids
+
+
+def _probe_answers(loaded: LoadedModel, items: list[dict[str, str]], ids: list[np.ndarray], stitched: torch.Tensor,
+                   base: torch.Tensor) -> list[ProbeItem]:
+    """Greedy next token of the baseline and the stitched model on each probe prompt."""
+    last = torch.tensor([a.size for a in ids]) - 1
     rows = torch.arange(len(ids))
 
     def decode(x: torch.Tensor) -> list[str]:
-        best = native.head(x)[rows, last].argmax(-1)
+        best = loaded.native.head(x)[rows, last].argmax(-1)
         return [loaded.tokenizer.decode([int(t)]) for t in best]
 
     return [ProbeItem(item["prompt"], item["label"], item.get("kind", ""), b, s_)
@@ -249,9 +270,10 @@ def _write(root: Path, manifest: dict[str, Any], summary: dict[str, Any], result
 
 
 @torch.no_grad()
-def recompute(root: Path, model: str | None, blocks: Sequence[int]) -> dict[str, Any]:
+def recompute(root: Path, model: str | None, blocks: Sequence[int], stream: bool = False) -> dict[str, Any]:
     """The full-model metrics of ``root`` re-derived with ``model`` (for ``verify --level full``), nothing written."""
     manifest = strict_json((root / "run.json").read_bytes(), "run.json")
-    loaded = load_model(model or manifest["model"]["name"], arch=manifest["model"]["arch"], dtype=manifest["model"]["dtype"])
+    loaded = load_model(model or manifest["model"]["name"], arch=manifest["model"]["arch"], dtype=manifest["model"]["dtype"],
+                        stream=stream)
     _check_model(loaded, manifest)
     return _evaluate(root, loaded, list(blocks), batch_size=8).metrics()

@@ -31,6 +31,7 @@ from .models import LoadedModel
 
 TRACE_DIR = "traces"
 INDEX = "index.json"
+NLL_ROWS = 256  # rows of logits per cross-entropy call in prompt_nll
 
 
 @attrs.frozen(eq=False)
@@ -113,7 +114,10 @@ def prompt_nll(native: Any, x: torch.Tensor, input_ids: torch.Tensor, lengths: S
     B, T = input_ids.shape
     sel = torch.arange(T - 1)[None, :] < (torch.as_tensor(list(lengths))[:, None] - 1)  # [B, T-1]
     logits = native.head(x[:, :-1][sel])  # [N, V]
-    nll = torch.nn.functional.cross_entropy(logits.float(), input_ids[:, 1:][sel], reduction="none")
+    targets = input_ids[:, 1:][sel]  # [N]
+    # row by row independent, so taken in chunks of rows: no second [N, V] buffer (bit-identical)
+    nll = torch.cat([torch.nn.functional.cross_entropy(logits[i : i + NLL_ROWS].float(), targets[i : i + NLL_ROWS], reduction="none")
+                     for i in range(0, logits.shape[0], NLL_ROWS)])
     return [part.numpy() for part in torch.split(nll, [n - 1 for n in lengths])]
 
 
@@ -125,41 +129,48 @@ def capture(
     batch_size: int = 8,
     progress: Callable[[int], None] | None = None,
 ) -> list[PromptTrace]:
-    """Run the native model block by block on every prompt and record its trace."""
+    """Run the native model block by block on every prompt and record its trace.
+
+    Block-major: every batch goes through block l before any goes through block l+1, so a streamed
+    model reads each block once (the batches and every number are those of a batch-by-batch run).
+    ``progress`` is called with 1 after each block.
+    """
     native = loaded.native
     ids = tokenize_prompts(loaded, prompts)
     L, H = native.n_blocks, n_heads(loaded)
-    traces: list[PromptTrace] = []
-    for group in batches(len(ids), batch_size):
-        input_ids = pad_batch([ids[k] for k in group])
-        B, T = input_ids.shape
-        positions = torch.arange(T)[None].expand(B, T)
-        x = native.embed(input_ids, positions)
-        stream = [x.float()]
-        masks = []
-        for index in range(L):
-            masks.append(native.attention_allowed(index, positions))
-            x = native.call_block(index, x, positions)
-            stream.append(x.float())
-        loss = prompt_nll(native, x, input_ids, [ids[k].size for k in group])
-        residual = torch.stack(stream, dim=1)  # [B, L+1, T, d]
-        mask = torch.stack(masks, dim=1)  # [B, L, T, T]
-        for b, k in enumerate(group):
-            n = ids[k].size
-            res = residual[b, :, :n].contiguous().numpy()
-            bad = ~np.isfinite(res).all(axis=(1, 2))
-            if bad.any():
-                where = int(np.argmax(bad))
-                raise UserError(f"non-finite activations in prompt {k} at the input of block {where}"
-                                f" (x^({where}), dtype {loaded.dtype})", "try --dtype float32")
-            traces.append(PromptTrace(
-                index=k, text=prompts[k], input_ids=ids[k], residual=res,
-                masks=mask[b, :, :n, :n].contiguous().numpy(),
-                head_gates=np.ones((L, H), dtype=bool),
-                loss=loss[b],
-            ))
+    residual = [np.empty((L + 1, a.size, native.d_model), np.float32) for a in ids]  # filled as the blocks run
+    masks = [np.empty((L, a.size, a.size), bool) for a in ids]
+    groups = batches(len(ids), batch_size)
+    input_ids = [pad_batch([ids[k] for k in group]) for group in groups]
+    positions = [torch.arange(b.shape[1])[None].expand(b.shape) for b in input_ids]
+    xs = [native.embed(b, pos) for b, pos in zip(input_ids, positions)]
+
+    def keep(layer: int, g: int, x: torch.Tensor) -> None:
+        x = x.float()
+        for b, k in enumerate(groups[g]):
+            residual[k][layer] = x[b, : ids[k].size].numpy()
+
+    for g, x in enumerate(xs):
+        keep(0, g, x)
+    for index in range(L):
+        for g, group in enumerate(groups):
+            allowed = native.attention_allowed(index, positions[g])  # [B, T, T]
+            for b, k in enumerate(group):
+                masks[k][index] = allowed[b, : ids[k].size, : ids[k].size].numpy()
+            xs[g] = native.call_block(index, xs[g], positions[g])
+            keep(index + 1, g, xs[g])
         if progress is not None:
-            progress(len(group))
+            progress(1)
+    losses = [loss for g, group in enumerate(groups) for loss in prompt_nll(native, xs[g], input_ids[g], [ids[k].size for k in group])]
+    traces: list[PromptTrace] = []
+    for k, res in enumerate(residual):
+        bad = ~np.isfinite(res).all(axis=(1, 2))
+        if bad.any():
+            where = int(np.argmax(bad))
+            raise UserError(f"non-finite activations in prompt {k} at the input of block {where}"
+                            f" (x^({where}), dtype {loaded.dtype})", "try --dtype float32")
+        traces.append(PromptTrace(index=k, text=prompts[k], input_ids=ids[k], residual=res, masks=masks[k],
+                                  head_gates=np.ones((L, H), dtype=bool), loss=losses[k]))
     return traces
 
 

@@ -631,7 +631,8 @@ def _agree(items: list[dict[str, Any]], a: str, b: str) -> float:
     return float(np.mean(same)) if same else 1.0
 
 
-def verify_full_model(root: Path, rel: str, *, level: str, reference: str, tol: Tolerances, model: str | None) -> CertReport:
+def verify_full_model(root: Path, rel: str, *, level: str, reference: str, tol: Tolerances, model: str | None,
+                      stream: bool = False) -> CertReport:
     """A full-model certificate: its references to block certificates (by id), its evaluation file, the
     internal arithmetic of its metrics; at level replay the all-IR stream when every block is stitched;
     at level full the whole stitched evaluation, re-run with the model."""
@@ -689,7 +690,7 @@ def verify_full_model(root: Path, rel: str, *, level: str, reference: str, tol: 
         if level == "full":
             from .stitch import recompute
 
-            again = recompute(root, model, pred["stitched_blocks"])
+            again = recompute(root, model, pred["stitched_blocks"], stream=stream)
             for key in sorted(FULL_METRICS):
                 a, b = m[key], again[key]
                 ok = all(_close(tol, float(x), float(y), 0.0) or abs(float(x) - float(y)) <= 1e-6 * max(1.0, abs(float(x)))
@@ -750,8 +751,11 @@ def find_certificates(path: Path) -> tuple[Path, list[str]]:
 
 
 def verify(path: str | Path, *, level: str = "replay", reference: str = "torch", policy: Policy | None = None,
-           tolerances: Tolerances | None = None, model: str | None = None, progress: Callable[[str], None] | None = None) -> VerifyReport:
-    """Verify every certificate under ``path`` (a run directory) or one certificate file."""
+           tolerances: Tolerances | None = None, model: str | None = None, progress: Callable[[str], None] | None = None,
+           stream: bool = False) -> VerifyReport:
+    """Verify every certificate under ``path`` (a run directory) or one certificate file.
+
+    ``stream=True``: at level full, load ``model`` block by block (:mod:`blockcert.stream`)."""
     if level not in LEVELS:
         raise UserError(f"unknown --level {level!r}", f"choose one of {', '.join(LEVELS)}")
     if reference not in REFERENCES:
@@ -773,7 +777,7 @@ def verify(path: str | Path, *, level: str = "replay", reference: str = "torch",
     if level == "full":
         from .verify_full import FullCheck
 
-        full = FullCheck(root, model, tol)
+        full = FullCheck(root, model, tol, stream=stream)
     reports = []
     cache: dict[Any, Any] = {}
     for rel in certs:
@@ -782,9 +786,9 @@ def verify(path: str | Path, *, level: str = "replay", reference: str = "torch",
             progress(rel)
     full_rel = "full/certificate.json"
     if Path(path).is_dir() and (root / full_rel).exists():
-        reports.append(verify_full_model(root, full_rel, level=level, reference=reference, tol=tol, model=model))
+        reports.append(verify_full_model(root, full_rel, level=level, reference=reference, tol=tol, model=model, stream=stream))
     elif Path(path).is_file() and Path(path).resolve() == (root / full_rel).resolve():
-        reports = [verify_full_model(root, full_rel, level=level, reference=reference, tol=tol, model=model)]
+        reports = [verify_full_model(root, full_rel, level=level, reference=reference, tol=tol, model=model, stream=stream)]
     if Path(path).is_dir():
         reports.append(verify_summary(root, certs))
     return VerifyReport(str(root), level, reference, policy, tol, tuple(reports))

@@ -12,8 +12,8 @@ import numpy as np
 class FullCheck:
     """Loads the model once; per block, recomputes the stitched losses with the certified IR."""
 
-    def __init__(self, root: Path, model: str, tol: Any) -> None:
-        self.root, self.model_spec, self.tol = root, model, tol
+    def __init__(self, root: Path, model: str, tol: Any, stream: bool = False) -> None:
+        self.root, self.model_spec, self.tol, self.stream = root, model, tol, stream
         self.loaded: Any = None
         self.traces: Any = None
         self.problem: str | None = None
@@ -24,7 +24,7 @@ class FullCheck:
         from .models import load_model
         from .trace import capture
 
-        self.loaded = load_model(self.model_spec, arch=pred["model"]["arch"], dtype=pred["model"]["dtype"])
+        self.loaded = load_model(self.model_spec, arch=pred["model"]["arch"], dtype=pred["model"]["dtype"], stream=self.stream)
         self.traces = capture(self.loaded, texts)
 
     def __call__(self, ir: Any, ell: int, base: list[np.ndarray], stitched: list[np.ndarray], c: Any, pred: dict[str, Any],

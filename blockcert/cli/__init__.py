@@ -45,7 +45,7 @@ def _root(
 
 
 def _register_commands() -> None:
-    from . import bound_cmd, edit_cmd, experiment_cmd, ir_check, plugins_cmd, report_cmd, run_cmd, stitch_cmd, verify_cmd  # noqa: F401  (commands register themselves on `app`)
+    from . import bound_cmd, edit_cmd, experiment_cmd, ir_check, plugins_cmd, report_cmd, run_cmd, stitch_cmd, synth_cmd, verify_cmd  # noqa: F401  (commands register themselves on `app`)
 
 
 def main(argv: list[str] | None = None) -> None:

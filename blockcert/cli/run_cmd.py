@@ -38,6 +38,16 @@ def run_command(
     bound_margin: float = typer.Option(0.5, "--bound-margin", help="Norm-layer region: RMS/std ≥ margin × the smallest traced value."),
     bound_radius: float = typer.Option(1.0, "--bound-radius", help="ℓ2 radius of the balls around the traced MLP inputs (local MLP bound)."),
     bound_iterations: int = typer.Option(10, "--bound-iterations", help="Power-iteration steps of the empirical Jacobian lower bound."),
+    stream: bool = typer.Option(False, "--stream", help="Never load the whole model: read one block at a time from its "
+                                "safetensors shards (memory-mapped). Certificates are byte-identical to an in-memory run's."),
+    executor: str = typer.Option("local", "--executor", help="Where the per-block passes run: local, or ray "
+                                 "(pip install 'blockcert\\[ray]'; see docs/scaling.md)."),
+    ray_address: str = typer.Option(None, "--ray-address", help="With --executor ray: the cluster to join "
+                                    "(ray.init(address=...), e.g. auto or ray://head:10001); default: start Ray here."),
+    workers: int = typer.Option(None, "--workers", help="With --executor ray: passes to run in parallel (default: one per block)."),
+    cpus_per_task: float = typer.Option(None, "--cpus-per-task", help="With --executor ray: CPUs (and torch threads) per pass (default 1)."),
+    inflight_mb: int = typer.Option(2048, "--inflight-mb", help="Loss-coverage activations one pass may hold (MiB); "
+                                    "more blocks than fit take more passes."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout (progress still goes to stderr)."),
 ) -> None:
     """Certify blocks: trace the model, extract each block to IR, replay, measure ε, MAE, cov_act, cov_path,
@@ -64,11 +74,16 @@ def run_command(
 
     derivation = from_options(surrogate, ablate)  # a malformed spec fails before the model loads
     load_prompts(prompts)  # a bad prompt file fails before the model loads
+    from ..executors import get_executor
+
+    if inflight_mb < 1:
+        raise UserError(f"--inflight-mb must be >= 1, got {inflight_mb}")
+    chosen = get_executor(executor, address=ray_address, workers=workers, cpus_per_task=cpus_per_task)  # a bad --executor fails before the model loads
     with err_console.status("Loading model"):
-        loaded = load_model(model, arch=arch, dtype=dtype)
+        loaded = load_model(model, arch=arch, dtype=dtype, stream=stream)
     result = run(loaded=loaded, arch=arch, prompts=prompts, blocks=blocks, policy=policy, dtype=dtype, out=out,
                  resume=resume, force=force, batch_size=batch_size, progress=True, bounds=settings,
-                 surrogate=surrogate, ablate=ablate)
+                 surrogate=surrogate, ablate=ablate, executor=chosen, inflight_bytes=inflight_mb << 20)
     stitched = None
     if full:
         from ..stitch import stitch

@@ -38,6 +38,7 @@ def stitch_command(
     out: Path = typer.Argument(..., help="A finished blockcert run directory."),
     blocks: str = typer.Option("all", "--blocks", "-b", help="Blocks to replace by their IR: all (every certified block), 0,5,10 or 0-4."),
     model: str = typer.Option(None, "--model", "-m", help="The run's model (default: the name recorded in run.json)."),
+    stream: bool = typer.Option(False, "--stream", help="Read the model one block at a time from its safetensors shards."),
     as_json: bool = typer.Option(False, "--json", help="Print the evaluation as JSON on stdout."),
 ) -> None:
     """Replay the whole model with the chosen blocks replaced by their IR: per-layer MAE, max residual
@@ -48,7 +49,7 @@ def stitch_command(
 
     chosen = None if blocks.strip() == "all" else parse_blocks(blocks, 10**6)
     with err_console.status("Stitching"):
-        result = stitch(out, blocks=chosen, model=model)
+        result = stitch(out, blocks=chosen, model=model, stream=stream)
     if as_json:
         typer.echo(json.dumps({"stitched_blocks": list(result.stitched_blocks), **result.metrics(),
                                "certificate": result.certificate, "certificate_id": result.certificate_id}, indent=2))

@@ -25,6 +25,7 @@ def verify_command(
     tol_rel: float = typer.Option(None, "--tol-rel", help="Relative tolerance, times |claimed| (default 1e-5)."),
     tol_scale: float = typer.Option(None, "--tol-scale", help="Tolerance times the largest residual norm (default 0 for torch, 1e-5 for numpy)."),
     tol_tokens: int = typer.Option(None, "--tol-tokens", help="Tokens whose coverage may flip (default 0)."),
+    stream: bool = typer.Option(False, "--stream", help="With --level full: read the model one block at a time from its safetensors shards."),
     show_all: bool = typer.Option(False, "--all-checks", help="List every check, not only the failed ones."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable report on stdout."),
 ) -> None:
@@ -46,7 +47,7 @@ def verify_command(
     given = {k: v for k, v in (("abs", tol_abs), ("rel", tol_rel), ("scale", tol_scale), ("tokens", tol_tokens)) if v is not None}
     tol = attrs.evolve(Tolerances.for_reference(reference), **given)
     with err_console.status(f"Verifying {path} (level {level}, {reference} reference)"):
-        report = verify(path, level=level, reference=reference, policy=policy, tolerances=tol, model=model)
+        report = verify(path, level=level, reference=reference, policy=policy, tolerances=tol, model=model, stream=stream)
     if as_json:
         typer.echo(json.dumps(report.as_dict(), indent=2))
     else:
