@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -19,14 +20,27 @@ _MODE = 0o666 & ~_umask()  # what open() would give a new file: artifacts are me
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write ``data`` to ``path`` via a temp file in the same directory, fsync, then ``os.replace``."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+
+    return atomic_write_with(path, write)
+
+
+def atomic_write_with(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
+    """``write(tmp)`` fills a temp file in ``path``'s directory (e.g. a library's ``save_file``, which
+    streams what it writes instead of building it in memory); then fsync and ``os.replace`` as
+    :func:`atomic_write_bytes` does."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(name)
     try:
         os.fchmod(fd, _MODE)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
+        os.close(fd)
+        write(tmp)
+        with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         _fault_point()
         os.replace(tmp, path)

@@ -25,7 +25,7 @@ import numpy as np
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError
 
 from .errors import IRFormatError
-from .fsutil import atomic_write_bytes, atomic_write_text
+from .fsutil import atomic_write_text, atomic_write_with
 
 SCHEMA_VERSION = 1
 
@@ -238,19 +238,21 @@ class BlockIR:
 def to_dict(ir: BlockIR) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Split an IR into a JSON-able dict (tensors replaced by their names) and the named tensors."""
     tensors: dict[str, np.ndarray] = {}
-
-    def walk(obj: Any, path: str) -> Any:
-        if isinstance(obj, np.ndarray):
-            tensors[path] = obj
-            return path
-        if attrs.has(type(obj)):
-            return {f.name: walk(getattr(obj, f.name), f"{path}.{f.name}" if path else f.name) for f in attrs.fields(type(obj))}
-        if isinstance(obj, dict):
-            return dict(obj)
-        return obj
-
-    meta = walk(ir, "")
+    meta = _walk(ir, "", tensors)
     return meta, tensors
+
+
+def _walk(obj: Any, path: str, tensors: dict[str, np.ndarray]) -> Any:
+    # A module-level function, not a closure: a recursive closure is a reference cycle, which would keep
+    # ``tensors`` (every weight of the block) alive until the garbage collector happens to run.
+    if isinstance(obj, np.ndarray):
+        tensors[path] = obj
+        return path
+    if attrs.has(type(obj)):
+        return {f.name: _walk(getattr(obj, f.name), f"{path}.{f.name}" if path else f.name, tensors) for f in attrs.fields(type(obj))}
+    if isinstance(obj, dict):
+        return dict(obj)
+    return obj
 
 
 def _converter(tensors: dict[str, np.ndarray], used: set[str]) -> cattrs.Converter:
@@ -297,13 +299,16 @@ def from_dict(meta: dict[str, Any], tensors: dict[str, np.ndarray]) -> BlockIR:
         raise IRFormatError(f"IR record must be a JSON object, got {type(meta).__name__}")
     meta = migrate(meta)
     used: set[str] = set()
+    source = dict(tensors)  # the converter is a reference cycle: empty this after use, so it holds no weights
     try:
-        ir = _converter(tensors, used).structure(meta, BlockIR)
+        ir = _converter(source, used).structure(meta, BlockIR)
     except (ClassValidationError, ForbiddenExtraKeysError) as exc:
         details = "; ".join(cattrs.transform_error(exc, format_exception=_describe))
         raise IRFormatError(f"invalid IR record: {details}") from exc
     except (TypeError, ValueError, KeyError) as exc:
         raise IRFormatError(f"invalid IR record: {exc}") from exc
+    finally:
+        source.clear()
     extra = sorted(set(tensors) - used)
     if extra:
         raise IRFormatError(f"tensor file holds tensors no IR field references: {', '.join(extra)}")
@@ -317,12 +322,13 @@ def _paths(stem: str | os.PathLike[str]) -> tuple[Path, Path]:
 
 def save_ir(ir: BlockIR, stem: str | os.PathLike[str]) -> tuple[Path, Path]:
     """Write ``<stem>.json`` and ``<stem>.safetensors`` atomically; return both paths."""
-    from safetensors.numpy import save
+    from safetensors.numpy import save_file
 
     meta, tensors = to_dict(ir)
     json_path, st_path = _paths(stem)
-    blob = save({k: np.ascontiguousarray(v) for k, v in tensors.items()}, metadata={"format": "blockcert-ir"})
-    atomic_write_bytes(st_path, blob)
+    # save_file writes tensor by tensor: no second copy of the whole IR in memory (a Llama-2-7B block is 0.8 GB)
+    atomic_write_with(st_path, lambda tmp: save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, tmp,
+                                                     metadata={"format": "blockcert-ir"}))
     atomic_write_text(json_path, json.dumps(meta, indent=2, sort_keys=True, allow_nan=False) + "\n")
     return json_path, st_path
 

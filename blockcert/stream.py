@@ -7,11 +7,12 @@ stay in the checkpoint's safetensors shards and are brought in per *unit*: one r
 the parameter-holding modules outside the blocks (embedding, final norm, LM head). A unit is installed
 when it is used (a block through ``native.blocks[k]`` or its forward, the others through their forward),
 read from the memory-mapped shard and copied out in the run's dtype, and it is given back (its
-parameters return to the meta device) when another block, or a non-block unit, is installed. After
+parameters return to the meta device) when a unit of another kind or another block is installed: the
+embeddings, the blocks and the output side (final norm and head) are never resident together. After
 block k is read, block k+1 is read in a background thread.
 
-Memory: at most one block resident and one being prefetched, or the non-block units together — never
-the whole model (and glibc is asked to give freed memory back; see ``_pin_mmap_threshold``). The arithmetic is the HF code's own on the same weights in the same dtype, so every
+Memory: at most one block resident and one being prefetched, or the embeddings, or the final norm and
+LM head — never the whole model (and glibc is asked to give freed memory back; see ``_pin_mmap_threshold``). The arithmetic is the HF code's own on the same weights in the same dtype, so every
 number (and so every certificate) equals the one of the in-memory model; :meth:`StreamedModel.state_dict`
 yields the weights tensor by tensor, in the order and dtype of the in-memory ``state_dict()``, so the
 weights digest is the same too.
@@ -111,6 +112,7 @@ class _Unit:
 
     name: str
     block: int | None  # the block index, None for a module outside the blocks
+    side: str  # "block"; "input" (registered before the blocks: embeddings) or "output" (after: final norm, head)
     params: list[tuple[torch.nn.Module, str, str]]  # (owner module, attribute, checkpoint name)
     meta: list[torch.nn.Parameter]  # the meta parameters to put back on eviction
     resident: bool = False
@@ -178,17 +180,20 @@ class StreamedModel:
             raise UserError("--stream: the architecture's blocks are not a ModuleList of the model")
         prefix = names[id(blocks)]
         for k, block in enumerate(blocks):
-            self.block_units.append(self._unit(f"{prefix}.{k}", block, k))
+            self.block_units.append(self._unit(f"{prefix}.{k}", block, k, "block"))
+        side = "input"  # HF registers the embeddings before the blocks and the final norm and head after them
         for name, module in self.model.named_modules():
             inside = name == prefix or name.startswith(f"{prefix}.")
-            if not inside and any(p is not None for p in module._parameters.values()):
-                self.other_units.append(self._unit(name, module, None, recurse=False))
+            if inside:
+                side = "output"
+            elif any(p is not None for p in module._parameters.values()):
+                self.other_units.append(self._unit(name, module, None, side, recurse=False))
         blocks.__class__ = _StreamedBlocks
         blocks._blockcert_stream = self
         for unit, module in [*zip(self.block_units, blocks), *((u, self.model.get_submodule(u.name)) for u in self.other_units)]:
             module.register_forward_pre_hook(lambda _m, _args, unit=unit: self.install(unit))
 
-    def _unit(self, name: str, module: torch.nn.Module, block: int | None, recurse: bool = True) -> _Unit:
+    def _unit(self, name: str, module: torch.nn.Module, block: int | None, side: str, recurse: bool = True) -> _Unit:
         params, meta = [], []
         owners = module.named_modules(prefix=name) if recurse else [(name, module)]
         for owner_name, owner in owners:
@@ -196,7 +201,7 @@ class StreamedModel:
                 if p is not None:
                     params.append((owner, attr, self._sources[f"{owner_name}.{attr}"]))
                     meta.append(p)
-        return _Unit(name, block, params, meta)
+        return _Unit(name, block, side, params, meta)
 
     # -- residency -----------------------------------------------------------------------------------
 
@@ -219,8 +224,8 @@ class StreamedModel:
                 tensors = self._read(unit)
             evicted = False
             for other in (*self.block_units, *self.other_units):
-                # one block at a time; the embedding, final norm and head may stay together
-                if other.resident and (unit.block is not None or other.block is not None):
+                # one block at a time, or the embeddings, or the final norm and head (which run together)
+                if other.resident and (unit.side == "block" or other.side != unit.side):
                     self._evict(other)
                     evicted = True
             if evicted:

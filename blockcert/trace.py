@@ -31,7 +31,7 @@ from .models import LoadedModel
 
 TRACE_DIR = "traces"
 INDEX = "index.json"
-NLL_ROWS = 256  # rows of logits per cross-entropy call in prompt_nll
+NLL_ROWS = 256  # rows per head + cross-entropy call in prompt_nll
 
 
 @attrs.frozen(eq=False)
@@ -113,11 +113,13 @@ def prompt_nll(native: Any, x: torch.Tensor, input_ids: torch.Tensor, lengths: S
     """
     B, T = input_ids.shape
     sel = torch.arange(T - 1)[None, :] < (torch.as_tensor(list(lengths))[:, None] - 1)  # [B, T-1]
-    logits = native.head(x[:, :-1][sel])  # [N, V]
+    rows = x[:, :-1][sel]  # [N, d]
     targets = input_ids[:, 1:][sel]  # [N]
-    # row by row independent, so taken in chunks of rows: no second [N, V] buffer (bit-identical)
-    nll = torch.cat([torch.nn.functional.cross_entropy(logits[i : i + NLL_ROWS].float(), targets[i : i + NLL_ROWS], reduction="none")
-                     for i in range(0, logits.shape[0], NLL_ROWS)])
+    # In chunks of NLL_ROWS rows: never an [N, V] logits matrix (2040 x 32000 float32 is 261 MB for ten
+    # 256-token prompts, more than a streamed block). A chunk's logits are [NLL_ROWS, V].
+    nll = torch.cat([torch.nn.functional.cross_entropy(native.head(rows[i : i + NLL_ROWS]).float(), targets[i : i + NLL_ROWS],
+                                                       reduction="none")
+                     for i in range(0, rows.shape[0], NLL_ROWS)])
     return [part.numpy() for part in torch.split(nll, [n - 1 for n in lengths])]
 
 
