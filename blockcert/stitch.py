@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -106,6 +106,42 @@ def probe_items() -> list[dict[str, str]]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
+class IRsOnDemand(Mapping[int, BlockIR]):
+    """The stitched blocks' IRs by index, read from the run directory when first used and kept one at a
+    time: the block-major pass of :func:`run_streams` needs block l's IR only while it is at block l (a
+    Llama-2-7B block's IR is 0.8 GB in float32; all 32 would be 26 GB)."""
+
+    def __init__(self, root: Path, indices: Sequence[int]) -> None:
+        self.stems = {i: root / f"block_{i:03d}" / "ir" for i in indices}
+        self._current: tuple[int, BlockIR] | None = None
+
+    def __getitem__(self, index: int) -> BlockIR:
+        if self._current is None or self._current[0] != index:
+            stem = self.stems[index]  # KeyError for a block that is not stitched, as a dict would raise
+            self._current = None  # drop the previous IR before reading the next
+            self._current = (index, load_ir(stem))
+        return self._current[1]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.stems)
+
+    def __len__(self) -> int:
+        return len(self.stems)
+
+    def __contains__(self, index: object) -> bool:
+        return index in self.stems
+
+    def n_ctx(self) -> int | None:
+        """The shortest context any stitched IR covers (its mask's size), from the tensor file headers."""
+        from safetensors import safe_open
+
+        sizes = []
+        for stem in self.stems.values():
+            with safe_open(stem.with_name(stem.name + ".safetensors"), framework="np") as f:
+                sizes.append(int(f.get_slice("attn.mask").get_shape()[0]))
+        return min(sizes, default=None)
+
+
 @attrs.frozen(eq=False)
 class StreamJob:
     """One right-padded batch to run through the (stitched) model: x^(0) float32 [B, T, d], prompt lengths,
@@ -113,7 +149,7 @@ class StreamJob:
 
     x0: torch.Tensor
     lengths: list[int]
-    irs: dict[int, BlockIR]
+    irs: Mapping[int, BlockIR]
 
 
 @torch.no_grad()
@@ -177,7 +213,7 @@ def _evaluate(root: Path, loaded: LoadedModel, chosen: list[int], batch_size: in
     traces = load_traces(root)
     if traces is None:
         raise UserError(f"{root}/traces is incomplete")
-    irs = {i: load_ir(root / f"block_{i:03d}" / "ir") for i in chosen}
+    irs = IRsOnDemand(root, chosen)
     L = loaded.native.n_blocks
     groups = [[traces[k] for k in group] for group in batches(len(traces), batch_size)]
     jobs = []
@@ -187,7 +223,7 @@ def _evaluate(root: Path, loaded: LoadedModel, chosen: list[int], batch_size: in
         for b, t in enumerate(part):
             x0[b, : t.n_tokens] = torch.from_numpy(t.residual[0])
         jobs.append(StreamJob(x0, lengths, irs))
-    items, probe_ids = _probe_inputs(loaded, irs)
+    items, probe_ids = _probe_inputs(loaded, irs.n_ctx())
     batch = pad_batch(probe_ids)
     x0 = loaded.native.embed(batch, torch.arange(batch.shape[1])[None].expand_as(batch)).float()
     lengths = [a.size for a in probe_ids]
@@ -215,11 +251,10 @@ def _evaluate(root: Path, loaded: LoadedModel, chosen: list[int], batch_size: in
     return StitchResult(tuple(chosen), layer_mae, layer_max, ppl_base, ppl_st, tuple(probe), f"{FULL_DIR}/certificate.json", "")
 
 
-def _probe_inputs(loaded: LoadedModel, irs: dict[int, BlockIR]) -> tuple[list[dict[str, str]], list[np.ndarray]]:
-    """The 30 probe prompts and their token ids."""
+def _probe_inputs(loaded: LoadedModel, n_ctx: int | None) -> tuple[list[dict[str, str]], list[np.ndarray]]:
+    """The 30 probe prompts and their token ids (each at most ``n_ctx``, the stitched IRs' context)."""
     items = probe_items()
     ids = [np.asarray(loaded.tokenizer(item["prompt"])["input_ids"], dtype=np.int64) for item in items]
-    n_ctx = min((ir.n_ctx for ir in irs.values()), default=None)
     for item, a in zip(items, ids):
         if n_ctx is not None and a.size > n_ctx:
             raise UserError(f"probe prompt {item['prompt']!r} has {a.size} tokens, beyond the IR tables ({n_ctx})")

@@ -240,7 +240,11 @@ def _read_hashed(root: Path, name: str, limit: int, cache: dict[Any, Any] | None
     return entry
 
 
-def _check_subjects(root: Path, cert: dict[str, Any], c: _Checker, cache: dict[Any, Any] | None = None) -> dict[str, bytes]:
+def _check_subjects(root: Path, cert: dict[str, Any], c: _Checker, cache: dict[Any, Any] | None = None,
+                    own_dir: str | None = None) -> dict[str, bytes]:
+    """Read and hash every subject. With ``cache``, artifacts outside ``own_dir`` (the certificate's own
+    directory) are shared by other certificates and are read once per verify() call; a certificate's own
+    files (its IR: 0.8 GB for a Llama-2-7B block) are not kept after its checks."""
     subjects = _typed(c, "subject", cert["subject"], list)
     contents: dict[str, bytes] = {}
     names = []
@@ -256,7 +260,8 @@ def _check_subjects(root: Path, cert: dict[str, Any], c: _Checker, cache: dict[A
         c.require(f"digest hex of {name}", is_sha256_hex(digest["sha256"]), "64 lowercase hex digits", digest["sha256"])
         limit = MAX_TENSOR_FILE_BYTES if name.endswith(".safetensors") else MAX_JSON_BYTES
         try:
-            data, actual, memo = _read_hashed(root, name, limit, cache)
+            shared = own_dir is None or not name.startswith(f"{own_dir}/")
+            data, actual, memo = _read_hashed(root, name, limit, cache if shared else None)
         except ArtifactError as exc:
             c.require(f"artifact {name}", False, detail=str(exc))
         c.require(f"sha256 {name}", actual == digest["sha256"], digest["sha256"][:16], actual[:16],
@@ -535,8 +540,8 @@ def verify_certificate(root: Path, rel: str, *, level: str, reference: str, poli
         _check_predicate(pred, c, policy)
         block = pred["block"]["index"]
         claimed_cert = pred["verdict"]["certified"]
-        contents = _check_subjects(root, cert, c, cache)
         block_dirname = rel.rsplit("/", 1)[0]
+        contents = _check_subjects(root, cert, c, cache, own_dir=block_dirname)
         _check_block_files(root, block_dirname, contents, c, with_bounds=pred["lipschitz"] is not None,
                            derived=pred["surrogate"] is not None)
         metrics_record, index = _cross_refs(pred, contents, block_dirname, c)
@@ -705,28 +710,28 @@ def _replay_full_stream(root: Path, contents: dict[str, bytes], pred: dict[str, 
 
     index = strict_json(contents["traces/index.json"], "traces/index.json")
     L = pred["model"]["n_blocks"]
-    irs = []
-    for ell in range(L):
+    residuals = [read_safetensors(read_artifact(root, e["file"], MAX_TENSOR_FILE_BYTES), e["file"])["residual"]
+                 for e in index["entries"]]
+    if reference == "numpy":
+        xs = [res[0].astype(np.float64)[None] for res in residuals]
+    else:
+        import torch
+
+        xs = [torch.from_numpy(np.array(res[0], dtype=np.float32))[None] for res in residuals]
+    errs: list[list[np.ndarray]] = [[] for _ in range(L)]
+    peak = 0.0
+    for ell in range(L):  # block-major: one IR in memory at a time (a Llama-2-7B block's is 0.8 GB)
         d = f"block_{ell:03d}"
         meta = strict_json(read_artifact(root, f"{d}/ir.json", MAX_JSON_BYTES), f"{d}/ir.json")
         tensors = read_safetensors(read_artifact(root, f"{d}/ir.safetensors", MAX_TENSOR_FILE_BYTES), f"{d}/ir.safetensors")
-        irs.append(from_dict(meta, {k: np.array(v) for k, v in tensors.items()}))
-    errs: list[list[np.ndarray]] = [[] for _ in range(L)]
-    peak = 0.0
-    for e in index["entries"]:
-        t = read_safetensors(read_artifact(root, e["file"], MAX_TENSOR_FILE_BYTES), e["file"])
-        res = t["residual"]
-        if reference == "numpy":
-            x = res[0].astype(np.float64)[None]
-        else:
-            import torch
-
-            x = torch.from_numpy(np.array(res[0], dtype=np.float32))[None]
-        for ell in range(L):
-            x = replay(irs[ell], x).output
-            y = x[0] if reference == "numpy" else x[0].numpy()
+        ir = from_dict(meta, {k: np.array(v) for k, v in tensors.items()})
+        del tensors
+        for p, res in enumerate(residuals):
+            xs[p] = replay(ir, xs[p]).output
+            y = xs[p][0] if reference == "numpy" else xs[p][0].numpy()
             errs[ell].append(token_errors(y, res[ell + 1]))
             peak = max(peak, float(token_norms(res[ell + 1]).max()))
+        del ir
     claimed = pred["metrics"]
     mae = [float(np.mean(np.concatenate(e))) for e in errs]
     mx = [float(np.max(np.concatenate(e))) for e in errs]

@@ -303,3 +303,35 @@ def test_cli_synth_and_stream_run(tmp_path):
     bad = subprocess.run([sys.executable, "-c", code.replace("'--stream'", "'--executor', 'slurm'")], capture_output=True,
                          text=True, timeout=300)
     assert bad.returncode == 2 and "unknown --executor" in bad.stderr
+
+
+def test_stitch_holds_one_ir_at_a_time(ckpt, memory_run, tmp_path, monkeypatch):
+    """stitch reads each stitched block's IR once, when its block-major pass reaches it, and drops the
+    previous one first: a stitched Llama-2-7B holds one 0.8 GB IR, not 32. Same numbers as before."""
+    import gc
+    import shutil
+    import weakref
+
+    import blockcert.stitch as stitch_module
+
+    out = tmp_path / "copy"
+    shutil.copytree(memory_run, out)
+    loaded_irs: list[weakref.ref] = []
+    real_load = stitch_module.load_ir
+
+    def load_ir(stem):
+        assert all(r() is None for r in loaded_irs), "an earlier IR is still alive when the next one is read"
+        ir = real_load(stem)
+        loaded_irs.append(weakref.ref(ir))
+        return ir
+
+    monkeypatch.setattr(stitch_module, "load_ir", load_ir)
+    enabled = gc.isenabled()
+    gc.disable()  # freed by reference counting, not by a lucky collection
+    try:
+        stitch(out, model=str(ckpt), stream=True)
+    finally:
+        if enabled:
+            gc.enable()
+    assert len(loaded_irs) == 3  # blocks 0, 2, 3: each read once
+    assert _same_tree(memory_run, out) == []
