@@ -305,10 +305,12 @@ def _write(root: Path, manifest: dict[str, Any], summary: dict[str, Any], result
 
 
 @torch.no_grad()
-def recompute(root: Path, model: str | None, blocks: Sequence[int], stream: bool = False) -> dict[str, Any]:
-    """The full-model metrics of ``root`` re-derived with ``model`` (for ``verify --level full``), nothing written."""
+def recompute(root: Path, model: str | None, blocks: Sequence[int], stream: bool = False,
+              loaded: LoadedModel | None = None) -> dict[str, Any]:
+    """The full-model metrics of ``root`` re-derived with ``model`` (or ``loaded``, already loaded; for
+    ``verify --level full``), nothing written. The model must be the run's (its weights digest is checked)."""
     manifest = strict_json((root / "run.json").read_bytes(), "run.json")
-    loaded = load_model(model or manifest["model"]["name"], arch=manifest["model"]["arch"], dtype=manifest["model"]["dtype"],
-                        stream=stream)
+    loaded = loaded or load_model(model or manifest["model"]["name"], arch=manifest["model"]["arch"],
+                                  dtype=manifest["model"]["dtype"], stream=stream)
     _check_model(loaded, manifest)
     return _evaluate(root, loaded, list(blocks), batch_size=8).metrics()

@@ -637,7 +637,7 @@ def _agree(items: list[dict[str, Any]], a: str, b: str) -> float:
 
 
 def verify_full_model(root: Path, rel: str, *, level: str, reference: str, tol: Tolerances, model: str | None,
-                      stream: bool = False) -> CertReport:
+                      stream: bool = False, loaded: Any = None) -> CertReport:
     """A full-model certificate: its references to block certificates (by id), its evaluation file, the
     internal arithmetic of its metrics; at level replay the all-IR stream when every block is stitched;
     at level full the whole stitched evaluation, re-run with the model."""
@@ -695,7 +695,7 @@ def verify_full_model(root: Path, rel: str, *, level: str, reference: str, tol: 
         if level == "full":
             from .stitch import recompute
 
-            again = recompute(root, model, pred["stitched_blocks"], stream=stream)
+            again = recompute(root, model, pred["stitched_blocks"], stream=stream, loaded=loaded)
             for key in sorted(FULL_METRICS):
                 a, b = m[key], again[key]
                 ok = all(_close(tol, float(x), float(y), 0.0) or abs(float(x) - float(y)) <= 1e-6 * max(1.0, abs(float(x)))
@@ -790,10 +790,18 @@ def verify(path: str | Path, *, level: str = "replay", reference: str = "torch",
         if progress is not None:
             progress(rel)
     full_rel = "full/certificate.json"
+    # The block checks are done: free what only they needed (the cached traces, the re-captured traces)
+    # before the full-model check, which re-evaluates the stitched model with the model already loaded.
+    cache.clear()
+    loaded = None
+    if full is not None:
+        loaded, full = full.loaded, None
     if Path(path).is_dir() and (root / full_rel).exists():
-        reports.append(verify_full_model(root, full_rel, level=level, reference=reference, tol=tol, model=model, stream=stream))
+        reports.append(verify_full_model(root, full_rel, level=level, reference=reference, tol=tol, model=model, stream=stream,
+                                         loaded=loaded))
     elif Path(path).is_file() and Path(path).resolve() == (root / full_rel).resolve():
-        reports = [verify_full_model(root, full_rel, level=level, reference=reference, tol=tol, model=model, stream=stream)]
+        reports = [verify_full_model(root, full_rel, level=level, reference=reference, tol=tol, model=model, stream=stream,
+                                     loaded=loaded)]
     if Path(path).is_dir():
         reports.append(verify_summary(root, certs))
     return VerifyReport(str(root), level, reference, policy, tol, tuple(reports))
