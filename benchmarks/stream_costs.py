@@ -88,12 +88,9 @@ def main() -> int:
 
     ckpt = args.ckpt
     if ckpt is None:
-        from blockcert.synthetic import synthesize
+        from blockcert.synthetic import cached_checkpoint
 
-        ckpt = args.cache / f"{args.shape}-{args.weights_dtype}"
-        if not (ckpt / "blockcert-synthetic.json").is_file():
-            print(f"writing a synthetic {args.shape} checkpoint ({args.weights_dtype}) to {ckpt} ...", flush=True)
-            synthesize(ckpt, args.shape, dtype=args.weights_dtype)
+        ckpt = cached_checkpoint(args.cache, args.shape, args.weights_dtype, announce=lambda m: print(m, flush=True))
     prompts = args.prompts or ckpt / "prompts.txt"
     disk, in_memory = model_bytes(ckpt, args.dtype)
     n_prompts = len([line for line in prompts.read_text().splitlines() if line.strip()])

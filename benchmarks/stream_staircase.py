@@ -43,7 +43,7 @@ import torch
 
 import blockcert
 from blockcert.staircase import pad_rows, suffix_losses
-from blockcert.synthetic import synthesize, synthetic_prompts
+from blockcert.synthetic import cached_checkpoint, synthetic_prompts
 from blockcert.trace import batches, capture, pad_batch, prompt_nll
 
 TARGET_RATIO = 0.6
@@ -108,12 +108,7 @@ def main() -> int:
     parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
     args = parser.parse_args()
 
-    ckpt = args.ckpt
-    if ckpt is None:
-        ckpt = args.cache / f"{args.shape}-float32"
-        if not (ckpt / "blockcert-synthetic.json").is_file():
-            print(f"writing a synthetic {args.shape} checkpoint to {ckpt} ...", flush=True)
-            synthesize(ckpt, args.shape)
+    ckpt = args.ckpt or cached_checkpoint(args.cache, args.shape, "float32", announce=lambda m: print(m, flush=True))
     loaded = blockcert.load_model(ckpt, stream=not args.in_memory)
     native = loaded.native
     L = native.n_blocks

@@ -333,6 +333,15 @@ def save_ir(ir: BlockIR, stem: str | os.PathLike[str]) -> tuple[Path, Path]:
     return json_path, st_path
 
 
+def read_n_ctx(stem: str | os.PathLike[str]) -> int:
+    """:attr:`BlockIR.n_ctx` of the IR at ``stem``, from its tensor file's header alone (no weights read)."""
+    from safetensors import safe_open
+
+    _, st_path = _paths(stem)
+    with safe_open(st_path, framework="np") as f:
+        return int(f.get_slice("attn.mask").get_shape()[0])  # the name to_dict gives BlockIR.attn.mask
+
+
 def load_ir(stem: str | os.PathLike[str]) -> BlockIR:
     """Read an IR written by :func:`save_ir`; any inconsistency is an :class:`IRFormatError` naming the file."""
     from safetensors import SafetensorError

@@ -25,7 +25,7 @@ from .certificate import FULL_PREDICATE, FULL_SCHEMA_VERSION, statement, subject
 from .digest import canonical_json, file_sha256
 from .errors import UserError
 from .fsutil import atomic_write_bytes
-from .ir import BlockIR, load_ir
+from .ir import BlockIR, load_ir, read_n_ctx
 from .metrics import token_errors
 from .models import LoadedModel, load_model
 from .plugins import get_plugins
@@ -132,14 +132,8 @@ class IRsOnDemand(Mapping[int, BlockIR]):
         return index in self.stems
 
     def n_ctx(self) -> int | None:
-        """The shortest context any stitched IR covers (its mask's size), from the tensor file headers."""
-        from safetensors import safe_open
-
-        sizes = []
-        for stem in self.stems.values():
-            with safe_open(stem.with_name(stem.name + ".safetensors"), framework="np") as f:
-                sizes.append(int(f.get_slice("attn.mask").get_shape()[0]))
-        return min(sizes, default=None)
+        """The shortest context any stitched IR covers, from the tensor file headers."""
+        return min((read_n_ctx(stem) for stem in self.stems.values()), default=None)
 
 
 @attrs.frozen(eq=False)

@@ -166,6 +166,20 @@ def synthetic_prompts(n: int, tokens: int, seed: int = 0) -> list[str]:
     return out
 
 
+def cached_checkpoint(cache: str | os.PathLike[str], shape: str = "tinyllama", dtype: str = "float32",
+                      announce: Callable[[str], None] | None = None) -> Path:
+    """``cache/<shape>-<dtype>``, synthesized there on first use (a finished checkpoint has its
+    ``blockcert-synthetic.json``, which :func:`synthesize` writes into the directory before it is renamed
+    into place): what the benchmarks measure when they are not given a checkpoint. ``announce`` is told
+    when one is written."""
+    path = Path(cache) / f"{shape}-{dtype}"
+    if not (path / SYNTH_FILE).is_file():
+        if announce is not None:
+            announce(f"writing a synthetic {shape} checkpoint ({dtype}) to {path} ...")
+        synthesize(path, shape, dtype=dtype)
+    return path
+
+
 def synthesize(
     out: str | os.PathLike[str],
     shape: str | LlamaShape = "tinyllama",
@@ -196,6 +210,9 @@ def synthesize(
         shape = attrs.evolve(shape, layers=layers)
     if dtype not in DTYPES:
         raise UserError(f"unknown --dtype {dtype!r}", f"choose one of: {', '.join(DTYPES)}")
+    for flag, value in (("--prompts", n_prompts), ("--prompt-tokens", prompt_tokens), ("--shard-size", shard_bytes)):
+        if value < 1:
+            raise UserError(f"{flag} must be >= 1, got {value}")
     if prompt_tokens > shape.max_positions:
         raise UserError(f"--prompt-tokens {prompt_tokens} exceeds the context ({shape.max_positions})")
     target = Path(out)

@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from blockcert.errors import IRFormatError
-from blockcert.ir import SCHEMA_VERSION, Attention, Linear, from_dict, load_ir, save_ir, to_dict
+from blockcert.ir import SCHEMA_VERSION, Attention, Linear, from_dict, load_ir, read_n_ctx, save_ir, to_dict
 from irfactory import tiny_ir
 
 GOLDEN = Path(__file__).parent / "data" / f"ir-v{SCHEMA_VERSION}"
@@ -26,6 +26,7 @@ def test_round_trip_is_exact(tmp_path_factory, seed, n_kv, n_ctx):
     save_ir(ir, stem)
     again = load_ir(stem)
     assert again == ir
+    assert read_n_ctx(stem) == ir.n_ctx == n_ctx  # from the header alone
     for name, array in to_dict(again)[1].items():
         original = to_dict(ir)[1][name]
         assert array.dtype == original.dtype and array.tobytes() == original.tobytes(), name

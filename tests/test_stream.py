@@ -86,6 +86,10 @@ def test_synthesize_refuses_to_overwrite(ckpt, tmp_path):
         synthesize(tmp_path / "busy", "tiny")
     with pytest.raises(UserError, match="unknown --shape"):
         synthesize(tmp_path / "new", "gpt-5")
+    for kwargs, flag in (({"n_prompts": -1}, "--prompts"), ({"prompt_tokens": 0}, "--prompt-tokens"), ({"shard_bytes": 0}, "--shard-size")):
+        with pytest.raises(UserError, match=f"{flag} must be >= 1"):
+            synthesize(tmp_path / "new", "tiny", **kwargs)
+    assert not (tmp_path / "new").exists()
 
 
 # --- the streamed model ------------------------------------------------------------------------------
