@@ -1073,7 +1073,7 @@ def _norm2_inputs(ir: BlockIR, seqs: list[np.ndarray]) -> list[np.ndarray]:
         xp = array_namespace(x3)
         T = x.shape[0]
         positions = np.broadcast_to(np.arange(T)[None, :], (1, T))
-        a, _ = itp.attention(xp, itp.norm(xp, x3, ir.norm1), ir.attn, positions, None)
+        a, _, _ = itp.attention(xp, itp.norm(xp, x3, ir.norm1), ir.attn, positions, None)
         out.append((x3 + a)[0])
     return out
 

@@ -27,7 +27,7 @@ class Replay(NamedTuple):
 
     output: Array  # [B, T, d]   x^(l+1) as the IR computes it
     mask: Array  # [B, T, T]    bool: query i attended to key j
-    head_active: Array  # [H]   bool: head_gate != 0
+    head_active: Array  # [H]   bool: the head's output is non-zero (a gated-off or dead head is not)
 
 
 def _param(xp: Any, like: Array, a: np.ndarray) -> Array:
@@ -101,7 +101,7 @@ def softmax(xp: Any, s: Array) -> Array:
     return e / xp.sum(e, axis=-1, keepdims=True)
 
 
-def attention(xp: Any, x: Array, a: Attention, positions: Array, key_mask: Array | None) -> tuple[Array, Array]:
+def attention(xp: Any, x: Array, a: Attention, positions: Array, key_mask: Array | None) -> tuple[Array, Array, Array]:
     """x: [B, T, d] (already normed); positions: [B, T] int; key_mask: [B, T] bool or None."""
     B, T, _ = x.shape
     H, K, hd = a.n_heads, a.n_kv_heads, a.head_dim
@@ -126,8 +126,9 @@ def attention(xp: Any, x: Array, a: Attention, positions: Array, key_mask: Array
     probs = softmax(xp, scores)  # [B,K,G,T,T]
     heads = xp.matmul(probs, v[:, :, None])  # [B,K,G,T,hd]
     heads = xp.reshape(heads, (B, H, T, hd)) * xp.reshape(_param(xp, x, a.head_gate), (1, H, 1, 1))  # gate
+    active = xp.any(heads != 0, axis=(0, 2, 3))  # [H]: the head's output is non-zero somewhere
     merged = xp.reshape(xp.permute_dims(heads, (0, 2, 1, 3)), (B, T, H * hd))  # [B,T,H*hd]
-    return linear(xp, merged, a.o), allowed  # [B,T,d], [B,T,T]
+    return linear(xp, merged, a.o), allowed, active  # [B,T,d], [B,T,T], [H]
 
 
 def mlp(xp: Any, x: Array, m: MLP) -> Array:
@@ -153,11 +154,10 @@ def replay(ir: BlockIR, x: Array, positions: Array | None = None, key_mask: Arra
         positions = xp.broadcast_to(xp.arange(T, device=_device(x))[None, :], (B, T))  # [B, T]
     if int(xp.max(positions)) >= ir.n_ctx:
         raise ValueError(f"block {ir.index}: position {int(xp.max(positions))} is beyond the IR's n_ctx={ir.n_ctx}")
-    a, allowed = attention(xp, norm(xp, x, ir.norm1), ir.attn, positions, key_mask)  # [B,T,d]
+    a, allowed, head_active = attention(xp, norm(xp, x, ir.norm1), ir.attn, positions, key_mask)  # [B,T,d], [B,T,T], [H]
     if ir.residual == "sequential":
         h = x + a  # [B,T,d]
         y = h + mlp(xp, norm(xp, h, ir.norm2), ir.mlp)  # [B,T,d]
     else:
         y = x + a + mlp(xp, norm(xp, x, ir.norm2), ir.mlp)  # [B,T,d]
-    head_active = xp.asarray(ir.attn.head_gate != 0, device=_device(x))  # [H]
     return Replay(output=y, mask=allowed, head_active=head_active)

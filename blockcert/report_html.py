@@ -183,7 +183,9 @@ def _header(view: RunView) -> str:
     m, p = view.manifest["model"], view.manifest["prompts"]
     n = len(view.blocks)
     cert = _mark(view.n_certified == n, f"{view.n_certified}/{n} blocks certified")
-    ver = _yes(view.verified, "every certificate verifies (level hashes)", "verification FAILED (level hashes)")
+    ver = _yes(view.verified, "every certificate is internally consistent (verify --level hashes: digests, schema, and every "
+               "number follows from the stored per-token values; not replayed: run blockcert verify for that)",
+               "verification FAILED (level hashes)")
     derived = f" · {esc(view.derivation['kind'])} <code>{esc(view.derivation_spec)}</code>" if view.derivation else ""
     return (f"<header><h1>BlockCert report: {esc(m['name'])}</h1>"
             f'<p class="sub">{esc(m["arch"])}, {esc(m["dtype"])}, {esc(m["n_blocks"])} blocks · prompts {esc(p["description"])} '
@@ -270,7 +272,7 @@ def _blocks(view: RunView) -> str:
                             for b, m in zip(view.blocks, met)]),
     ]
     derived = any(b.derivation for b in view.blocks)
-    head = ["block", "certified", "verified", "ε", "MAE", "rel max", "rel mean", "cov_act", "cov_path", "cov_loss", "best prompt"]
+    head = ["block", "certified", "consistent (hashes)", "ε", "MAE", "rel max", "rel mean", "cov_act", "cov_path", "cov_loss", "best prompt"]
     head += ["derivation"] if derived else []
     head += ["certificate id"]
     rows = []

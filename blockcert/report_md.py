@@ -52,8 +52,9 @@ def render_md(view: RunView) -> str:
         f"- **Policy**: τ_act = {pol['tau_act']:g}, τ_loss = {pol['tau_loss']:g}, "
         f"α_act = {pol['alpha_act']:g}, α_loss = {pol['alpha_loss']:g}",
         f"- **Certified**: {view.n_certified} of {n} blocks" + (f" (not certified: {_ranges(failing)})" if failing else ""),
-        f"- **Verification** (`blockcert verify --level hashes`): {n_ver} of {n} block certificates verify"
-        + (f"; full-model certificate {'verifies' if view.full.verification.ok else '**FAILS**'}"
+        f"- **Verification** (`blockcert verify --level hashes`: internal consistency, nothing replayed): "
+        f"{n_ver} of {n} block certificates are consistent"
+        + (f"; full-model certificate {'consistent' if view.full.verification.ok else '**FAILS**'}"
            if view.full is not None and view.full.verification is not None else "")
         + ("" if view.verified else " — **verification failed**"),
     ]
@@ -61,7 +62,7 @@ def render_md(view: RunView) -> str:
         out.append(f"- **Derivation**: {view.derivation['kind']} {_code(view.derivation_spec or '')} (metrics are about the derived IR)")
     out += ["", "## Blocks", ""]
     derived = any(b.derivation for b in view.blocks)
-    head = ["block", "certified", "verified", "ε", "MAE", "rel max", "cov_act", "cov_path", "cov_loss"]
+    head = ["block", "certified", "consistent (hashes)", "ε", "MAE", "rel max", "cov_act", "cov_path", "cov_loss"]
     head += ["derivation"] if derived else []
     rows = []
     for b in view.blocks:

@@ -111,9 +111,97 @@ def strict_json(data: bytes, what: str) -> Any:
         raise ArtifactError(f"{what}: invalid JSON ({exc})") from None
 
 
+def tensor_nbytes(shape: list[int], dtype: str, limit: int, what: str, name: str) -> int:
+    """Bytes a tensor of ``shape`` needs, in Python integers (a shape like [2^64] cannot overflow), refused
+    as soon as it exceeds ``limit``."""
+    n = SAFETENSORS_DTYPES[dtype].itemsize
+    for s in shape:
+        n *= s
+        if n > limit:
+            raise ArtifactError(f"{what}: tensor {name!r} of shape {shape} needs more than the {limit} bytes the file holds")
+    return n
+
+
+def safetensors_size(fh: Any, size: int, what: str) -> int:
+    """Read only the header of an open safetensors file and return the file size it declares
+    (8 + header + the tensors' bytes), so a file of the wrong size is refused before its data is read."""
+    head = fh.read(8)
+    if len(head) < 8:
+        raise ArtifactError(f"{what}: truncated safetensors file ({size} bytes)")
+    (n,) = struct.unpack("<Q", head)
+    if n > MAX_SAFETENSORS_HEADER or n > size - 8:
+        raise ArtifactError(f"{what}: safetensors header length {n} is oversized for a {size}-byte file")
+    header = strict_json(fh.read(n), f"{what} header")
+    if not isinstance(header, dict):
+        raise ArtifactError(f"{what}: safetensors header is not an object")
+    end = 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = info.get("data_offsets") if isinstance(info, dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)):
+            raise ArtifactError(f"{what}: tensor {name!r} has invalid data_offsets {offsets!r}")
+        end = max(end, offsets[1])
+    return 8 + n + end
+
+
+def read_hashed(root: Path, name: str, max_bytes: int, expected_sha256: str | None = None) -> tuple[bytes, str]:
+    """(bytes, sha256) of an untrusted artifact in bounded work and memory before it is trusted.
+
+    A safetensors file's size must be what its header declares (read first). With ``expected_sha256`` the
+    file is hashed in 1 MiB chunks and only read into memory when the digest matches (a 3 GB sparse file
+    with a wrong digest costs one streamed pass, not 3 GB of memory). The bytes kept are re-hashed, so a
+    file rewritten between the two reads is caught."""
+    path = resolve_inside(root, name)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise ArtifactError(f"artifact {name!r} is missing") from None
+    except OSError as exc:
+        raise ArtifactError(f"artifact {name!r} cannot be read: {exc.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ArtifactError(f"artifact {name!r} is not a regular file")
+    if st.st_size > max_bytes:
+        raise ArtifactError(f"artifact {name!r} is {st.st_size} bytes, over the limit of {max_bytes}")
+    import hashlib
+
+    with open(path, "rb") as fh:
+        if name.endswith(".safetensors"):
+            declared = safetensors_size(fh, st.st_size, name)
+            if declared != st.st_size:
+                raise ArtifactError(f"{name}: tensors cover {declared} bytes but the file has {st.st_size} (truncated or extended)")
+            fh.seek(0)
+        if expected_sha256 is not None:
+            h = hashlib.sha256()
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+            if h.hexdigest() != expected_sha256:
+                return b"", h.hexdigest()
+            fh.seek(0)
+        data = fh.read(st.st_size + 1)
+    if len(data) != st.st_size:
+        raise ArtifactError(f"artifact {name!r} changed size while being read")
+    return data, hashlib.sha256(data).hexdigest()
+
+
+def nonfinite(array: np.ndarray, dtype: str) -> int:
+    """How many entries of a float tensor are NaN or infinite (BF16 arrives as raw uint16 bits)."""
+    if dtype == "BF16":
+        return int(np.count_nonzero((array & 0x7F80) == 0x7F80))
+    if array.dtype.kind == "f":
+        return int(array.size - np.count_nonzero(np.isfinite(array)))
+    return 0
+
+
 def read_safetensors(data: bytes, what: str) -> dict[str, np.ndarray]:
-    """Parse a safetensors blob strictly: bounded header, known dtypes, tensors tiling the data exactly
-    (no overlaps, no holes, nothing trailing), shapes matching byte counts, no duplicate names."""
+    """The tensors of a safetensors blob, parsed strictly (see :func:`read_safetensors_typed`)."""
+    return read_safetensors_typed(data, what)[0]
+
+
+def read_safetensors_typed(data: bytes, what: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """(tensors, their safetensors dtype codes) of a blob parsed strictly: bounded header, known dtypes,
+    tensors tiling the data exactly (no overlaps, no holes, nothing trailing), shapes matching byte counts,
+    no duplicate names."""
     if len(data) < 8:
         raise ArtifactError(f"{what}: truncated safetensors file ({len(data)} bytes)")
     (n,) = struct.unpack("<Q", data[:8])
@@ -139,7 +227,7 @@ def read_safetensors(data: bytes, what: str) -> dict[str, np.ndarray]:
         if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)):
             raise ArtifactError(f"{what}: tensor {name!r} has invalid data_offsets {offsets!r}")
         begin, end = offsets
-        nbytes = int(np.prod(shape, dtype=np.int64)) * SAFETENSORS_DTYPES[dtype].itemsize
+        nbytes = tensor_nbytes(shape, dtype, len(body), what, name)
         if not 0 <= begin <= end or end - begin != nbytes:
             raise ArtifactError(f"{what}: tensor {name!r} spans bytes {begin}-{end} but shape {shape} of {dtype} needs {nbytes}")
         entries.append((begin, end, name, dtype, shape))
@@ -152,10 +240,11 @@ def read_safetensors(data: bytes, what: str) -> dict[str, np.ndarray]:
         cursor = end
     if cursor != len(body):
         raise ArtifactError(f"{what}: tensors cover {cursor} bytes but the data section has {len(body)} (truncated or extended)")
-    out = {}
+    out, codes = {}, {}
     for begin, end, name, dtype, shape in entries:
         out[name] = np.frombuffer(body[begin:end], dtype=SAFETENSORS_DTYPES[dtype]).reshape(shape)
-    return out
+        codes[name] = dtype
+    return out, codes
 
 
 def read_npz(data: bytes, what: str) -> dict[str, np.ndarray]:

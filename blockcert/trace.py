@@ -28,6 +28,7 @@ from .digest import json_sha256
 from .errors import UserError
 from .fsutil import atomic_write_bytes, atomic_write_text
 from .models import LoadedModel
+from .observe import observe_attention
 
 TRACE_DIR = "traces"
 INDEX = "index.json"
@@ -43,7 +44,7 @@ class PromptTrace:
     input_ids: np.ndarray  # [T] int64
     residual: np.ndarray  # [L+1, T, d] float32
     masks: np.ndarray  # [L, T, T] bool: m_l attention pattern, query x key
-    head_gates: np.ndarray  # [L, H] bool: m_l head gates (all on for a native block)
+    head_gates: np.ndarray  # [L, H] bool: m_l head activity (head h's output was non-zero on some token)
     loss: np.ndarray  # [T-1] float32: baseline NLL of token t+1 given tokens 0..t
 
     @property
@@ -142,6 +143,7 @@ def capture(
     L, H = native.n_blocks, n_heads(loaded)
     residual = [np.empty((L + 1, a.size, native.d_model), np.float32) for a in ids]  # filled as the blocks run
     masks = [np.empty((L, a.size, a.size), bool) for a in ids]
+    gates = [np.ones((L, H), bool) for _ in ids]
     groups = batches(len(ids), batch_size)
     input_ids = [pad_batch([ids[k] for k in group]) for group in groups]
     positions = [torch.arange(b.shape[1])[None].expand(b.shape) for b in input_ids]
@@ -156,10 +158,18 @@ def capture(
         keep(0, g, x)
     for index in range(L):
         for g, group in enumerate(groups):
-            allowed = native.attention_allowed(index, positions[g])  # [B, T, T]
+            with observe_attention(loaded.model) as seen:  # m_l as the native block applied it
+                xs[g] = native.call_block(index, xs[g], positions[g])
+            T = xs[g].shape[1]
+            if len(seen) == 1 and tuple(seen[0].allowed.shape) == (len(group), T, T) and seen[0].rows.shape[-1] == H:
+                allowed, rows = seen[0].allowed, seen[0].rows  # [B, T, T], [B, T, H]
+            else:  # attention not routed through an HF attention function: the adapter's declared pattern
+                allowed, rows = native.attention_allowed(index, positions[g]), None
             for b, k in enumerate(group):
-                masks[k][index] = allowed[b, : ids[k].size, : ids[k].size].numpy()
-            xs[g] = native.call_block(index, xs[g], positions[g])
+                n = ids[k].size
+                masks[k][index] = allowed[b, :n, :n].cpu().numpy()
+                if rows is not None:
+                    gates[k][index] = rows[b, :n].any(dim=0).cpu().numpy()
             keep(index + 1, g, xs[g])
         if progress is not None:
             progress(1)
@@ -172,7 +182,7 @@ def capture(
             raise UserError(f"non-finite activations in prompt {k} at the input of block {where}"
                             f" (x^({where}), dtype {loaded.dtype})", "try --dtype float32")
         traces.append(PromptTrace(index=k, text=prompts[k], input_ids=ids[k], residual=res, masks=masks[k],
-                                  head_gates=np.ones((L, H), dtype=bool), loss=losses[k]))
+                                  head_gates=gates[k], loss=losses[k]))
     return traces
 
 

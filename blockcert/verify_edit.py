@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,9 @@ from .errors import UserError
 
 EDIT_FILES = {"edit.json", "completions.jsonl", "metrics.json", "human.json", "certificate.json", "labels"}
 DEVIATION_RTOL = 1e-4
+MANIFEST_FIELDS = ("tool", "model", "edit", "corpus", "decoding", "classifier")
+ROW_FIELDS = {"id", "label", "category", "prompt", "keywords", "base", "edited", "base_judgement", "edited_judgement"}
+METRICS_FIELDS = {"before", "after", "epsilon_edit", "max_final_deviation", "amplification", "per_prompt"}
 
 
 def is_edit_dir(path: Path) -> bool:
@@ -55,12 +57,16 @@ def verify_edit(root: Path, *, level: str, model: str | None) -> Any:
         for name in ("edit.json", "completions.jsonl", "metrics.json"):
             c.require(f"{name} referenced", name in contents, name, "")
         manifest = strict_json(contents["edit.json"], "edit.json")
+        _exact_keys(c, "edit.json", manifest, set(MANIFEST_FIELDS))
         for key in ("tool", "model", "edit", "corpus", "decoding", "classifier"):
             c.require(f"{key} = edit.json", pred[key] == manifest.get(key), _short(pred[key]), _short(manifest.get(key)))
         c.require("classifier is this verifier's", pred["classifier"] == E.classifier_record(), pred["classifier"]["sha256"][:16],
                   E.classifier_record()["sha256"][:16], "the markers or rule differ from this version's classifier")
-        rows = [json.loads(line) for line in contents["completions.jsonl"].decode("utf-8").splitlines()]
+        rows = [strict_json(line, f"completions.jsonl line {n}") for n, line in enumerate(contents["completions.jsonl"].split(b"\n")[:-1], 1)]
+        for n, r in enumerate(rows, 1):
+            _exact_keys(c, f"completions.jsonl line {n}", r, ROW_FIELDS)
         c.require("completions.jsonl canonical", E.completions_bytes(rows) == contents["completions.jsonl"], "canonical lines", "")
+        c.require("corpus count", len(rows) == pred["corpus"]["count"], pred["corpus"]["count"], len(rows))
         items = [E.CorpusItem(r["id"], r["label"], r["category"], r["prompt"], tuple(r["keywords"])) for r in rows]
         c.require("corpus digest", E.corpus_sha256(items) == pred["corpus"]["sha256"], pred["corpus"]["sha256"][:16],
                   E.corpus_sha256(items)[:16], "the stored prompts are not the certified corpus")
@@ -69,6 +75,8 @@ def verify_edit(root: Path, *, level: str, model: str | None) -> Any:
                 mine = E.judgement_dict(E.classify(r[side], item))
                 c.record(f"judgement {r['id']} {side}", r[f"{side}_judgement"] == mine, _short(r[f"{side}_judgement"]), _short(mine))
         metrics = strict_json(contents["metrics.json"], "metrics.json")
+        _exact_keys(c, "metrics.json", metrics, METRICS_FIELDS)
+        _check_deviation_arithmetic(c, metrics, rows)
         for side, key in (("base", "before"), ("edited", "after")):
             acc = attrs.asdict(E.score(items, [E.classify(r[side], i) for r, i in zip(rows, items)]))
             c.record(f"{key} accuracy", metrics[key] == acc == pred["metrics"][key], _short(pred["metrics"][key]), _short(acc))
@@ -120,6 +128,32 @@ def _regenerate(c: Any, pred: dict[str, Any], rows: list[dict[str, Any]], items:
         c.record(f"regenerated {r['id']} base", b == r["base"], _short(r["base"]), _short(b))
         c.record(f"regenerated {r['id']} edited", e == r["edited"], _short(r["edited"]), _short(e))
     dev = E.deviation(loaded, handle, items, decoding)
+    # every per-prompt number is re-measured; the maxima and the amplification then follow from them
+    # (checked at every level by _check_deviation_arithmetic)
+    for entry, eps, fin in zip(metrics["per_prompt"], dev.per_prompt_epsilon, dev.per_prompt_final):
+        for key, mine in (("epsilon_edit", eps), ("final_deviation", fin)):
+            claimed = entry[key]
+            c.record(f"re-measured {entry['id']} {key}", abs(claimed - mine) <= DEVIATION_RTOL * max(abs(mine), 1e-6), claimed, mine)
     for key, mine in (("epsilon_edit", dev.epsilon_edit), ("max_final_deviation", dev.max_final_deviation)):
         claimed = metrics[key]
         c.record(f"re-measured {key}", abs(claimed - mine) <= DEVIATION_RTOL * max(abs(mine), 1e-6), claimed, mine)
+
+
+def _check_deviation_arithmetic(c: Any, metrics: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    """Every level: one finite, non-negative per-prompt entry per completion, in order; ε_edit and the final
+    deviation are their maxima and the amplification is their quotient, exactly as the producer computes them."""
+    from .checks import exact_keys, real, short, typed
+
+    per = typed(c, "metrics.json per_prompt", metrics["per_prompt"], list)
+    c.require("per_prompt entries", len(per) == len(rows), len(rows), len(per))
+    for entry, r in zip(per, rows):
+        exact_keys(c, "metrics.json per_prompt entry", entry, {"id", "epsilon_edit", "final_deviation"})
+        c.require("per_prompt id", entry["id"] == r["id"], r["id"], short(entry["id"]))
+        for key in ("epsilon_edit", "final_deviation"):
+            c.require(f"per_prompt {r['id']} {key} >= 0", real(c, f"per_prompt {key}", entry[key]) >= 0, ">= 0", entry[key])
+    eps = max(float(e["epsilon_edit"]) for e in per) if per else 0.0
+    fin = max(float(e["final_deviation"]) for e in per) if per else 0.0
+    c.record("epsilon_edit = max per prompt", metrics["epsilon_edit"] == eps, metrics["epsilon_edit"], eps)
+    c.record("max_final_deviation = max per prompt", metrics["max_final_deviation"] == fin, metrics["max_final_deviation"], fin)
+    amp = fin / eps if eps > 0 else None
+    c.record("amplification = final deviation / epsilon_edit", metrics["amplification"] == amp, short(metrics["amplification"]), short(amp))

@@ -373,7 +373,7 @@ def _attn_map(ir):
     def f(X):  # [T, d] -> [T, d]
         xp = array_namespace(X)
         T = X.shape[0]
-        out, _ = itp.attention(xp, itp.norm(xp, X[None], ir.norm1), ir.attn, torch.arange(T)[None], None)
+        out, _, _ = itp.attention(xp, itp.norm(xp, X[None], ir.norm1), ir.attn, torch.arange(T)[None], None)
         return out[0]
 
     return f
@@ -417,7 +417,7 @@ def test_attention_value_path_needs_the_column_factor() -> None:
     Z = torch.tensor(np.random.default_rng(0).standard_normal((T, d)))
 
     def on_normed(Zt):
-        out, _ = itp.attention(array_namespace(Zt), Zt[None], ir.attn, torch.arange(T)[None], None)
+        out, _, _ = itp.attention(array_namespace(Zt), Zt[None], ir.attn, torch.arange(T)[None], None)
         return out[0]
 
     emp = _jac_norm(on_normed, Z)

@@ -9,6 +9,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import rfc8785
 from hypothesis import HealthCheck, given, settings
@@ -117,3 +118,111 @@ def test_fuzz_never_verifies_changed_bytes(valid_run):
             assert failed and all(c.name for c in failed)
 
     check()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Consistent mutations: after each one the adversary re-digests every certificate and rebuilds the run
+# summary (tests/adversary.py), so SHA-256 alone catches nothing; only the verifier's semantics can.
+# ---------------------------------------------------------------------------------------------------
+
+#: ir.json leaves that are labels, not semantics (what the verifier shows but cannot check)
+LABELS = {("source", "hf_class"), ("source", "model_type")}
+
+
+@st.composite
+def consistent_mutations(draw, json_files: list[str], tensor_files: list[str]):
+    if draw(st.booleans()):
+        name = draw(st.sampled_from(json_files))
+        return name, "json", (draw(st.integers(0, 10**6)), draw(st.sampled_from(["change", "delete", "add"])))
+    return name_and_tensor(draw, draw(st.sampled_from(tensor_files)))
+
+
+def name_and_tensor(draw, name: str):
+    return name, "tensor", (draw(st.integers(0, 10**6)), draw(st.integers(0, 10**9)))
+
+
+def changed(value):
+    """A value the verifier must notice: never a rounding-sized change."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value * 2 + 1
+    if isinstance(value, str):
+        return value + "x"
+    return 1 if value is None else None
+
+
+def apply_consistent(root: Path, name: str, kind: str, arg, short_len: int) -> bool:
+    from safetensors.numpy import load_file, save
+
+    path = root / name
+    if kind == "json":
+        pick, how = arg
+        obj = json.loads(path.read_bytes())
+        leaves = [p for p in _leaves(obj) if p and (name.endswith("ir.json") is False or p[:2] not in LABELS)
+                  and not (name.endswith("certificate.json") and "subject" in p)]  # subject digests are redone anyway
+        if not leaves:
+            return False
+        target = leaves[pick % len(leaves)]
+        parent = obj
+        for key in target[:-1]:
+            parent = parent[key]
+        if how == "delete":
+            del parent[target[-1]]
+        elif how == "add" and isinstance(parent, dict):
+            parent["certified_safe"] = True
+        else:
+            parent[target[-1]] = changed(parent[target[-1]])
+        before = path.read_bytes()
+        canonical = before == rfc8785.dumps(json.loads(before))
+        path.write_bytes(rfc8785.dumps(obj) if canonical else json.dumps(obj, indent=2).encode())
+        return True
+    tensors = {k: np.array(v) for k, v in load_file(path).items()}
+    names = sorted(k for k in tensors if k != "input_ids")  # token ids are checked against the tokenizer at full only
+    key = names[arg[0] % len(names)]
+    t = tensors[key]
+    if t.size == 0:
+        return False
+    if "rope" in key or key.endswith("mask"):  # only the rows the prompts use matter
+        row, col = (arg[1] % short_len), (arg[1] // short_len) % short_len
+        if key.endswith("mask"):
+            col = min(col, row)
+        index = (row, col % t.shape[1])
+    else:
+        index = np.unravel_index(arg[1] % t.size, t.shape)
+    if t.dtype == bool:
+        t[index] = not t[index]
+    else:
+        t[index] = t[index] + 1
+    path.write_bytes(save(tensors))
+    return True
+
+
+def test_consistent_mutations_never_verify_at_replay(valid_run):
+    from adversary import resummarize
+
+    files = sorted(p.relative_to(valid_run).as_posix() for p in valid_run.rglob("*") if p.is_file())
+    json_files = [f for f in files if f.endswith(".json") and f != "metrics.json"]  # the summary is rebuilt
+    tensor_files = [f for f in files if f.endswith(".safetensors")]
+    index = json.loads((valid_run / "traces/index.json").read_text())
+    short_len = min(e["tokens"] for e in index["entries"])
+    seen = {"verified": 0, "rejected": 0}
+
+    @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(m=consistent_mutations(json_files, tensor_files))
+    def check(m):
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp) / "run"
+            shutil.copytree(valid_run, root)
+            if not apply_consistent(root, *m, short_len=short_len):
+                return
+            try:
+                resummarize(root)
+            except Exception:  # a mutation that breaks even the adversary's own readers: plain tampering
+                pass
+            report = verify(root, level="replay")
+            seen["verified" if report.ok else "rejected"] += 1
+            assert not report.ok, f"{m} verified at level replay after a consistent re-digest"
+
+    check()
+    assert seen["rejected"] >= EXAMPLES // 2, seen

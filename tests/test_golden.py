@@ -26,7 +26,7 @@ def test_there_is_a_golden_run():
 @pytest.mark.parametrize("level, reference", [("hashes", "torch"), ("replay", "torch"), ("replay", "numpy")])
 def test_golden_run_still_verifies(golden, level, reference):
     # Replays on another CPU may round differently: allow rounding relative to the activations.
-    report = verify(golden, level=level, reference=reference, tolerances=Tolerances(scale=1e-5))
+    report = verify(golden, level=level, reference=reference, tolerances=Tolerances.for_reference(reference))
     failed = [(c.path, ch.name, ch.detail) for c in report.certificates for ch in c.checks if not ch.ok]
     assert report.ok, failed
 

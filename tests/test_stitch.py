@@ -96,7 +96,9 @@ def test_edited_layer_errors_are_recomputed(stitched_run, tmp_path):
     for name in ("full/eval.json", "full/certificate.json"):
         obj = json.loads((root / name).read_bytes())
         metrics = obj["metrics"] if "metrics" in obj else obj["predicate"]["metrics"]
-        metrics["layer_mae"][1] *= 0.5
+        # beyond rounding: an identity IR's honest layer MAE is float32 noise (~1e-7 here), which the verifier
+        # accepts within a per-token rounding band; a claim 1e-3 (τ_act / 10) off is a lie
+        metrics["layer_mae"][1] += 1e-3
         metrics["mean_layer_mae"] = sum(metrics["layer_mae"]) / len(metrics["layer_mae"])
         metrics["worst_layer_mae"] = max(metrics["layer_mae"])
         if name == "full/certificate.json":

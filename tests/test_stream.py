@@ -275,6 +275,9 @@ def test_ray_executor_equals_local(ckpt, memory_run, tmp_path):
         ray.shutdown()
     stitch(out, model=str(ckpt))
     assert _same_tree(memory_run, out) == []
+    # made on Ray workers (one thread each, the default --cpus-per-task), verified here with two threads
+    report = verify(out)
+    assert report.ok, [(ch.name, ch.detail) for c in report.certificates for ch in c.checks if not ch.ok]
 
 
 def test_slices_carry_only_the_certified_layers(ckpt, prompts):

@@ -235,6 +235,26 @@ def t_duplicate_safetensors_keys(root: Path) -> str:
     return "duplicate key"
 
 
+def t_shape_two_to_the_64(root: Path) -> str:
+    """A header shape whose byte count overflows 64-bit integers (digests redone): one failure, no traceback."""
+    p = root / "block_000/errors.safetensors"
+    header, body = st_header(p)
+    first = next(k for k in header if k != "__metadata__")
+    header[first]["shape"] = [2**64]
+    st_write(p, json.dumps(header).encode(), body)
+    redigest(root)
+    return "needs more than"
+
+
+def t_sparse_3gb_artifact(root: Path) -> str:
+    """A 3 GB sparse file in place of an artifact is refused from its header, without reading it."""
+    p = root / "block_000/errors.safetensors"
+    p.unlink()
+    with open(p, "wb") as fh:
+        fh.truncate(3 << 30)
+    return "block_000/errors.safetensors header: invalid JSON"
+
+
 def t_duplicate_json_keys(root: Path) -> str:
     raw = (root / CERT).read_bytes()
     (root / CERT).write_bytes(raw[:-1] + b',"_type":"https://in-toto.io/Statement/v1"}')
@@ -348,7 +368,7 @@ def t_stored_errors_edited(root: Path) -> str:
     t["p000.error"] = t["p000.error"] * 0
     p.write_bytes(save(t))
     redigest(root)
-    return "p000.error"
+    return "stored p000"
 
 
 def t_stored_losses_edited(root: Path) -> str:
@@ -477,7 +497,8 @@ def test_tamper_case_is_rejected(name, work, pristine):
     assert needle in message, message
 
 
-@pytest.mark.parametrize("name", ["flip_ir_byte", "fifo", "duplicate_json_keys", "symlink_outside", "oversized_safetensors_header"])
+@pytest.mark.parametrize("name", ["flip_ir_byte", "fifo", "duplicate_json_keys", "symlink_outside", "oversized_safetensors_header",
+                                  "shape_two_to_the_64", "sparse_3gb_artifact"])
 def test_cli_rejects_with_exit_1_and_no_traceback(name, work, pristine):
     CASES[name](work)
     proc = subprocess.run([sys.executable, "-m", "blockcert", "verify", str(work)], capture_output=True, text=True, timeout=300)
@@ -518,3 +539,13 @@ def test_npz_import_refuses_pickles_and_object_arrays():
     buf = io.BytesIO()
     np.savez(buf, w=np.arange(3.0))
     assert read_npz(buf.getvalue(), "ok.npz")["w"].tolist() == [0.0, 1.0, 2.0]
+
+
+def test_sparse_3gb_artifact_is_refused_in_bounded_memory(work):
+    """The verifier reads a safetensors header before the file: a 3 GB sparse artifact costs no 3 GB."""
+    CASES["sparse_3gb_artifact"](work)
+    code = ("import resource, sys; from blockcert.verify import verify; ok = verify(sys.argv[1]).ok; "
+            "print(ok, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    proc = subprocess.run([sys.executable, "-c", code, str(work)], capture_output=True, text=True, timeout=300)
+    ok, peak_kib = proc.stdout.split()
+    assert ok == "False" and int(peak_kib) < 1_500_000, proc.stdout  # far below the file's 3 GB

@@ -21,10 +21,10 @@ def verify_command(
     tau_loss: float = typer.Option(1e-3, "--tau-loss", help="The verifier's τ_loss."),
     alpha_act: float = typer.Option(0.94, "--alpha-act", help="The verifier's α_act."),
     alpha_loss: float = typer.Option(0.9, "--alpha-loss", help="The verifier's α_loss."),
-    tol_abs: float = typer.Option(None, "--tol-abs", help="Absolute tolerance for recomputed real numbers (default 1e-7)."),
-    tol_rel: float = typer.Option(None, "--tol-rel", help="Relative tolerance, times |claimed| (default 1e-5)."),
-    tol_scale: float = typer.Option(None, "--tol-scale", help="Tolerance times the largest residual norm (default 0 for torch, 1e-5 for numpy)."),
-    tol_tokens: int = typer.Option(None, "--tol-tokens", help="Tokens whose coverage may flip (default 0)."),
+    tol_replay: float = typer.Option(None, "--tol-replay-units", help="Per-token band on recomputed errors, in float32 roundings of that token's norm (default 64)."),
+    tol_trace: float = typer.Option(None, "--tol-trace-units", help="With --level full: per-token band on stored vs re-captured residuals, in roundings of the model dtype (default 128; capped at τ_act/8)."),
+    tol_loss: float = typer.Option(None, "--tol-loss", help="With --level full: per-token band on stored vs re-run token losses, in nats (default 1e-4)."),
+    tol_tokens: int = typer.Option(None, "--tol-tokens", help="Tokens whose path match may flip (default 0)."),
     stream: bool = typer.Option(False, "--stream", help="With --level full: read the model one block at a time from its safetensors shards."),
     show_all: bool = typer.Option(False, "--all-checks", help="List every check, not only the failed ones."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable report on stdout."),
@@ -44,7 +44,11 @@ def verify_command(
         policy = Policy(tau_act=tau_act, tau_loss=tau_loss, alpha_act=alpha_act, alpha_loss=alpha_loss)
     except ValueError as exc:
         raise UserError(f"invalid threshold: {exc}") from exc
-    given = {k: v for k, v in (("abs", tol_abs), ("rel", tol_rel), ("scale", tol_scale), ("tokens", tol_tokens)) if v is not None}
+    given = {k: v for k, v in (("replay_units", tol_replay), ("trace_units", tol_trace), ("loss_abs", tol_loss), ("tokens", tol_tokens))
+             if v is not None}
+    bad = [f"--tol-{k.split('_')[0]}{'-units' if k.endswith('units') else ''}" for k, v in given.items() if not v >= 0]
+    if bad:
+        raise UserError(f"{', '.join(bad)} must be a number >= 0")
     tol = attrs.evolve(Tolerances.for_reference(reference), **given)
     with err_console.status(f"Verifying {path} (level {level}, {reference} reference)"):
         report = verify(path, level=level, reference=reference, policy=policy, tolerances=tol, model=model, stream=stream)
@@ -53,8 +57,8 @@ def verify_command(
     else:
         console = out_console()
         console.print(f"policy: τ_act={policy.tau_act:g} τ_loss={policy.tau_loss:g} α_act={policy.alpha_act:g} "
-                      f"α_loss={policy.alpha_loss:g}; tolerances: abs={tol.abs:g} rel={tol.rel:g} scale={tol.scale:g} "
-                      f"tokens={tol.tokens}; level {level}, {reference} reference", highlight=False)
+                      f"α_loss={policy.alpha_loss:g}; level {level}, {reference} reference", highlight=False)
+        console.print(f"tolerances: {tol.describe()}", highlight=False)
         table = Table(title=f"Certificates in {report.root}")
         for col in ("certificate", "block", "checks", "claims certified", "certified (recomputed)", "verified"):
             table.add_column(col)
