@@ -10,7 +10,7 @@ On the default model (float32) and the default prompts, for every block:
 * suffix losses: the stitched token losses with 1 vs 2 threads, max |Δ| in nats (``loss_abs``).
 
 Each line prints the largest ratio measured in this one run next to the unit count the verifier allows.
-    python benchmarks/verify_tolerances.py [--model NAME] [--blocks 0,5,10,15,20]
+    python benchmarks/verify_tolerances.py [--model NAME] [--blocks 0,5,10,15,20] [--prompts builtin:stress]
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import blockcert
 from blockcert.interpreter import replay
 from blockcert.metrics import token_errors, token_norms
 from blockcert.pipeline import measure_block
-from blockcert.prompts import builtin
+from blockcert.promptsets import load_prompts
 from blockcert.trace import capture
 from blockcert.verify import Tolerances
 
@@ -40,9 +40,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None)
     ap.add_argument("--blocks", default=None, help="comma-separated block indices (default: all)")
+    ap.add_argument("--prompts", default="builtin:default", help="a prompt set (default builtin:default)")
     args = ap.parse_args()
     loaded = blockcert.load_model(args.model)
-    prompts = builtin("default")
+    prompts = load_prompts(args.prompts)
     torch.set_num_threads(2)
     t2 = capture(loaded, prompts)
     torch.set_num_threads(1)
@@ -74,7 +75,7 @@ def main() -> None:
         torch.set_num_threads(2)
         loss_gap = max(loss_gap, max(float(np.max(np.abs(a - b))) for a, b in zip(ms[0].stitched, ms[1].stitched)))
     torch_tol, numpy_tol = Tolerances.for_reference("torch"), Tolerances.for_reference("numpy")
-    print(f"model {loaded.name}, {len(prompts)} prompts, blocks {list(blocks)}")
+    print(f"model {loaded.name}, {args.prompts} ({len(prompts)} prompts), blocks {list(blocks)}")
     print(f"trace 1 vs 2 threads     max {trace_u:10.2f} u32*||x||   allowed trace_units {torch_tol.trace_units:g}")
     print(f"baseline losses 1 vs 2   max {base_gap:10.3g} nats       allowed loss_abs {torch_tol.loss_abs:g}")
     print(f"replay torch 1 vs 2      max {rep_threads:10.2f} u32*||x||   allowed replay_units (torch) {torch_tol.replay_units:g}")

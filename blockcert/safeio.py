@@ -62,8 +62,8 @@ def resolve_inside(root: Path, name: str) -> Path:
     return target
 
 
-def read_artifact(root: Path, name: str, max_bytes: int) -> bytes:
-    """The bytes of a regular file inside ``root`` (no FIFOs, devices, directories; bounded size)."""
+def regular_file(root: Path, name: str, max_bytes: int) -> tuple[Path, os.stat_result]:
+    """(path, stat) of a regular file inside ``root`` (no FIFOs, devices, directories) of at most ``max_bytes``."""
     path = resolve_inside(root, name)
     try:
         st = os.stat(path)
@@ -75,6 +75,12 @@ def read_artifact(root: Path, name: str, max_bytes: int) -> bytes:
         raise ArtifactError(f"artifact {name!r} is not a regular file")
     if st.st_size > max_bytes:
         raise ArtifactError(f"artifact {name!r} is {st.st_size} bytes, over the limit of {max_bytes}")
+    return path, st
+
+
+def read_artifact(root: Path, name: str, max_bytes: int) -> bytes:
+    """The bytes of a regular file inside ``root`` (no FIFOs, devices, directories; bounded size)."""
+    path, st = regular_file(root, name, max_bytes)
     with open(path, "rb") as fh:
         data = fh.read(min(max_bytes, st.st_size) + 1)
     if len(data) != st.st_size:
@@ -152,17 +158,7 @@ def read_hashed(root: Path, name: str, max_bytes: int, expected_sha256: str | No
     file is hashed in 1 MiB chunks and only read into memory when the digest matches (a 3 GB sparse file
     with a wrong digest costs one streamed pass, not 3 GB of memory). The bytes kept are re-hashed, so a
     file rewritten between the two reads is caught."""
-    path = resolve_inside(root, name)
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise ArtifactError(f"artifact {name!r} is missing") from None
-    except OSError as exc:
-        raise ArtifactError(f"artifact {name!r} cannot be read: {exc.strerror}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise ArtifactError(f"artifact {name!r} is not a regular file")
-    if st.st_size > max_bytes:
-        raise ArtifactError(f"artifact {name!r} is {st.st_size} bytes, over the limit of {max_bytes}")
+    path, st = regular_file(root, name, max_bytes)
     import hashlib
 
     with open(path, "rb") as fh:

@@ -51,7 +51,7 @@ class Tolerances:
       the re-captured one within ``min(trace_units * u(model dtype) * ||x_t||, trace_tau_fraction * τ_act)``,
       with ``||x_t||`` from the re-captured (model-derived) stream.
     * ``loss_abs``: at ``--level full`` a stored token loss (baseline or stitched) may differ from the
-      re-computed one by this many nats (τ_loss / 10 under the default policy).
+      re-computed one by this many nats (τ_loss / 5 under the default policy).
     * ``tokens``: tokens whose path match may flip (default 0).
     """
 
@@ -59,15 +59,15 @@ class Tolerances:
     abs: float = attrs.field(default=1e-9, converter=float)
     trace_units: float = attrs.field(default=128.0, converter=float)
     trace_tau_fraction: float = attrs.field(default=0.125, converter=float)
-    loss_abs: float = attrs.field(default=1e-4, converter=float)
+    loss_abs: float = attrs.field(default=2e-4, converter=float)
     tokens: int = 0
 
     @classmethod
     def for_reference(cls, reference: str) -> Tolerances:
-        """The defaults (the same for the torch and the numpy reference: benchmarks/verify_tolerances.py
-        measured at most 3 units between torch replays with 1 and 2 threads and 11 units between torch
-        float32 and numpy float64, on SmolLM2)."""
-        return cls()
+        """The defaults: 64 units for the torch reference, 128 for numpy float64 (benchmarks/verify_tolerances.py
+        measured on SmolLM2 at most 3 units between torch replays with 1 and 2 threads, and 28 units between
+        torch float32 and numpy float64: the producer's own float32 rounding, which float64 does not share)."""
+        return cls(replay_units=128.0) if reference == "numpy" else cls()
 
     def replay_band(self, norms: np.ndarray) -> np.ndarray:
         """[T] per-token band on a recomputed e(p,t) (float64)."""

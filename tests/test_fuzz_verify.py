@@ -41,6 +41,14 @@ def _leaves(obj, path=()):
     yield path
 
 
+def _parent(obj, path):
+    """(the container holding the leaf at ``path``, the path)."""
+    parent = obj
+    for key in path[:-1]:
+        parent = parent[key]
+    return parent, path
+
+
 json_values = st.one_of(st.none(), st.booleans(), st.integers(-3, 10**6), st.floats(allow_nan=False, allow_infinity=False),
                         st.text(max_size=12), st.just([]), st.just({}))
 
@@ -84,10 +92,7 @@ def apply(root: Path, name: str, kind: str, arg) -> bool:
         if not leaves:
             return False
         pick, value = arg
-        target = leaves[pick % len(leaves)]
-        parent = obj
-        for key in target[:-1]:
-            parent = parent[key]
+        parent, target = _parent(obj, leaves[pick % len(leaves)])
         if kind == "json-delete":
             del parent[target[-1]]
         else:
@@ -163,10 +168,7 @@ def apply_consistent(root: Path, name: str, kind: str, arg, short_len: int) -> b
                   and not (name.endswith("certificate.json") and "subject" in p)]  # subject digests are redone anyway
         if not leaves:
             return False
-        target = leaves[pick % len(leaves)]
-        parent = obj
-        for key in target[:-1]:
-            parent = parent[key]
+        parent, target = _parent(obj, leaves[pick % len(leaves)])
         if how == "delete":
             del parent[target[-1]]
         elif how == "add" and isinstance(parent, dict):
