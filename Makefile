@@ -2,6 +2,8 @@
 #   make demo   set up, then certify every block of the default model on the stress prompts with Lipschitz
 #               bounds, stitch them all back in (blockcert-out/), and print the global bound of Theorem 1
 #   make test   set up, then run the test suite
+#   make mutants  set up, then apply each deliberate bug of tests/mutation.py to a temporary copy and run the
+#               tests that must catch it (a few minutes per mutant at most; not part of make test)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -10,7 +12,7 @@ STAMP  := $(VENV)/.blockcert-installed
 #   make test TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
 TORCH_PIP_ARGS ?=
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test mutants clean
 
 setup: $(STAMP)
 
@@ -29,6 +31,9 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+mutants: setup
+	$(BIN)/python tests/mutation.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

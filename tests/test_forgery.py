@@ -144,6 +144,22 @@ def test_understated_errors_are_caught_at_replay(made, tmp_path):
     assert_caught_at(root, made, "replay", "is not what the IR replay gives")
 
 
+def test_forged_path_matches_are_caught_at_replay(made, tmp_path):
+    """Every stored path match flipped to False and cov_path recomputed to 0 consistently: only the replay's
+    own decisions say otherwise."""
+    root = fresh(made, tmp_path)
+    path = root / "block_000/errors.safetensors"
+    t = {k: np.array(v) for k, v in load_file(path).items()}
+    for k in t:
+        if k.endswith(".path_match"):
+            t[k][:] = False
+    path.write_bytes(save(t))
+    for name in ("certificate.json", "metrics.json"):
+        edit_json(root / "block_000" / name, lambda o: o.get("predicate", o)["metrics"].update(cov_path=0.0))
+    resummarize(root)
+    assert_caught_at(root, made, "replay", "stored p000.path_match")
+
+
 def test_swapped_input_ids_are_caught_at_full(made, tmp_path):
     root = fresh(made, tmp_path)
     edit_traces(root, lambda k, t: t.update(input_ids=np.full_like(t["input_ids"], 666)))

@@ -397,6 +397,14 @@ def t_model_identity_edited(root: Path) -> str:
     return "model = run.json"
 
 
+def t_summary_edited(root: Path) -> str:
+    """The run summary rewritten canonically with a verdict the certificates do not support."""
+    summary = json.loads((root / "metrics.json").read_bytes())
+    summary["certified_all"] = not summary["certified_all"]
+    (root / "metrics.json").write_bytes(rfc8785.dumps(summary))
+    return "summary certified_all"
+
+
 def t_summary_missing(root: Path) -> str:
     (root / "metrics.json").unlink()
     return "interrupted run has no summary"
