@@ -17,9 +17,8 @@ policy. Unknown fields are errors. Each check reports claimed vs recomputed.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +41,7 @@ from .safeio import (
 )
 from .verify_bounds import check_lipschitz, recheck_lipschitz
 from .verify_metrics import (
-    UNIT_ROUNDOFF, Intervals, Recomputed, Tolerances, check_errors_file, check_recomputed, check_stored, check_token_errors, check_trace,
+    Intervals, Recomputed, Tolerances, check_errors_file, check_recomputed, check_stored, check_token_errors, check_trace,
     distances, norms, within,
 )
 from .verify_full import FullCheck
