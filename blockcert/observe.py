@@ -33,8 +33,11 @@ class Observation:
 
 
 def _allowed(query: torch.Tensor, key: torch.Tensor, mask: Any, kwargs: dict[str, Any], module: Any,
-             weights: Any) -> torch.Tensor:
+             weights: Any) -> torch.Tensor | None:
+    """[B, T, S] bool, or None when the mask is of a kind this cannot read (e.g. flex attention's BlockMask)."""
     B, T, S = query.shape[0], query.shape[2], key.shape[2]
+    if mask is not None and not isinstance(mask, torch.Tensor):
+        return None
     if isinstance(mask, torch.Tensor):
         m = mask if mask.dim() == 4 else mask[:, None]
         if m.dtype == torch.bool:
@@ -59,7 +62,9 @@ def _wrap(original: Callable[..., Any], records: list[Observation]) -> Callable[
         output, weights = (out[0], out[1]) if isinstance(out, tuple) else (out, None)
         # output: [B, T, H, hd] (every HF attention function returns heads in the third axis)
         rows = (output != 0).any(dim=-1) if output.dim() == 4 else torch.ones(output.shape[:2] + (query.shape[1],), dtype=torch.bool)
-        records.append(Observation(_allowed(query, key, attention_mask, kwargs, module, weights), rows.detach().clone()))
+        allowed = _allowed(query, key, attention_mask, kwargs, module, weights)
+        if allowed is not None:  # otherwise nothing is recorded and the caller falls back to the declared pattern
+            records.append(Observation(allowed, rows.detach().clone()))
         return out
 
     return observed

@@ -95,7 +95,7 @@ MUTANTS: list[tuple[str, str, str, str, str, list[str]]] = [
      "rows = (output != 0).any(dim=-1) if output.dim() == 4 else", "rows = (output == output).any(dim=-1) if output.dim() == 4 else",
      ["tests/test_observe.py"]),
     ("M28", "observe: the causal formula is recorded instead of what the attention received", "blockcert/observe.py",
-     "Observation(_allowed(query, key, attention_mask, kwargs, module, weights),", "Observation(_allowed(query, key, None, {}, module, None),",
+     "allowed = _allowed(query, key, attention_mask, kwargs, module, weights)", "allowed = _allowed(query, key, None, {}, module, None)",
      ["tests/test_observe.py"]),
 ]
 
