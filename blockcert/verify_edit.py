@@ -58,7 +58,7 @@ def verify_edit(root: Path, *, level: str, model: str | None) -> Any:
             c.require(f"{name} referenced", name in contents, name, "")
         manifest = strict_json(contents["edit.json"], "edit.json")
         _exact_keys(c, "edit.json", manifest, set(MANIFEST_FIELDS))
-        for key in ("tool", "model", "edit", "corpus", "decoding", "classifier"):
+        for key in MANIFEST_FIELDS:
             c.require(f"{key} = edit.json", pred[key] == manifest.get(key), _short(pred[key]), _short(manifest.get(key)))
         c.require("classifier is this verifier's", pred["classifier"] == E.classifier_record(), pred["classifier"]["sha256"][:16],
                   E.classifier_record()["sha256"][:16], "the markers or rule differ from this version's classifier")

@@ -144,3 +144,20 @@ def test_default_model_fully_stitched(tmp_path):
     assert theorem["holds"] is True and theorem["observed"]["max_residual_error"] == full["max_residual_error"]
     sound = [v for v in theorem["variants"] if v["sound"]]
     assert sound and all(Fraction(v["bound"]["decimal"]) >= Fraction(full["max_residual_error"]) for v in sound)
+
+
+def test_full_certificate_alone_reads_only_covered_bytes(stitched_run, tmp_path):
+    """Verifying full/certificate.json by itself: the IRs of the chain and the trace files are covered only by
+    the block certificates (themselves covered by id), and are read through those digests."""
+    root = _copy(stitched_run, tmp_path)
+    assert verify(root / "full/certificate.json").ok
+    p = root / "block_001/ir.safetensors"
+    data = bytearray(p.read_bytes())
+    data[-1] ^= 0x01  # one weight changed; no certificate re-digested
+    p.write_bytes(bytes(data))
+    assert "sha256 block_001/ir.safetensors" in _failures(root / "full/certificate.json")
+    p = root / "traces/prompt_001.safetensors"
+    data = bytearray(p.read_bytes())
+    data[-1] ^= 0x01
+    p.write_bytes(bytes(data))
+    assert "sha256 traces/prompt_001.safetensors" in _failures(root / "full/certificate.json", level="hashes")
