@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
-def _update_tensor(h: Any, name: str, dtype: str, shape: Iterable[int], data: Any) -> None:
+def update_tensor(h: Any, name: str, dtype: str, shape: Iterable[int], data: Any) -> None:
     header = rfc8785.dumps([name, dtype, [int(s) for s in shape]])
     h.update(len(header).to_bytes(8, "little"))
     h.update(header)
@@ -38,21 +37,7 @@ def tensors_sha256(tensors: Mapping[str, np.ndarray]) -> str:
     for name in sorted(tensors):
         a = np.ascontiguousarray(tensors[name])
         a = a.astype(a.dtype.newbyteorder("<"), copy=False)  # little-endian bytes on every host
-        _update_tensor(h, name, a.dtype.name, a.shape, a.view(np.uint8).reshape(-1) if a.size else b"")
-    return h.hexdigest()
-
-
-def torch_state_sha256(state: Mapping[str, Any]) -> str:
-    """The same digest for a torch state dict (any dtype, bfloat16 included), without a float copy."""
-    import torch
-
-    h = hashlib.sha256()
-    for name in sorted(state):
-        t = state[name].detach().to("cpu").contiguous()
-        raw = t.reshape(-1).view(torch.uint8).numpy() if t.numel() else b""
-        if sys.byteorder == "big" and t.element_size() > 1 and t.numel():  # hash little-endian bytes everywhere
-            raw = raw.reshape(-1, t.element_size())[:, ::-1].reshape(-1)
-        _update_tensor(h, name, str(t.dtype).removeprefix("torch."), t.shape, raw)
+        update_tensor(h, name, a.dtype.name, a.shape, a.view(np.uint8).reshape(-1) if a.size else b"")
     return h.hexdigest()
 
 

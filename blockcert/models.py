@@ -17,9 +17,16 @@ from typing import Any
 
 import attrs
 
-from .digest import file_sha256
+import hashlib
+import sys
+from collections.abc import Mapping
+
+from .digest import file_sha256, update_tensor
 from .errors import UserError
+from .modelpaths import TOKENIZER_FILES, cache_root, gguf_cache_path, resolve
 from .plugins import get_plugins
+
+__all__ = ["DTYPES", "TOKENIZER_FILES", "LoadedModel", "cache_root", "gguf_cache_dir", "load_model", "resolve", "torch_state_sha256", "wrap_model"]
 
 # No code path may contact a model hub: set before transformers is first imported, and pass
 # local_files_only=True everywhere as well.
@@ -27,8 +34,6 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 DTYPES = ("float32", "bfloat16", "float16")
-# transformers would otherwise invent an empty tokenizer for a directory that has none
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
 @attrs.define
@@ -54,19 +59,9 @@ class LoadedModel:
         the same as the in-memory model's.
         """
         if self._weights_sha256 is None:
-            from .digest import torch_state_sha256
-
             state = self.model.state_dict() if self.streamed is None else self.streamed.state_dict()
             self._weights_sha256 = torch_state_sha256(state)
         return self._weights_sha256
-
-
-def cache_root() -> Path:
-    env = os.environ.get("BLOCKCERT_CACHE")
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "blockcert"
 
 
 def _torch_dtype(dtype: str) -> Any:
@@ -124,7 +119,7 @@ def _no_tqdm() -> Iterator[None]:
 
 def gguf_cache_dir(gguf: Path, sha256: str | None = None) -> Path:
     """Where the dequantized weights of ``gguf`` are (or will be) cached, converting on first use."""
-    target = cache_root() / "models" / f"{gguf.stem}-{(sha256 or file_sha256(gguf))[:16]}"
+    target = gguf_cache_path(gguf, sha256)
     if (target / "config.json").is_file():
         return target
     _quiet_transformers()
@@ -158,33 +153,6 @@ def gguf_cache_dir(gguf: Path, sha256: str | None = None) -> Path:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return target
-
-
-def resolve(spec: str | os.PathLike[str] | None) -> tuple[str, Path]:
-    """(display name, local path) for a model spec: None (the default), a directory, a .gguf, or a name."""
-    models = get_plugins().models()
-    if spec is None:
-        defaults = [m for m in models.values() if m.default]
-        if not defaults:
-            raise UserError("no default model is registered", "pass --model")
-        entry = defaults[0]
-        return entry.name, entry.locate()
-    text = os.fspath(spec)
-    path = Path(text).expanduser()
-    if path.is_dir():
-        return str(path), path
-    if path.suffix == ".gguf":
-        if not path.is_file():
-            raise UserError(f"GGUF file not found: {path}")
-        return str(path), path
-    if text in models:
-        entry = models[text]
-        return entry.name, entry.locate()
-    names = sorted({m.name for m in models.values()})
-    raise UserError(
-        f"model {text!r} is not a local model directory, a .gguf file, or a registered name",
-        f"registered names: {', '.join(names)}; BlockCert never downloads models",
-    )
 
 
 def load_model(
@@ -237,3 +205,17 @@ def wrap_model(model: Any, *, arch: str | None = None, tokenizer: Any = None, na
     return LoadedModel(
         name=name, path=Path("."), arch=arch, model=model, tokenizer=tokenizer, native=plugins.trace(model, arch), dtype=dtype
     )
+
+
+def torch_state_sha256(state: Mapping[str, Any]) -> str:
+    """:func:`blockcert.digest.tensors_sha256` for a torch state dict (any dtype, bfloat16 included), without a float copy."""
+    import torch
+
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().to("cpu").contiguous()
+        raw = t.reshape(-1).view(torch.uint8).numpy() if t.numel() else b""
+        if sys.byteorder == "big" and t.element_size() > 1 and t.numel():  # hash little-endian bytes everywhere
+            raw = raw.reshape(-1, t.element_size())[:, ::-1].reshape(-1)
+        update_tensor(h, name, str(t.dtype).removeprefix("torch."), t.shape, raw)
+    return h.hexdigest()

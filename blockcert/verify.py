@@ -18,6 +18,7 @@ policy. Unknown fields are errors. Each check reports claimed vs recomputed.
 from __future__ import annotations
 
 import hashlib
+import importlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from .digest import tensors_sha256
 from .errors import UserError
 from .ir import BlockIR, from_dict, to_dict
 from .ir import migrate as migrate_ir
-from .metrics import Policy
+from .policy import Policy
 from .safeio import (
     MAX_JSON_BYTES, MAX_TENSOR_FILE_BYTES, ArtifactError, is_sha256_hex, nonfinite, read_artifact, read_hashed, read_safetensors,
     read_safetensors_typed, resolve_inside, strict_json,
@@ -44,7 +45,6 @@ from .verify_metrics import (
     Recomputed, Tolerances, check_errors_file, check_recomputed, check_stored, check_token_errors, check_trace,
     distances, norms, within,
 )
-from .verify_full import FullCheck
 
 LEVELS = ("hashes", "replay", "full")
 
@@ -62,6 +62,15 @@ MIGRATIONS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "https://blockcert.dev/predicate/block-certificate/v1": migrate_v1_to_v2,
 }
 REFERENCES = ("torch", "numpy")
+#: each reference's module: ``replay_one(ir, x_in)``, ``recheck_bounds``, ``remeasure_edit`` and ``FullCheck`` (the
+#: model at level full). The numpy one
+#: never imports torch or producer code (tests/test_import_graph.py); the torch one is imported only when chosen.
+BACKENDS = {"torch": "blockcert.verify_full", "numpy": "blockcert.reference.full"}
+
+
+def backend(reference: str) -> Any:
+    """The module of ``reference`` (see :data:`BACKENDS`)."""
+    return importlib.import_module(BACKENDS[reference])
 
 PER_PROMPT_FIELDS = ("per_prompt_cov_act", "per_prompt_mae", "per_prompt_cov_loss")
 METRIC_FIELDS = ("epsilon", "mae", "cov_act", "cov_path", "cov_loss", "rel_max", "rel_mean", "tokens", "loss_tokens", "best_prompt")
@@ -423,29 +432,23 @@ def _replay_checks(pred: dict[str, Any], entries: Sequence[dict[str, Any]], trac
             r.stitched.append(np.asarray(stored[f"{key}.loss_stitched"], np.float64))
         else:  # the verdict rests on the model's own trace; the stored one may only differ by its rounding band
             m = model_traces[k]
-            y_m, _, _ = _replay_one(ir, m.residual[ell], reference)
-            e_m = distances(y_m, m.residual[ell + 1])
+            x_in_m, x_out_m = full.block_io(k, ell, x_in)  # the block's input and the model's output from it
+            y_m, _, _ = _replay_one(ir, x_in_m, reference)
+            e_m = distances(y_m, x_out_m)
             r.errors.append(e_m)
-            r.bands.append(np.maximum(band, tol.replay_band(np.maximum(norms(m.residual[ell]), norms(m.residual[ell + 1]))))
-                           + np.abs(e_s - e_m))
-            r.out_norms.append(norms(m.residual[ell + 1]))
+            r.bands.append(full.error_band(band, e_s, e_m, x_in_m, x_out_m))
+            r.out_norms.append(norms(x_out_m))
             r.base.append(np.asarray(m.loss, np.float64))
     if model_traces is not None:
-        r.stitched.extend(full.stitched(ir, ell, [stored[f"p{e['index']:03d}.loss_stitched"] for e in entries], c))
+        losses, loss_bands = full.stitched(ir, ell, [stored[f"p{e['index']:03d}.loss_stitched"] for e in entries], c)
+        r.stitched.extend(losses)
+        r.stitched_bands = loss_bands
     return check_recomputed(c, pred, record, r, policy, tol)
 
 
 def _replay_one(ir: BlockIR, x_in: np.ndarray, reference: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(output [T, d], mask [T, T] bool, head gates [H] bool) of the IR on one prompt's x^(l)."""
-    from .interpreter import replay
-
-    if reference == "numpy":
-        out = replay(ir, np.asarray(x_in, np.float64)[None])
-        return out.output[0], np.asarray(out.mask[0], bool), np.asarray(out.head_active, bool)
-    import torch
-
-    out = replay(ir, torch.from_numpy(np.array(x_in, dtype=np.float32))[None])
-    return out.output[0].numpy(), out.mask[0].numpy().astype(bool), out.head_active.numpy().astype(bool)
+    return backend(reference).replay_one(ir, x_in)
 
 
 def verify_certificate(root: Path, rel: str, *, level: str, reference: str, policy: Policy, tol: Tolerances,
@@ -481,7 +484,9 @@ def verify_certificate(root: Path, rel: str, *, level: str, reference: str, poli
             ir = _load_ir(contents, block_dirname, c)
             verdict = _replay_checks(pred, entries, traces, stored, ir, block_dirname, c, policy, tol, reference, full, metrics_record)
             if bounds is not None:
-                recheck_lipschitz(c, bounds, ir, [t["residual"][block] for t in traces], with_lower=level == "full")
+                inputs = [t["residual"][block] for t in traces]
+                recheck_lipschitz(c, bounds, ir, inputs)  # against the independent, simpler bounds
+                backend(reference).recheck_bounds(c, bounds, ir, inputs, with_lower=level == "full")
     return CertReport(rel, "block", block, claimed_cert, verdict, tuple(c.checks))
 
 
@@ -598,10 +603,6 @@ class _Covered:
         return data
 
 
-#: how far a re-run perplexity may differ, relative to the baseline perplexity
-FULL_PPL_RTOL = 1e-5
-
-
 def verify_full_model(root: Path, rel: str, *, level: str, reference: str, tol: Tolerances, model: str | None,
                       stream: bool = False, loaded: Any = None, full: Any = None, tau_act: float = 1e-2) -> CertReport:
     """A full-model certificate: its references to block certificates (by id), its evaluation file, the
@@ -673,55 +674,35 @@ def verify_full_model(root: Path, rel: str, *, level: str, reference: str, tol: 
         if chain:
             _replay_full_stream(covered, [traces[e["file"]]["residual"] for e in index["entries"]], pred, c, tol, reference)
         if level == "full":
-            from .stitch import recompute
-
             stored = [traces[e["file"]] for e in index["entries"]]
-            full = full or FullCheck(root, model, tol, stream=stream, loaded=loaded)
+            full = full or backend(reference).FullCheck(root, model, tol, stream=stream, loaded=loaded)
             full.recaptured(pred, index["entries"], stored, c, tau_act)  # the stored traces are the model's
-            # per layer: the chain's rounding grows with depth, one replay band per stitched block, sized by the
-            # layer's token norms (model-derived: the traces were just checked against the model)
-            mean_norm = [float(np.mean(np.concatenate([norms(t["residual"][ell + 1]) for t in stored]))) for ell in range(L)]
-            max_norm = [float(np.max(np.concatenate([norms(t["residual"][ell + 1]) for t in stored]))) for ell in range(L)]
-            del stored, traces
-            again = recompute(root, model, pred["stitched_blocks"], stream=stream, loaded=full.loaded)
-            for key in sorted(FULL_METRICS):
-                a, b = m[key], again[key]
-                if key in ("layer_mae", "layer_max"):
-                    scale = mean_norm if key == "layer_mae" else max_norm
-                    bands = [float(tol.replay_band(np.array([n]))[0]) * (ell + 1) for ell, n in enumerate(scale)]
-                    ok = len(a) == len(b) == L and all(abs(x - y) <= w for x, y, w in zip(a, b, bands))
-                elif key.startswith("probe"):
-                    ok = a == b
-                else:  # perplexities and their differences: float32 token losses summed in float64
-                    ok = abs(float(a) - float(b)) <= FULL_PPL_RTOL * max(abs(float(again["ppl_baseline"])), 1.0)
-                c.record(f"re-run {key}", ok, _short(a), _short(b))
+            del traces
+            full.check_full_model(root, pred, evaluation, stored, lambda ell: _covered_ir(covered, ell), c)
     return CertReport(rel, "full-model", None, None, None, tuple(c.checks))
+
+
+def _covered_ir(covered: _Covered, ell: int) -> BlockIR:
+    """Block ``ell``'s IR, read through the digests its block certificate gives its two files."""
+    d = f"block_{ell:03d}"
+    meta = strict_json(covered.read(f"{d}/ir.json"), f"{d}/ir.json")
+    tensors = read_safetensors(covered.read(f"{d}/ir.safetensors"), f"{d}/ir.safetensors")
+    return from_dict(meta, {k: np.array(v) for k, v in tensors.items()})
 
 
 def _replay_full_stream(covered: _Covered, residuals: list[np.ndarray], pred: dict[str, Any], c: _Checker, tol: Tolerances,
                         reference: str) -> None:
     """Every block stitched: the stream x_hat^(1..L) is a pure function of x^(0) and the IRs. Recompute it."""
-    from .interpreter import replay
-
+    replay_one = backend(reference).replay_one
     L = pred["model"]["n_blocks"]
-    if reference == "numpy":
-        xs = [res[0].astype(np.float64)[None] for res in residuals]
-    else:
-        import torch
-
-        xs = [torch.from_numpy(np.array(res[0], dtype=np.float32))[None] for res in residuals]
+    xs = [np.asarray(res[0]) for res in residuals]
     errs: list[list[np.ndarray]] = [[] for _ in range(L)]
     bands: list[list[np.ndarray]] = [[] for _ in range(L)]
     for ell in range(L):  # block-major: one IR in memory at a time (a Llama-2-7B block's is 0.8 GB)
-        d = f"block_{ell:03d}"
-        meta = strict_json(covered.read(f"{d}/ir.json"), f"{d}/ir.json")
-        tensors = read_safetensors(covered.read(f"{d}/ir.safetensors"), f"{d}/ir.safetensors")
-        ir = from_dict(meta, {k: np.array(v) for k, v in tensors.items()})
-        del tensors
+        ir = _covered_ir(covered, ell)
         for p, res in enumerate(residuals):
-            xs[p] = replay(ir, xs[p]).output
-            y = xs[p][0] if reference == "numpy" else xs[p][0].numpy()
-            errs[ell].append(distances(y, res[ell + 1]))
+            xs[p] = replay_one(ir, xs[p])[0]
+            errs[ell].append(distances(xs[p], res[ell + 1]))
             # each block of the chain adds its own rounding: ell + 1 replay bands, per token
             bands[ell].append((ell + 1) * tol.replay_band(np.maximum(norms(res[ell]), norms(res[ell + 1]))))
         del ir
@@ -769,13 +750,11 @@ def verify(path: str | Path, *, level: str = "replay", reference: str = "torch",
     target = Path(path)
     edit_root = target if is_edit_dir(target) else target.parent if target.name == "certificate.json" and is_edit_dir(target.parent) else None
     if edit_root is not None:  # an edit certificate (blockcert edit): regenerated with the model at levels replay/full
-        return VerifyReport(str(edit_root), level, reference, policy, tol, (verify_edit(edit_root, level=level, model=model),))
+        return VerifyReport(str(edit_root), level, reference, policy, tol, (verify_edit(edit_root, level=level, model=model, reference=reference, tol=tol),))
     if level == "full" and model is None:
         raise UserError("--level full needs --model (the model the certificates claim to certify)")
-    if level == "full" and reference == "numpy":
-        raise UserError("--level full re-runs the model in torch; use --reference numpy with --level replay")
     root, certs = find_certificates(Path(path))
-    full = FullCheck(root, model, tol, stream=stream) if level == "full" else None
+    full = backend(reference).FullCheck(root, model, tol, stream=stream) if level == "full" else None
     reports = []
     cache: dict[Any, Any] = {}
     for rel in certs:

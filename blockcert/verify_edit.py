@@ -6,7 +6,9 @@
   from the annotators' files.
 * ``replay`` / ``full``: also load the model (``--model``, default: the name in ``edit.json``), check its
   weights digest, regenerate both sets of completions with the recorded decoding policy (they must be
-  identical), and re-measure ε_edit and the final-state deviation.
+  identical), and re-measure ε_edit and the final-state deviation. With ``reference="numpy"`` the
+  deviations are re-measured by the float64 numpy model (:mod:`blockcert.reference.full`), which does not
+  regenerate the completions.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ import attrs
 from .errors import UserError
 
 EDIT_FILES = {"edit.json", "completions.jsonl", "metrics.json", "human.json", "certificate.json", "labels"}
-DEVIATION_RTOL = 1e-4
 MANIFEST_FIELDS = ("tool", "model", "edit", "corpus", "decoding", "classifier")
 ROW_FIELDS = {"id", "label", "category", "prompt", "keywords", "base", "edited", "base_judgement", "edited_judgement"}
 METRICS_FIELDS = {"before", "after", "epsilon_edit", "max_final_deviation", "amplification", "per_prompt"}
@@ -29,8 +30,8 @@ def is_edit_dir(path: Path) -> bool:
     return path.is_dir() and (path / "edit.json").is_file() and (path / "certificate.json").is_file()
 
 
-def verify_edit(root: Path, *, level: str, model: str | None) -> Any:
-    from . import edits as E
+def verify_edit(root: Path, *, level: str, model: str | None, reference: str = "torch", tol: Any = None) -> Any:
+    from . import refusal as E
     from .safeio import MAX_JSON_BYTES, read_artifact, strict_json
     from .verify import CertReport, _Checker, _check_subjects, _exact_keys, _guard, _short
 
@@ -84,8 +85,11 @@ def verify_edit(root: Path, *, level: str, model: str | None) -> Any:
             c.record(f"metrics.json {key} = certificate", metrics[key] == pred["metrics"][key], pred["metrics"][key], metrics[key])
         if "human.json" in contents or pred["human_labels"] is not None:
             _check_human(c, root, pred, contents, rows, items)
-        if level in ("replay", "full"):
-            _regenerate(c, pred, rows, items, metrics, model)
+        if level in ("replay", "full"):  # the reference's own model: regenerate (torch) and re-measure
+            from .verify import backend
+            from .verify_metrics import Tolerances
+
+            backend(reference).remeasure_edit(c, pred, rows, metrics, model, tol or Tolerances.for_reference(reference))
     return CertReport(rel, "edit", block, None, None, tuple(c.checks))
 
 
@@ -102,41 +106,6 @@ def _check_human(c: Any, root: Path, pred: dict[str, Any], contents: dict[str, b
     c.record("human labels re-aggregated", mine == human, "human.json", "recomputed from the label files")
     c.record("human_labels = human.json", pred["human_labels"] == {k: human[k] for k in ("annotators", "base", "edited", "agreement")},
              "certificate", "human.json")
-
-
-def _regenerate(c: Any, pred: dict[str, Any], rows: list[dict[str, Any]], items: list[Any], metrics: dict[str, Any], model: str | None) -> None:
-    from . import edits as E
-    from .models import load_model
-    from .verify import _short
-
-    spec_model = model or pred["model"]["name"]
-    try:
-        loaded = load_model(spec_model, arch=pred["model"]["arch"], dtype=pred["model"]["dtype"])
-    except UserError as exc:
-        c.require("model available to regenerate", False, spec_model, "", f"{exc.message}; pass --model")
-    digest = loaded.weights_sha256()
-    c.require("model weights digest", digest == pred["model"]["weights_sha256"], pred["model"]["weights_sha256"][:16], digest[:16],
-              f"{spec_model} is not the certified model")
-    d = pred["decoding"]
-    decoding = E.Decoding(max_new_tokens=d["max_new_tokens"], batch_size=d["batch_size"], chat_template=d["chat_template"], seed=d["seed"])
-    c.require("decoding policy reproducible", decoding.record(loaded) == d, _short(d), _short(decoding.record(loaded)))
-    handle = E.edit_handle(loaded, pred["edit"]["spec"])
-    base = E.generate(loaded, items, decoding)
-    with handle:
-        edited = E.generate(loaded, items, decoding)
-    for r, b, e in zip(rows, base, edited):
-        c.record(f"regenerated {r['id']} base", b == r["base"], _short(r["base"]), _short(b))
-        c.record(f"regenerated {r['id']} edited", e == r["edited"], _short(r["edited"]), _short(e))
-    dev = E.deviation(loaded, handle, items, decoding)
-    # every per-prompt number is re-measured; the maxima and the amplification then follow from them
-    # (checked at every level by _check_deviation_arithmetic)
-    for entry, eps, fin in zip(metrics["per_prompt"], dev.per_prompt_epsilon, dev.per_prompt_final):
-        for key, mine in (("epsilon_edit", eps), ("final_deviation", fin)):
-            claimed = entry[key]
-            c.record(f"re-measured {entry['id']} {key}", abs(claimed - mine) <= DEVIATION_RTOL * max(abs(mine), 1e-6), claimed, mine)
-    for key, mine in (("epsilon_edit", dev.epsilon_edit), ("max_final_deviation", dev.max_final_deviation)):
-        claimed = metrics[key]
-        c.record(f"re-measured {key}", abs(claimed - mine) <= DEVIATION_RTOL * max(abs(mine), 1e-6), claimed, mine)
 
 
 def _check_deviation_arithmetic(c: Any, metrics: dict[str, Any], rows: list[dict[str, Any]]) -> None:

@@ -17,6 +17,28 @@ import numpy as np
 
 from .verify_metrics import Tolerances, distances, norms
 
+#: how far a re-run perplexity may differ, relative to the baseline perplexity (torch re-runs the producer's
+#: float32 arithmetic: the token losses agree to float32 rounding, summed in float64)
+FULL_PPL_RTOL = 1e-5
+
+
+def replay_one(ir: Any, x_in: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(output [T, d], mask [T, T] bool, head gates [H] bool) of the IR on x^(l), in torch float32."""
+    import torch
+
+    from .interpreter import replay
+
+    out = replay(ir, torch.from_numpy(np.array(x_in, dtype=np.float32))[None])
+    return out.output[0].numpy(), out.mask[0].numpy().astype(bool), out.head_active.numpy().astype(bool)
+
+
+def recheck_bounds(c: Any, rec: dict[str, Any], ir: Any, inputs: list[np.ndarray], *, with_lower: bool) -> None:
+    """The torch reference also re-runs the producer's own bound computation (the same numbers within
+    rounding) and, at level full, the empirical lower bound (torch autograd)."""
+    from .verify_bounds_exact import recheck_exact
+
+    recheck_exact(c, rec, ir, inputs, with_lower=with_lower)
+
 
 class FullCheck:
     """Loads the model once; compares the stored traces with re-captured ones; re-runs suffix losses."""
@@ -86,7 +108,41 @@ class FullCheck:
                         f"{where}: baseline token losses differ from the model's by more than {self.tol.loss_abs:g} nats"))
         return out
 
-    def stitched(self, ir: Any, ell: int, stored: Sequence[np.ndarray], c: Any) -> list[np.ndarray]:
+    def block_io(self, k: int, ell: int, stored_in: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Block ``ell``'s input and output on prompt ``k`` in the model's re-captured trace."""
+        return self.traces[k].residual[ell], self.traces[k].residual[ell + 1]
+
+    def error_band(self, stored_band: np.ndarray, e_stored: np.ndarray, e_model: np.ndarray, x_in: np.ndarray,
+                   x_out: np.ndarray) -> np.ndarray:
+        """The band of a per-token error taken on the model's re-captured trace: the replay band, widened by the
+        gap to the error on the stored trace (which :meth:`recaptured` capped at a fraction of τ_act)."""
+        return np.maximum(stored_band, self.tol.replay_band(np.maximum(norms(x_in), norms(x_out)))) + np.abs(e_stored - e_model)
+
+    def check_full_model(self, root: Path, pred: dict[str, Any], evaluation: dict[str, Any], stored: Sequence[dict[str, np.ndarray]],
+                         ir_at: Any, c: Any) -> None:
+        """The whole stitched evaluation re-run with the model (:func:`blockcert.stitch.recompute`)."""
+        from .checks import short
+        from .stitch import recompute
+
+        m, L = pred["metrics"], pred["model"]["n_blocks"]
+        # per layer: the chain's rounding grows with depth, one replay band per stitched block, sized by the
+        # layer's token norms (model-derived: the traces were just checked against the model)
+        mean_norm = [float(np.mean(np.concatenate([norms(t["residual"][ell + 1]) for t in stored]))) for ell in range(L)]
+        max_norm = [float(np.max(np.concatenate([norms(t["residual"][ell + 1]) for t in stored]))) for ell in range(L)]
+        again = recompute(root, self.model_spec, pred["stitched_blocks"], stream=self.stream, loaded=self.loaded)
+        for key in sorted(again):
+            a, b = m[key], again[key]
+            if key in ("layer_mae", "layer_max"):
+                scale = mean_norm if key == "layer_mae" else max_norm
+                bands = [float(self.tol.replay_band(np.array([n]))[0]) * (ell + 1) for ell, n in enumerate(scale)]
+                ok = len(a) == len(b) == L and all(abs(x - y) <= w for x, y, w in zip(a, b, bands))
+            elif key.startswith("probe"):
+                ok = a == b
+            else:  # perplexities and their differences: float32 token losses summed in float64
+                ok = abs(float(a) - float(b)) <= FULL_PPL_RTOL * max(abs(float(again["ppl_baseline"])), 1.0)
+            c.record(f"re-run {key}", ok, short(a), short(b))
+
+    def stitched(self, ir: Any, ell: int, stored: Sequence[np.ndarray], c: Any) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Block ``ell`` replaced by ``ir`` on the model's traces: the suffix token losses, re-run; each stored
         one must be within ``loss_abs`` nats."""
         from .pipeline import measure_block
@@ -98,4 +154,48 @@ class FullCheck:
             c.record(f"re-run suffix losses prompt {k}", gap <= self.tol.loss_abs, "stored l_stitched", f"max |Δ| {gap:.3g}",
                      "" if gap <= self.tol.loss_abs else f"block_{ell:03d}/errors.safetensors: stitched losses of prompt {k} are not the model's")
             out.append(np.asarray(new, np.float64))
-        return out
+        return out, [np.full(o.shape, self.tol.loss_abs) for o in out]
+
+
+#: relative band of a re-measured edit deviation
+DEVIATION_RTOL = 1e-4
+
+
+def remeasure_edit(c: Any, pred: dict[str, Any], rows: list[dict[str, Any]], metrics: dict[str, Any], model: str | None, tol: Any) -> None:
+    """An edit certificate at level replay/full: load the model, check its digest, regenerate both sets of
+    completions with the recorded decoding policy (identical, or the check fails), re-measure the deviations."""
+    from . import edits as E
+    from .checks import short as _short
+    from .errors import UserError
+    from .models import load_model
+
+    items = [E.CorpusItem(r["id"], r["label"], r["category"], r["prompt"], tuple(r["keywords"])) for r in rows]
+
+    spec_model = model or pred["model"]["name"]
+    try:
+        loaded = load_model(spec_model, arch=pred["model"]["arch"], dtype=pred["model"]["dtype"])
+    except UserError as exc:
+        c.require("model available to regenerate", False, spec_model, "", f"{exc.message}; pass --model")
+    digest = loaded.weights_sha256()
+    c.require("model weights digest", digest == pred["model"]["weights_sha256"], pred["model"]["weights_sha256"][:16], digest[:16],
+              f"{spec_model} is not the certified model")
+    d = pred["decoding"]
+    decoding = E.Decoding(max_new_tokens=d["max_new_tokens"], batch_size=d["batch_size"], chat_template=d["chat_template"], seed=d["seed"])
+    c.require("decoding policy reproducible", decoding.record(loaded) == d, _short(d), _short(decoding.record(loaded)))
+    handle = E.edit_handle(loaded, pred["edit"]["spec"])
+    base = E.generate(loaded, items, decoding)
+    with handle:
+        edited = E.generate(loaded, items, decoding)
+    for r, b, e in zip(rows, base, edited):
+        c.record(f"regenerated {r['id']} base", b == r["base"], _short(r["base"]), _short(b))
+        c.record(f"regenerated {r['id']} edited", e == r["edited"], _short(r["edited"]), _short(e))
+    dev = E.deviation(loaded, handle, items, decoding)
+    # every per-prompt number is re-measured; the maxima and the amplification then follow from them
+    # (checked at every level by _check_deviation_arithmetic)
+    for entry, eps, fin in zip(metrics["per_prompt"], dev.per_prompt_epsilon, dev.per_prompt_final):
+        for key, mine in (("epsilon_edit", eps), ("final_deviation", fin)):
+            claimed = entry[key]
+            c.record(f"re-measured {entry['id']} {key}", abs(claimed - mine) <= DEVIATION_RTOL * max(abs(mine), 1e-6), claimed, mine)
+    for key, mine in (("epsilon_edit", dev.epsilon_edit), ("max_final_deviation", dev.max_final_deviation)):
+        claimed = metrics[key]
+        c.record(f"re-measured {key}", abs(claimed - mine) <= DEVIATION_RTOL * max(abs(mine), 1e-6), claimed, mine)

@@ -59,20 +59,24 @@ def resummarize(root: Path) -> None:
         redigest(root, "full/certificate.json")
 
 
-def recertify(root: Path, ell: int, loaded: Any, *, errors: Callable[[list[np.ndarray]], list[np.ndarray]] | None = None) -> None:
+def recertify(root: Path, ell: int, loaded: Any, *, errors: Callable[[list[np.ndarray]], list[np.ndarray]] | None = None,
+              stitched: Callable[[list[np.ndarray], list[Any]], list[np.ndarray]] | None = None) -> None:
     """Block ``ell``'s per-token errors, metrics, verdict and certificate recomputed with our pipeline from
     the IR and traces now on disk (the stitched losses with the real model), optionally with the errors
-    rewritten by ``errors`` before the metrics are derived from them."""
+    rewritten by ``errors`` and the stitched losses by ``stitched(losses, traces)`` before the metrics are
+    derived from them."""
     traces = load_traces(root)
     manifest = json.loads((root / "run.json").read_text())
     ir = load_ir(root / f"block_{ell:03d}" / "ir")
     _, errs, norms, paths = _replay_all(ir, traces, ell)
     if errors is not None:
         errs = errors(errs)
-    stitched = measure_block(loaded, traces, ir, ell, batch_size=8).stitched
+    losses = measure_block(loaded, traces, ir, ell, batch_size=8).stitched
+    if stitched is not None:
+        losses = stitched(losses, traces)
     ex = Extraction(ell, ir.arch, ir.n_ctx, None, None, None, errs, norms, paths, None)
     shared = [subject(root, "run.json"), subject(root, "traces/index.json"), *(subject(root, prompt_file(t.index)) for t in traces)]
-    _certify(root, ex, stitched, traces, Policy(**manifest["policy"]), shared, manifest)
+    _certify(root, ex, losses, traces, Policy(**manifest["policy"]), shared, manifest)
 
 
 def recertify_all(root: Path, loaded: Any, **kw: Any) -> None:

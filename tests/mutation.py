@@ -29,6 +29,7 @@ BOUNDS = ["tests/test_bounds_tightness.py", "tests/test_bounds.py"]
 EDITS = ["tests/test_independent.py", "tests/test_forgery.py", "tests/test_edits.py"]
 VERIFY = ["tests/test_forgery.py", "tests/test_tamper.py", "tests/test_golden.py"]
 FULL = ["tests/test_forgery.py", "tests/test_observe.py", "tests/test_tamper.py"]
+REFERENCE_BOUNDS = ["tests/test_reference_bounds.py"]
 
 # (id, what the bug is, file, the exact text, its replacement, the tests that must fail)
 MUTANTS: list[tuple[str, str, str, str, str, list[str]]] = [
@@ -97,6 +98,14 @@ MUTANTS: list[tuple[str, str, str, str, str, list[str]]] = [
     ("M28", "observe: the causal formula is recorded instead of what the attention received", "blockcert/observe.py",
      "allowed = _allowed(query, key, attention_mask, kwargs, module, weights)", "allowed = _allowed(query, key, None, {}, module, None)",
      ["tests/test_observe.py"]),
+    ("M29", "bounds: attention_bound's result 1000x looser (caught by the independent reference's ratio)", "blockcert/bounds.py",
+     "    value = _fup(K_z * _F(norm1.value)) if math.isfinite(norm1.value) else (0.0 if K_z == 0 else math.inf)",
+     "    value = 1000 * _fup(K_z * _F(norm1.value)) if math.isfinite(norm1.value) else (0.0 if K_z == 0 else math.inf)",
+     REFERENCE_BOUNDS),
+    ("M30", "bounds: the analytic MLP bound halved (unsound; caught by the independent reference)", "blockcert/bounds.py",
+     "    value = _fup(_F(K) * _F(n2.value)) if math.isfinite(n2.value) and math.isfinite(K) else math.inf",
+     "    value = 0.5 * _fup(_F(K) * _F(n2.value)) if math.isfinite(n2.value) and math.isfinite(K) else math.inf",
+     REFERENCE_BOUNDS),
 ]
 
 

@@ -19,7 +19,8 @@ from blockcert.edits import (
     HARMFUL_MARKERS, CorpusItem, Decoding, certify_edit, classify, edit_handle, load_corpus, score, sweep,
 )
 from blockcert.errors import UserError
-from blockcert.human import aggregate, import_labels
+from blockcert.edits import import_labels
+from blockcert.human import aggregate
 from blockcert.interpreter import replay
 from blockcert.plugins import get_plugins
 from blockcert.spec import parse_spec

@@ -16,7 +16,8 @@ import blockcert
 from adversary import edit_json, edit_traces, recertify, recertify_all, redigest, replay_into_trace, resummarize
 from blockcert.metrics import Policy
 from blockcert.pipeline import run
-from blockcert.verify import LEVELS, verify
+from blockcert.stitch import stitch
+from blockcert.verify import LEVELS, REFERENCES, verify
 from test_run import make_model_dir
 
 
@@ -58,7 +59,8 @@ def scale_wo(path: Path, factor: float) -> None:
     path.write_bytes(save(t))
 
 
-def test_wrong_ir_with_forged_traces_is_caught_at_full(made, tmp_path):
+@pytest.mark.parametrize("reference", REFERENCES)
+def test_wrong_ir_with_forged_traces_is_caught_at_full(made, tmp_path, reference):
     """Block 1's W_O scaled: honestly it is not certified. The forger overwrites x^(2) in every trace with that
     IR's replay (and re-runs the suffix and losses with the real model), so the IR looks exact."""
     root = fresh(made, tmp_path)
@@ -70,10 +72,11 @@ def test_wrong_ir_with_forged_traces_is_caught_at_full(made, tmp_path):
     recertify_all(root, made["loaded"])
     forged = json.loads((root / "block_001/certificate.json").read_bytes())["predicate"]
     assert forged["verdict"]["certified"] and forged["metrics"]["epsilon"] < 1e-4
-    assert_caught_at(root, made, "full", "re-captured residual")
+    assert_caught_at(root, made, "full", "re-captured residual", reference=reference)
 
 
-def test_another_blocks_ir_is_caught_at_full(made, tmp_path):
+@pytest.mark.parametrize("reference", REFERENCES)
+def test_another_blocks_ir_is_caught_at_full(made, tmp_path, reference):
     """Block 0's IR passed off as block 1's (its index rewritten), with traces forged to match."""
     root = fresh(made, tmp_path)
     for ext in ("json", "safetensors"):
@@ -83,7 +86,7 @@ def test_another_blocks_ir_is_caught_at_full(made, tmp_path):
     replay_into_trace(root, 1, root / "block_001/ir", made["loaded"])
     recertify_all(root, made["loaded"])
     assert json.loads((root / "block_001/certificate.json").read_bytes())["predicate"]["metrics"]["epsilon"] < 1e-4
-    assert_caught_at(root, made, "full", "re-captured residual")
+    assert_caught_at(root, made, "full", "re-captured residual", reference=reference)
 
 
 def test_infinite_outlier_in_an_unused_layer_is_caught_at_hashes(made, tmp_path):
@@ -98,7 +101,8 @@ def test_infinite_outlier_in_an_unused_layer_is_caught_at_hashes(made, tmp_path)
     assert_caught_at(root, made, "hashes", "finite values traces/prompt_000.safetensors")
 
 
-def test_huge_finite_outlier_in_an_unused_layer_is_caught_at_full(made, tmp_path):
+@pytest.mark.parametrize("reference", REFERENCES)
+def test_huge_finite_outlier_in_an_unused_layer_is_caught_at_full(made, tmp_path, reference):
     """3e38 is finite, so only the model can say it is not x^(3); it must not widen any tolerance."""
     root = fresh(made, tmp_path)
 
@@ -108,7 +112,40 @@ def test_huge_finite_outlier_in_an_unused_layer_is_caught_at_full(made, tmp_path
 
     edit_traces(root, outlier)
     resummarize(root)
-    assert_caught_at(root, made, "full", "re-captured residual prompt 0")
+    assert_caught_at(root, made, "full", "re-captured residual prompt 0", reference=reference)
+
+
+@pytest.mark.parametrize("reference", REFERENCES)
+def test_block_never_swapped_in_is_caught_at_full(made, tmp_path, reference):
+    """The stitched losses are the baseline's (the block is never replaced): cov_loss looks perfect. Block 1's
+    W_O is scaled so that replacing it does move the losses; every number recomputed consistently."""
+    root = fresh(made, tmp_path)
+    scale_wo(root / "block_001/ir.safetensors", 1.05)
+    recertify(root, 1, made["loaded"], stitched=lambda losses, traces: [np.asarray(t.loss, np.float32) for t in traces])
+    resummarize(root)
+    assert json.loads((root / "block_001/certificate.json").read_bytes())["predicate"]["metrics"]["cov_loss"] == 1.0
+    assert_caught_at(root, made, "full", "re-run suffix losses", reference=reference)
+
+
+@pytest.mark.parametrize("reference", REFERENCES)
+def test_stitched_perplexity_of_the_baseline_is_caught_at_full(made, tmp_path, reference):
+    """The full-model certificate claims the baseline's perplexity for the stitched model (and the numbers that
+    follow from it), eval.json and every digest consistent. Block 1's W_O is scaled so that stitching it in
+    does change the perplexity (a random model predicts nearly uniformly: by 0.4%)."""
+    root = fresh(made, tmp_path)
+    scale_wo(root / "block_001/ir.safetensors", 2.0)
+    recertify_all(root, made["loaded"])
+    stitch(root, blocks=[0, 1], loaded=made["loaded"])
+    m = json.loads((root / "full/eval.json").read_bytes())["metrics"]
+    assert abs(m["rel_delta_ppl"]) > 2e-3  # ten times the numpy reference's perplexity band, 200 times the torch one's
+
+    def same_ppl(m: dict) -> None:
+        m.update(ppl_stitched=m["ppl_baseline"], delta_ppl=0.0, rel_delta_ppl=0.0)
+
+    edit_json(root / "full/eval.json", lambda e: same_ppl(e["metrics"]))
+    edit_json(root / "full/certificate.json", lambda c: same_ppl(c["predicate"]["metrics"]))
+    redigest(root, "full/certificate.json")
+    assert_caught_at(root, made, "full", "re-run ppl_stitched", reference=reference)
 
 
 def test_flipped_verdict_is_caught_at_hashes(made, tmp_path):
@@ -160,11 +197,12 @@ def test_forged_path_matches_are_caught_at_replay(made, tmp_path):
     assert_caught_at(root, made, "replay", "stored p000.path_match")
 
 
-def test_swapped_input_ids_are_caught_at_full(made, tmp_path):
+@pytest.mark.parametrize("reference", REFERENCES)
+def test_swapped_input_ids_are_caught_at_full(made, tmp_path, reference):
     root = fresh(made, tmp_path)
     edit_traces(root, lambda k, t: t.update(input_ids=np.full_like(t["input_ids"], 666)))
     recertify_all(root, made["loaded"])
-    assert_caught_at(root, made, "full", "input_ids prompt 0")
+    assert_caught_at(root, made, "full", "input_ids prompt 0", reference=reference)
 
 
 def test_input_ids_of_another_dtype_are_caught_at_hashes(made, tmp_path):
@@ -239,7 +277,8 @@ def test_edited_amplification_is_caught_at_hashes(edit_cert, made, tmp_path):
     assert not report.ok and "amplification = final deviation / epsilon_edit" in failed(report)
 
 
-def test_zeroed_per_prompt_deviations_are_caught_at_replay(edit_cert, made, tmp_path):
+@pytest.mark.parametrize("reference", REFERENCES)
+def test_zeroed_per_prompt_deviations_are_caught_at_replay(edit_cert, made, tmp_path, reference):
     root = tmp_path / "E"
     shutil.copytree(edit_cert, root)
 
@@ -250,7 +289,7 @@ def test_zeroed_per_prompt_deviations_are_caught_at_replay(edit_cert, made, tmp_
 
     _reissue_edit(root, zero)
     assert verify(root, level="hashes").ok  # consistent arithmetic ...
-    report = verify(root, level="replay", model=made["model"])
+    report = verify(root, level="replay", model=made["model"], reference=reference)
     assert not report.ok and "re-measured" in failed(report)  # ... but not what the model does
 
 

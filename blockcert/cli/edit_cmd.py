@@ -174,7 +174,7 @@ def import_command(
 ) -> None:
     """Attach annotators' labels: copies them into the edit directory, aggregates answer/refuse accuracy,
     harmful rate and agreement, and re-issues the edit certificate with them."""
-    from ..human import import_labels
+    from ..edits import import_labels
 
     human = import_labels(edit_dir, [str(s) for s in sheets])
     console = out_console()

@@ -37,7 +37,7 @@ def verify_command(
     import attrs
 
     from ..errors import UserError
-    from ..metrics import Policy
+    from ..policy import Policy
     from ..verify import Tolerances, verify
 
     try:
@@ -58,7 +58,7 @@ def verify_command(
         console = out_console()
         console.print(f"policy: τ_act={policy.tau_act:g} τ_loss={policy.tau_loss:g} α_act={policy.alpha_act:g} "
                       f"α_loss={policy.alpha_loss:g}; level {level}, {reference} reference", highlight=False)
-        console.print(f"tolerances: {tol.describe()}", highlight=False)
+        console.print(f"tolerances: {tol.describe(reference)}", highlight=False)
         table = Table(title=f"Certificates in {report.root}")
         for col in ("certificate", "block", "checks", "claims certified", "certified (recomputed)", "verified"):
             table.add_column(col)
