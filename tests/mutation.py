@@ -30,6 +30,7 @@ EDITS = ["tests/test_independent.py", "tests/test_forgery.py", "tests/test_edits
 VERIFY = ["tests/test_forgery.py", "tests/test_tamper.py", "tests/test_golden.py"]
 FULL = ["tests/test_forgery.py", "tests/test_observe.py", "tests/test_tamper.py"]
 REFERENCE_BOUNDS = ["tests/test_reference_bounds.py"]
+NUMPY_FULL = ["tests/test_reference_model.py", "tests/test_forgery.py", "tests/test_import_graph.py"]
 
 # (id, what the bug is, file, the exact text, its replacement, the tests that must fail)
 MUTANTS: list[tuple[str, str, str, str, str, list[str]]] = [
@@ -106,6 +107,15 @@ MUTANTS: list[tuple[str, str, str, str, str, list[str]]] = [
      "    value = _fup(_F(K) * _F(n2.value)) if math.isfinite(n2.value) and math.isfinite(K) else math.inf",
      "    value = 0.5 * _fup(_F(K) * _F(n2.value)) if math.isfinite(n2.value) and math.isfinite(K) else math.inf",
      REFERENCE_BOUNDS),
+    ("M31", "numpy reference: rotary embedding turned the wrong way", "blockcert/reference/model.py",
+     "np.concatenate([a * cos - b * sin, b * cos + a * sin], axis=-1)", "np.concatenate([a * cos + b * sin, b * cos - a * sin], axis=-1)",
+     NUMPY_FULL),
+    ("M32", "numpy reference: a stored stitched loss accepted within a million times its band", "blockcert/reference/full.py",
+     "off = np.flatnonzero(np.abs(new - old) > band)", "off = np.flatnonzero(np.abs(new - old) > band * 1e6)", NUMPY_FULL),
+    ("M33", "numpy reference: any claimed probe answer accepted", "blockcert/reference/full.py",
+     "claimed[side] in answers, claimed[side]", "True, claimed[side]", NUMPY_FULL),
+    ("M34", "numpy reference: the edit's α never applied when re-measuring deviations", "blockcert/reference/full.py",
+     "local = model.block(block, res[block], alpha)[0]", "local = model.block(block, res[block])[0]", NUMPY_FULL),
 ]
 
 

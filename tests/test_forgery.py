@@ -148,6 +148,25 @@ def test_stitched_perplexity_of_the_baseline_is_caught_at_full(made, tmp_path, r
     assert_caught_at(root, made, "full", "re-run ppl_stitched", reference=reference)
 
 
+@pytest.mark.parametrize("reference", REFERENCES)
+def test_a_changed_probe_answer_is_caught_at_full(made, tmp_path, reference):
+    """One stitched probe answer rewritten (and the agreement rates that follow from it), all consistent."""
+    root = fresh(made, tmp_path)
+    stitch(root, loaded=made["loaded"])
+
+    def change(e: dict) -> None:
+        e["probe"][0]["stitched"] = "zebra" if e["probe"][0]["stitched"] != "zebra" else "yak"
+        agree = [str(p["stitched"]).strip().lower() == str(p["baseline"]).strip().lower() for p in e["probe"]]
+        human = [str(p["stitched"]).strip().lower() == str(p["label"]).strip().lower() for p in e["probe"]]
+        e["metrics"].update(probe_stitched_vs_baseline=float(np.mean(agree)), probe_stitched_vs_human=float(np.mean(human)))
+
+    edit_json(root / "full/eval.json", change)
+    metrics = json.loads((root / "full/eval.json").read_bytes())["metrics"]
+    edit_json(root / "full/certificate.json", lambda c: c["predicate"]["metrics"].update(metrics))
+    redigest(root, "full/certificate.json")
+    assert_caught_at(root, made, "full", "re-run probe", reference=reference)
+
+
 def test_flipped_verdict_is_caught_at_hashes(made, tmp_path):
     root = fresh(made, tmp_path, "strict")
 

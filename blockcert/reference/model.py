@@ -231,10 +231,11 @@ class _Llama:
         act = cfg.get("hidden_act", "silu")
         if act not in ("silu", "swish"):
             raise UserError(f"the numpy reference's llama forward uses SiLU, not {act!r}", "verify with --reference torch")
-        rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
-        kind = rope.get("rope_type", rope.get("type", "default"))
-        if kind != "default":
-            raise UserError(f"the numpy reference implements unscaled RoPE only, not {kind!r}", "verify with --reference torch")
+        rope = cfg.get("rope_parameters") or {}
+        for record in (rope, cfg.get("rope_scaling") or {}):  # transformers 5 writes the first, older configs the second
+            kind = record.get("rope_type", record.get("type", "default"))
+            if kind != "default":
+                raise UserError(f"the numpy reference implements unscaled RoPE only, not {kind!r}", "verify with --reference torch")
         self.theta = float(rope.get("rope_theta", cfg.get("rope_theta", 10000.0)))
         partial = float(cfg.get("partial_rotary_factor", 1.0))
         if partial != 1.0:
