@@ -8,7 +8,8 @@ Levels (each includes the one before):
   ``reference="numpy"``, which never imports torch), recomputes e(p,t), eps, MAE, cov_act, cov_path,
   cov_loss (from the stored per-token losses), and the verdict under the verifier's policy.
 * ``full``: also loads the model, checks its weights digest, re-captures the traces and re-runs the
-  suffixes to re-derive the stitched losses and cov_loss.
+  suffixes to re-derive the stitched losses and cov_loss. With ``reference="numpy"`` the model is the
+  verifier's own float64 numpy forward (:mod:`blockcert.reference`), which shares no code with the producer.
 
 The verifier's policy comes from its caller, never from the certificate: a certificate whose thresholds
 are looser than the verifier's fails, and a claimed ``certified: true`` must hold under the verifier's
@@ -63,8 +64,8 @@ MIGRATIONS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
 }
 REFERENCES = ("torch", "numpy")
 #: each reference's module: ``replay_one(ir, x_in)``, ``recheck_bounds``, ``remeasure_edit`` and ``FullCheck`` (the
-#: model at level full). The numpy one
-#: never imports torch or producer code (tests/test_import_graph.py); the torch one is imported only when chosen.
+#: model at level full). The numpy one never imports torch or producer code (tests/test_import_graph.py); the
+#: torch one is imported only when chosen.
 BACKENDS = {"torch": "blockcert.verify_full", "numpy": "blockcert.reference.full"}
 
 
@@ -750,7 +751,8 @@ def verify(path: str | Path, *, level: str = "replay", reference: str = "torch",
     target = Path(path)
     edit_root = target if is_edit_dir(target) else target.parent if target.name == "certificate.json" and is_edit_dir(target.parent) else None
     if edit_root is not None:  # an edit certificate (blockcert edit): regenerated with the model at levels replay/full
-        return VerifyReport(str(edit_root), level, reference, policy, tol, (verify_edit(edit_root, level=level, model=model, reference=reference, tol=tol),))
+        report = verify_edit(edit_root, level=level, model=model, reference=reference, tol=tol)
+        return VerifyReport(str(edit_root), level, reference, policy, tol, (report,))
     if level == "full" and model is None:
         raise UserError("--level full needs --model (the model the certificates claim to certify)")
     root, certs = find_certificates(Path(path))

@@ -129,6 +129,8 @@ class FullCheck:
         # layer's token norms (model-derived: the traces were just checked against the model)
         mean_norm = [float(np.mean(np.concatenate([norms(t["residual"][ell + 1]) for t in stored]))) for ell in range(L)]
         max_norm = [float(np.max(np.concatenate([norms(t["residual"][ell + 1]) for t in stored]))) for ell in range(L)]
+        if isinstance(stored, list):
+            del stored[:]  # the stored traces are no longer needed: free them before the model re-runs everything
         again = recompute(root, self.model_spec, pred["stitched_blocks"], stream=self.stream, loaded=self.loaded)
         for key in sorted(again):
             a, b = m[key], again[key]
