@@ -4,9 +4,9 @@
         [--alphas 0,0.25,0.33,0.5,1] [--max-new-tokens 48] [--batch-size 24]
 
 On the built-in refusal corpus (24 prompts, chat template), batched and padded exactly as
-``blockcert.edits.generate`` batches them, three things are timed alternately in one process (G P, P G, ...):
+``blockcert.edit.certify.generate`` batches them, three things are timed alternately in one process (G P, P G, ...):
 
-* **G**: one greedy generation of the corpus (``blockcert.edits.generate``, the unit of a sweep);
+* **G**: one greedy generation of the corpus (``blockcert.edit.certify.generate``, the unit of a sweep);
 * **P**: the prompt prefill alone (one HF forward over the same left-padded batches, with a KV cache), the
   part of a generation that an edit at block l could share with the unedited model for blocks < l;
 * **E**: one generation with ``mlp-scale`` at the middle block of ``--blocks`` (``α`` = the first α < 1), to
@@ -43,7 +43,7 @@ def main() -> int:
     import torch
 
     import blockcert
-    from blockcert.edits import Decoding, edit_handle, generate, load_corpus, prompt_texts
+    from blockcert.edit.certify import Decoding, edit_handle, generate, load_corpus, prompt_texts
 
     blocks = [int(b) for b in args.blocks.split(",")]
     alphas = [float(a) for a in args.alphas.split(",")]

@@ -3,14 +3,14 @@
     .venv/bin/python benchmarks/run_costs.py [--repeats 7] [--run-repeats 3] [--inner 5] [--blocks 0,15,29] [--check]
 
 Three ratios, each on the built-in stress prompts batched exactly as ``blockcert run`` batches them
-(``--batch-size`` prompts per batch, right-padded with ``blockcert.trace.pad_batch``):
+(``--batch-size`` prompts per batch, right-padded with ``blockcert.pipeline.trace.pad_batch``):
 
-1. ``blockcert.trace.capture(loaded, prompts)`` ÷ a plain HF forward (``loaded.model(ids, use_cache=False)``
+1. ``blockcert.pipeline.trace.capture(loaded, prompts)`` ÷ a plain HF forward (``loaded.model(ids, use_cache=False)``
    under ``torch.no_grad``) over the same padded batches.                                   target <= 1.1
 2. per block, ``get_plugins().replay(ir, x, positions)`` (the torch float32 IR replay) ÷
    ``loaded.native.call_block(index, x, positions)``, both on the recorded padded batch inputs
    x^(index) of every batch.                                                                target <= 1.3
-3. ``blockcert.run(loaded=loaded, blocks="all", force=True)`` (``blockcert.pipeline.run``) on every
+3. ``blockcert.run(loaded=loaded, blocks="all", force=True)`` (``blockcert.pipeline.certify.run``) on every
    block ÷ one plain forward-with-loss (HF forward + ``token_nll`` on the logits) over the same
    batches.                                                                                 target <= 22
 
@@ -43,9 +43,9 @@ import attrs
 import torch
 
 import blockcert
-from blockcert.pipeline import run as blockcert_run
+from blockcert.pipeline.certify import run as blockcert_run
 from blockcert.prompts import builtin
-from blockcert.trace import batches, capture, pad_batch, token_nll, tokenize_prompts
+from blockcert.pipeline.trace import batches, capture, pad_batch, token_nll, tokenize_prompts
 
 TARGET_CAPTURE = 1.1
 TARGET_REPLAY = 1.3

@@ -88,7 +88,7 @@ def main() -> int:
 
     ckpt = args.ckpt
     if ckpt is None:
-        from blockcert.synthetic import cached_checkpoint
+        from blockcert.model.synthetic import cached_checkpoint
 
         ckpt = cached_checkpoint(args.cache, args.shape, args.weights_dtype, announce=lambda m: print(m, flush=True))
     prompts = args.prompts or ckpt / "prompts.txt"

@@ -8,7 +8,7 @@ tokens batched as ``blockcert run`` batches them:
 
 * the traces are captured and every block's IR is extracted and replayed on them (not timed: that is
   the extraction's cost, not loss coverage's);
-* **S**: ``blockcert.staircase.suffix_losses`` for all L blocks at once — one pass over blocks 0..L-1
+* **S**: ``blockcert.pipeline.staircase.suffix_losses`` for all L blocks at once — one pass over blocks 0..L-1
   that advances every replaced variant through each block, then the head and the token NLLs of all L
   variants: the whole loss-coverage work of a run over all blocks;
 * **F**: one clean forward with loss over the same batches (embed, L native blocks, head, NLL), sampled
@@ -42,9 +42,9 @@ import numpy as np
 import torch
 
 import blockcert
-from blockcert.staircase import pad_rows, suffix_losses
-from blockcert.synthetic import cached_checkpoint, synthetic_prompts
-from blockcert.trace import batches, capture, pad_batch, prompt_nll
+from blockcert.pipeline.staircase import pad_rows, suffix_losses
+from blockcert.model.synthetic import cached_checkpoint, synthetic_prompts
+from blockcert.pipeline.trace import batches, capture, pad_batch, prompt_nll
 
 TARGET_RATIO = 0.6
 TARGET_SPOT = 1e-6

@@ -23,10 +23,10 @@ import torch
 import blockcert
 from blockcert.interpreter import replay
 from blockcert.metrics import token_errors, token_norms
-from blockcert.pipeline import measure_block
-from blockcert.promptsets import load_prompts
-from blockcert.trace import capture
-from blockcert.verify import Tolerances
+from blockcert.pipeline.certify import measure_block
+from blockcert.pipeline.promptsets import load_prompts
+from blockcert.pipeline.trace import capture
+from blockcert.verifier.core import Tolerances
 
 U32 = 2.0 ** -24
 

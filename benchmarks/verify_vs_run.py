@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/verify_vs_run.py [--blocks all] [--prompts builtin:stress]
 
 Runs `blockcert.run` once (model already loaded, so model loading is not counted on either side), then
-`blockcert.verify` on its output at --level hashes and --level replay (torch and numpy references).
+`blockcert.verifier.core` on its output at --level hashes and --level replay (torch and numpy references).
 Target: replay-level verify ≤ 0.5 × run.
 """
 
@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import blockcert
-from blockcert.verify import verify
+from blockcert.verifier.core import verify
 
 
 def main() -> None:

@@ -14,50 +14,50 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from .errors import UserError
-from .hookspecs import hookimpl
-from .ir import SCHEMA_VERSION, BlockIR, load_ir, save_ir
+from blockcert.errors import UserError
+from blockcert.hookspecs import hookimpl
+from blockcert.ir import SCHEMA_VERSION, BlockIR, load_ir, save_ir
 
 __version__ = "0.1.0"
 
 _LAZY = {
-    "load_model": ("blockcert.models", "load_model"),
-    "wrap_model": ("blockcert.models", "wrap_model"),
-    "LoadedModel": ("blockcert.models", "LoadedModel"),
+    "load_model": ("blockcert.model.load", "load_model"),
+    "wrap_model": ("blockcert.model.load", "wrap_model"),
+    "LoadedModel": ("blockcert.model.load", "LoadedModel"),
     "replay": ("blockcert.interpreter", "replay"),
     "Replay": ("blockcert.interpreter", "Replay"),
     "get_plugins": ("blockcert.plugins", "get_plugins"),
-    "check_blocks": ("blockcert.equivalence", "check_blocks"),
-    "run": ("blockcert.pipeline", "run"),
-    "RunResult": ("blockcert.pipeline", "RunResult"),
-    "BlockResult": ("blockcert.pipeline", "BlockResult"),
+    "check_blocks": ("blockcert.model.equivalence", "check_blocks"),
+    "run": ("blockcert.pipeline.certify", "run"),
+    "RunResult": ("blockcert.pipeline.certify", "RunResult"),
+    "BlockResult": ("blockcert.pipeline.certify", "BlockResult"),
     "Policy": ("blockcert.metrics", "Policy"),
     "BlockMetrics": ("blockcert.metrics", "BlockMetrics"),
     "parse_spec": ("blockcert.spec", "parse_spec"),
-    "stitch": ("blockcert.stitch", "stitch"),
-    "bound": ("blockcert.compose", "bound"),
-    "BoundReport": ("blockcert.compose", "BoundReport"),
-    "BoundSettings": ("blockcert.lipschitz", "BoundSettings"),
-    "verify": ("blockcert.verify", "verify"),
+    "stitch": ("blockcert.pipeline.stitch", "stitch"),
+    "bound": ("blockcert.bounds.compose", "bound"),
+    "BoundReport": ("blockcert.bounds.compose", "BoundReport"),
+    "BoundSettings": ("blockcert.bounds.record", "BoundSettings"),
+    "verify": ("blockcert.verifier.core", "verify"),
 }
 
 if TYPE_CHECKING:
-    from .compose import BoundReport, bound
-    from .lipschitz import BoundSettings
-    from .stitch import stitch
-    from .verify import verify
-    from .equivalence import check_blocks
-    from .metrics import BlockMetrics, Policy
-    from .pipeline import BlockResult, RunResult, run
-    from .interpreter import Replay, replay
-    from .models import LoadedModel, load_model, wrap_model
-    from .plugins import get_plugins
-    from .spec import parse_spec
+    from blockcert.bounds.compose import BoundReport, bound
+    from blockcert.bounds.record import BoundSettings
+    from blockcert.interpreter import Replay, replay
+    from blockcert.metrics import BlockMetrics, Policy
+    from blockcert.model.equivalence import check_blocks
+    from blockcert.model.load import LoadedModel, load_model, wrap_model
+    from blockcert.pipeline.certify import BlockResult, RunResult, run
+    from blockcert.pipeline.stitch import stitch
+    from blockcert.plugins import get_plugins
+    from blockcert.spec import parse_spec
+    from blockcert.verifier.core import verify
 
 
 def to_ir(model: Any, index: int, n_ctx: int = 512) -> BlockIR:
     """Block ``index`` of a :class:`LoadedModel` as an IR covering positions ``0..n_ctx-1``."""
-    from .plugins import get_plugins
+    from blockcert.plugins import get_plugins
 
     return get_plugins().to_ir(model.native, index, n_ctx)
 

@@ -1,3 +1,3 @@
-from .cli import main
+from blockcert.cli import main
 
 main()

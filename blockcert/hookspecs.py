@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any, Callable
 import pluggy
 
 if TYPE_CHECKING:
-    from .catalog import Architecture, ModelEntry
-    from .interpreter import Replay
-    from .ir import BlockIR
-    from .native import NativeModel
-    from .spec import Spec
+    from blockcert.catalog import Architecture, ModelEntry
+    from blockcert.interpreter import Replay
+    from blockcert.ir import BlockIR
+    from blockcert.native import NativeModel
+    from blockcert.spec import Spec
 
 hookspec = pluggy.HookspecMarker("blockcert")
 hookimpl = pluggy.HookimplMarker("blockcert")

@@ -24,8 +24,8 @@ import cattrs
 import numpy as np
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError
 
-from .errors import IRFormatError
-from .fsutil import atomic_write_text, atomic_write_with
+from blockcert.artifacts.fsutil import atomic_write_text, atomic_write_with
+from blockcert.errors import IRFormatError
 
 SCHEMA_VERSION = 1
 

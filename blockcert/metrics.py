@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import attrs
 import numpy as np
 
-from .policy import Policy
+from blockcert.policy import Policy
 
 __all__ = ["BlockMetrics", "Policy", "block_metrics", "certified", "cov_act", "cov_loss", "cov_path", "epsilon", "mae",
            "path_matches", "token_errors", "token_norms"]

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import UserError
-from .ir import Linear, Norm, Rope
+from blockcert.errors import UserError
+from blockcert.ir import Linear, Norm, Rope
 
 
 class NativeModel(abc.ABC):
@@ -65,7 +65,7 @@ class NativeModel(abc.ABC):
         """
         mlp = getattr(self.blocks[index], "mlp", None)
         if not isinstance(mlp, torch.nn.Module):
-            from .errors import UserError
+            from blockcert.errors import UserError
 
             raise UserError(f"{self.arch} block {index} has no `mlp` submodule", "its plugin must override NativeModel.mlp_module")
         return mlp

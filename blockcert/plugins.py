@@ -17,15 +17,15 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import pluggy
 
-from . import hookspecs
-from .errors import UserError
+from blockcert import hookspecs
+from blockcert.errors import UserError
 
 if TYPE_CHECKING:
-    from .catalog import Architecture, ModelEntry
-    from .interpreter import Replay
-    from .ir import BlockIR
-    from .native import NativeModel
-    from .spec import Spec
+    from blockcert.catalog import Architecture, ModelEntry
+    from blockcert.interpreter import Replay
+    from blockcert.ir import BlockIR
+    from blockcert.native import NativeModel
+    from blockcert.spec import Spec
 
 ENTRY_POINT_GROUP = "blockcert"
 DISABLE_ENV = "BLOCKCERT_DISABLE_PLUGINS"

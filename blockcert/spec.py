@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import attrs
 
-from .errors import UserError
+from blockcert.errors import UserError
 
 _NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
 

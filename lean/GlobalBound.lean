@@ -36,7 +36,7 @@ theorem comp_succ (B : ℕ → X → X) (n : ℕ) (x : X) : comp B (n + 1) x = B
 
 end Defs
 
-/-- Horner's rule: `delta 0 = 0`, `delta (n+1) = L n * delta n + eps n` (what `blockcert.compose` computes). -/
+/-- Horner's rule: `delta 0 = 0`, `delta (n+1) = L n * delta n + eps n` (what `blockcert.bounds.compose` computes). -/
 noncomputable def delta (eps L : ℕ → ℝ) : ℕ → ℝ
   | 0 => 0
   | n + 1 => L n * delta eps L n + eps n

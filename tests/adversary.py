@@ -19,12 +19,13 @@ import torch
 from safetensors.numpy import load_file, save
 
 from blockcert.certificate import TENSOR_ANNOTATION, subject
-from blockcert.digest import canonical_json, tensors_sha256
+from blockcert.artifacts.digest import canonical_json, tensors_sha256
 from blockcert.ir import load_ir
 from blockcert.metrics import Policy
-from blockcert.pipeline import Extraction, _certify, _replay_all, measure_block
-from blockcert.trace import load_traces, prompt_file
-from blockcert.verify import _expected_summary, find_certificates
+from blockcert.pipeline.certify import Extraction, _certify, _replay_all, measure_block
+from blockcert.pipeline.trace import load_traces, prompt_file
+from blockcert.verifier.blocks import expected_summary
+from blockcert.verifier.core import find_certificates
 
 
 def block_dirs(root: Path) -> list[str]:
@@ -49,7 +50,7 @@ def resummarize(root: Path) -> None:
     _, certs = find_certificates(root)
     for rel in certs:
         redigest(root, rel)
-    (root / "metrics.json").write_bytes(canonical_json(_expected_summary(root, certs)))
+    (root / "metrics.json").write_bytes(canonical_json(expected_summary(root, certs)))
     full = root / "full/certificate.json"
     if full.is_file():
         cert = json.loads(full.read_bytes())
@@ -99,7 +100,7 @@ def replay_into_trace(root: Path, ell: int, ir_stem: Path, loaded: Any) -> None:
     """x^(ell+1) := the given IR's replay of x^(ell) in every trace, and the native suffix x^(ell+2..L) and
     the baseline losses re-run from it with the real model: a trace in which that IR is exact."""
     from blockcert.interpreter import replay
-    from blockcert.trace import prompt_nll
+    from blockcert.pipeline.trace import prompt_nll
 
     ir = load_ir(ir_stem)
     native = loaded.native

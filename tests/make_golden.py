@@ -4,7 +4,7 @@
 
 A small seeded random Llama with the real SmolLM2 tokenizer, two blocks, the default prompts. Every later
 version of BlockCert must still verify the committed golden runs (tests/test_golden.py); when the format
-changes, add a migration in blockcert/verify.py and a new golden directory instead of rewriting an old one.
+changes, add a migration in blockcert/verifier/subjects.py and a new golden directory instead of rewriting an old one.
 """
 
 from __future__ import annotations

@@ -24,7 +24,9 @@ from array_api_compat import array_namespace
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from blockcert import bounds as B
+import blockcert.bounds as B
+from blockcert.bounds import mlp as Bmlp
+from blockcert.bounds import rounding as Bround
 from blockcert import interpreter as itp
 from blockcert.ir import MLP, Linear, Norm
 
@@ -220,7 +222,7 @@ def test_global_bound_linear_perturbations_on_a_ball(n_layers: int, dim: int, se
     normA = [B.spectral_upper_bound(a).value for a in A]
     eps, radius = [], Fraction(1)
     for a_norm, Ei in zip(normA, E):
-        eps.append(float(B._fup(Fraction(B.spectral_upper_bound(Ei).value) * radius)))
+        eps.append(float(Bround.fup(Fraction(B.spectral_upper_bound(Ei).value) * radius)))
         radius *= Fraction(a_norm)
     lips = [max(B.spectral_upper_bound(a).value, B.spectral_upper_bound(a + e).value) for a, e in zip(A, E)]
     bound = B.global_bound(eps, lips)
@@ -434,10 +436,10 @@ def test_attention_value_path_needs_the_column_factor() -> None:
 @pytest.mark.parametrize("kind", ["silu", "gelu", "gelu_tanh"])
 def test_activation_shape_assumptions(kind: str) -> None:
     """The interval bounds rely on a' having exactly two critical points +-t_star and a one minimum t_min."""
-    c = B._ACT_CONSTANTS[kind]
+    c = Bmlp.ACT_CONSTANTS[kind]
     t = np.linspace(-40, 40, 800_001)
-    da = B._dact(kind, t)
-    a = B._act(kind, t)
+    da = Bmlp.dact(kind, t)
+    a = Bmlp.act(kind, t)
     assert da.max() <= c.dmax and -da.min() <= c.dmin_abs and -a.min() <= c.amin_abs
     dd = np.diff(da)
     sig = np.sign(dd[np.abs(dd) > 1e-13])
@@ -455,12 +457,12 @@ def test_activation_interval_bounds(kind: str) -> None:
     lo = rng.uniform(-8, 8, 300)
     hi = lo + rng.exponential(2.0, 300) * (rng.random(300) < 0.9)
     lo[:3], hi[:3] = -2.4, -2.39  # around -t_star, t_min, t_star
-    dmax = B._dact_absmax(kind, lo, hi)
-    amax = B._act_absmax(kind, lo, hi)
+    dmax = Bmlp.dact_absmax(kind, lo, hi)
+    amax = Bmlp.act_absmax(kind, lo, hi)
     for i in range(lo.size):
         t = np.linspace(lo[i], hi[i], 2001)
-        assert np.max(np.abs(B._dact(kind, t))) <= dmax[i]
-        assert np.max(np.abs(B._act(kind, t))) <= amax[i]
+        assert np.max(np.abs(Bmlp.dact(kind, t))) <= dmax[i]
+        assert np.max(np.abs(Bmlp.act(kind, t))) <= amax[i]
 
 
 def _mlp_ir(seed: int, activation: str, gated: bool, norm_kind: str, d: int, f: int, wscale: float):

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 import blockcert
-from blockcert.compose import bound
+from blockcert.bounds.compose import bound
 from blockcert.errors import UserError
-from blockcert.pipeline import run
-from blockcert.stitch import stitch
-from blockcert.verify import verify
+from blockcert.pipeline.certify import run
+from blockcert.pipeline.stitch import stitch
+from blockcert.verifier.core import verify
 from test_run import make_model_dir
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from blockcert.errors import UserError
-from blockcert.verify import verify
+from blockcert.verifier.core import verify
 from test_run import make_model_dir
 
 

@@ -17,8 +17,8 @@ from safetensors.numpy import load_file, save
 from blockcert.derive import BASE_STEM
 from blockcert.errors import UserError
 from blockcert.ir import load_ir
-from blockcert.pipeline import run
-from blockcert.verify import verify
+from blockcert.pipeline.certify import run
+from blockcert.verifier.core import verify
 from test_run import make_model_dir
 from test_tamper import edit_cert, failures, redigest
 

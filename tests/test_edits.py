@@ -15,16 +15,15 @@ import pytest
 import torch
 
 import blockcert
-from blockcert.edits import (
+from blockcert.edit.certify import (
     HARMFUL_MARKERS, CorpusItem, Decoding, certify_edit, classify, edit_handle, load_corpus, score, sweep,
 )
 from blockcert.errors import UserError
-from blockcert.edits import import_labels
-from blockcert.human import aggregate
+from blockcert.edit.human import aggregate
 from blockcert.interpreter import replay
 from blockcert.plugins import get_plugins
 from blockcert.spec import parse_spec
-from blockcert.verify import verify
+from blockcert.verifier.core import verify
 from test_run import make_model_dir
 
 FAST = Decoding(max_new_tokens=6)
@@ -188,7 +187,7 @@ def test_edit_certificate_tampering(certified, tiny, tmp_path, smollm2):
     assert "judgement refuse-12 edited" in failures(w, level="hashes")
 
     w = copy("consistent")  # ... and with the judgement redone too, only regeneration catches it
-    from blockcert.edits import judgement_dict
+    from blockcert.edit.certify import judgement_dict
 
     def forge(rows):
         rows[-1]["edited"] = "I'm sorry, I cannot help with that."

@@ -18,11 +18,11 @@ import pytest
 from safetensors.numpy import load_file
 
 import blockcert
-from blockcert import experiments as ex
+from blockcert.pipeline import experiments as ex
 from blockcert.errors import UserError
-from blockcert.experiments import Settings
+from blockcert.pipeline.experiments import Settings
 from blockcert.prompts import builtin
-from blockcert.verify import verify
+from blockcert.verifier.core import verify
 from test_run import make_model_dir
 
 BLOCKS = (0, 1, 2)

@@ -15,9 +15,9 @@ from safetensors.numpy import load_file, save
 import blockcert
 from adversary import edit_json, edit_traces, recertify, recertify_all, redigest, replay_into_trace, resummarize
 from blockcert.metrics import Policy
-from blockcert.pipeline import run
-from blockcert.stitch import stitch
-from blockcert.verify import LEVELS, REFERENCES, verify
+from blockcert.pipeline.certify import run
+from blockcert.pipeline.stitch import stitch
+from blockcert.verifier.core import LEVELS, REFERENCES, verify
 from test_run import make_model_dir
 
 
@@ -272,7 +272,7 @@ def test_stray_file_under_full_is_caught(made, tmp_path):
 
 @pytest.fixture(scope="module")
 def edit_cert(made, tmp_path_factory) -> Path:
-    from blockcert.edits import Decoding, certify_edit
+    from blockcert.edit.certify import Decoding, certify_edit
 
     out = tmp_path_factory.mktemp("forged-edit") / "E"
     certify_edit(loaded=made["loaded"], spec="mlp-scale:block=1,alpha=0.33", out=out, decoding=Decoding(max_new_tokens=4))

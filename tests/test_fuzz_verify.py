@@ -15,8 +15,8 @@ import rfc8785
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from blockcert.pipeline import run
-from blockcert.verify import verify
+from blockcert.pipeline.certify import run
+from blockcert.verifier.core import verify
 from test_run import make_model_dir
 
 EXAMPLES = {"ci": 500, "fast": 40, "dev": 2000}.get(os.environ.get("HYPOTHESIS_PROFILE", "ci"), 500)

@@ -1,7 +1,7 @@
 """Golden runs: every later version of BlockCert must still verify the certificates committed here.
 
 When the certificate format changes, bump CERT_SCHEMA_VERSION, add a migration for the old predicate type
-in blockcert/verify.py (MIGRATIONS), and add a new golden directory with tests/make_golden.py; never
+in blockcert/verifier/subjects.py (MIGRATIONS), and add a new golden directory with tests/make_golden.py; never
 rewrite an old one.
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from blockcert.verify import Tolerances, verify
+from blockcert.verifier.core import Tolerances, verify
 
 DATA = Path(__file__).parent / "data"
 GOLDEN = sorted(DATA.glob("golden-run-v*"))

@@ -16,11 +16,11 @@ import torch
 from safetensors.numpy import load_file
 
 import blockcert
-from blockcert.edits import Decoding, certify_edit, generate, load_corpus, prompt_texts, sweep
+from blockcert.edit.certify import Decoding, certify_edit, generate, load_corpus, prompt_texts, sweep
 from blockcert.interpreter import replay
 from blockcert.ir import load_ir
-from blockcert.pipeline import run
-from blockcert.stitch import probe_items, stitch
+from blockcert.pipeline.certify import run
+from blockcert.pipeline.stitch import probe_items, stitch
 from test_run import make_model_dir
 
 TAU_LOSS = 1e-3

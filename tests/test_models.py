@@ -10,7 +10,7 @@ import torch
 import blockcert
 from blockcert import builtin
 from blockcert.errors import ModelNotInstalled, UserError
-from blockcert.models import gguf_cache_dir, load_model, resolve
+from blockcert.model.load import gguf_cache_dir, load_model, resolve
 from strategies import seeded_model
 
 

@@ -1,4 +1,4 @@
-"""Path coverage that can fail: m_l is observed from the native block (blockcert/observe.py), not assumed.
+"""Path coverage that can fail: m_l is observed from the native block (blockcert/model/observe.py), not assumed.
 
 A model whose attention applies a sliding window the adapter does not know about, and a model with a dead
 head, are traced as they really behave; an IR that disagrees loses path coverage, and verify --level full
@@ -14,9 +14,9 @@ import torch
 from transformers.modeling_utils import AttentionInterface
 
 import blockcert
-from blockcert.pipeline import run
-from blockcert.trace import capture
-from blockcert.verify import verify
+from blockcert.pipeline.certify import run
+from blockcert.pipeline.trace import capture
+from blockcert.verifier.core import verify
 from test_run import make_model_dir
 
 WINDOW = 3

@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors.numpy import load_file
 
-from blockcert.pipeline import run
-from blockcert.verify import verify
+from blockcert.pipeline.certify import run
+from blockcert.verifier.core import verify
 
 
 @pytest.fixture(scope="module")

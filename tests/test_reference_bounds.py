@@ -1,5 +1,5 @@
-"""The independent reference for the Lipschitz bounds (blockcert/reference/bounds.py) and the verifier's check
-against it (blockcert/verify_bounds.py: recheck_lipschitz).
+"""The independent reference for the Lipschitz bounds (blockcert/verifier/reference/bounds.py) and the verifier's check
+against it (blockcert/verifier/bounds.py: recheck_lipschitz).
 
 (a) On real IRs of random-init GPT-2 and Llama blocks the reference brackets the optimized bounds within the
     stated ratios (and a bound moved by a factor is caught, field by field).
@@ -22,13 +22,13 @@ import pytest
 import torch
 
 import blockcert
-from blockcert import lipschitz
-from blockcert.bounds_format import UPPER_FIELDS, BoundSettings
-from blockcert.checks import Checker
+from blockcert.bounds import record as lipschitz
+from blockcert.artifacts.bounds_record import UPPER_FIELDS, BoundSettings
+from blockcert.verifier.checks import Checker
 from blockcert.ir import MLP, SCHEMA_VERSION, Attention, BlockIR, Linear, Norm, Rope
-from blockcert.reference import bounds as RB
-from blockcert.verify import verify
-from blockcert.verify_bounds import RATIOS, SOUND_DELTA, SPECTRAL_RATIO, _fdown, _fup, epsilon_seq, recheck_lipschitz
+from blockcert.verifier.reference import bounds as RB
+from blockcert.verifier.core import verify
+from blockcert.verifier.bounds import RATIOS, SOUND_DELTA, SPECTRAL_RATIO, _fdown, _fup, epsilon_seq, recheck_lipschitz
 from irfactory import tiny_ir
 from strategies import seeded_model
 

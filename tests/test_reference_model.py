@@ -1,4 +1,4 @@
-"""The verifier's float64 numpy model (blockcert/reference/model.py) against Hugging Face's own forward.
+"""The verifier's float64 numpy model (blockcert/verifier/reference/model.py) against Hugging Face's own forward.
 
 The numpy reference re-derives traces, stitched losses, perplexities and edit deviations with this model,
 so it must be the architecture: per layer, its residual stream equals HF's ``output_hidden_states`` within
@@ -18,7 +18,7 @@ from transformers import GPT2Config, LlamaConfig, Qwen2Config
 
 import blockcert
 from blockcert.errors import UserError
-from blockcert.reference.model import Model
+from blockcert.verifier.reference.model import Model
 
 CONFIGS = {
     "llama": lambda: LlamaConfig(vocab_size=97, hidden_size=48, intermediate_size=80, num_hidden_layers=2, num_attention_heads=4,

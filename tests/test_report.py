@@ -15,11 +15,12 @@ from pathlib import Path
 import pytest
 
 from blockcert.errors import UserError
-from blockcert.pipeline import run
-from blockcert.report import collect, default_output, load_edit_sweep, write_report
-from blockcert.report_html import SECTIONS
-from blockcert.stitch import stitch
-from blockcert.verify import verify
+from blockcert.pipeline.certify import run
+from blockcert.report.gather import collect, load_edit_sweep
+from blockcert.report.write import default_output, write_report
+from blockcert.report.html import SECTIONS
+from blockcert.pipeline.stitch import stitch
+from blockcert.verifier.core import verify
 from test_run import make_model_dir
 
 # Debian's packages `chromium` and `chromium-driver`; other places through the environment
@@ -169,7 +170,7 @@ def test_tampered_run_is_reported_as_failing(runs, tmp_path):
 
 
 def test_colour_scale_and_png():
-    from blockcert.report_svg import bucket, png
+    from blockcert.report.svg import bucket, png
 
     assert [bucket(r) for r in (0.0, 1e-3, 0.05, 1.0)] == [0, 1, 2, 3]  # e = τ_act is covered
     assert [bucket(r) for r in (1.0000001, 5.0, 99.0, 1e9, float("nan"))] == [4, 5, 6, 7, 7]

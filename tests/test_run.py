@@ -14,12 +14,12 @@ import torch
 from safetensors.numpy import load_file
 
 import blockcert
-from blockcert.digest import file_sha256, tensors_sha256
+from blockcert.artifacts.digest import file_sha256, tensors_sha256
 from blockcert.errors import UserError
 from blockcert.interpreter import replay
 from blockcert.ir import load_ir
 from blockcert.metrics import Policy
-from blockcert.pipeline import run
+from blockcert.pipeline.certify import run
 from strategies import seeded_model
 
 
@@ -144,7 +144,7 @@ def test_default_model_identity_ir_is_certified(tmp_path):
         assert max(float(v.max()) for k, v in errors.items() if k.endswith(".error")) == pytest.approx(b["epsilon"])
     assert not list(out.rglob(".*.tmp"))
     # a third party re-derives everything, at every depth, and the torch-free float64 reference agrees
-    from blockcert.verify import verify
+    from blockcert.verifier.core import verify
 
     for kwargs in ({"level": "hashes"}, {"level": "replay"}, {"level": "replay", "reference": "numpy"},
                    {"level": "full", "model": "smollm2-135m-instruct"}):

@@ -11,9 +11,9 @@ from fractions import Fraction
 import pytest
 import rfc8785
 
-from blockcert.pipeline import run
-from blockcert.stitch import probe_items, stitch
-from blockcert.verify import verify
+from blockcert.pipeline.certify import run
+from blockcert.pipeline.stitch import probe_items, stitch
+from blockcert.verifier.core import verify
 from test_run import make_model_dir
 
 
@@ -54,7 +54,7 @@ def test_full_model_certificate_verifies_at_every_level(stitched_run):
         assert report.ok, (kwargs, [(c.path, ch.name, ch.detail) for c in report.certificates for ch in c.checks if not ch.ok])
         assert any(c.kind == "full-model" for c in report.certificates)
     # the numpy reference never imports torch, full-model certificate included
-    code = (f"import sys; from blockcert.verify import verify; r = verify({str(root)!r}, reference='numpy'); "
+    code = (f"import sys; from blockcert.verifier.core import verify; r = verify({str(root)!r}, reference='numpy'); "
             "assert r.ok and any(c.kind == 'full-model' for c in r.certificates); assert 'torch' not in sys.modules, 'torch imported'")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]

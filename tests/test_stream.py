@@ -16,13 +16,13 @@ from safetensors import safe_open
 
 import blockcert
 from blockcert.errors import UserError
-from blockcert.executors import LocalExecutor, get_executor
-from blockcert.pipeline import certify_blocks, extract_block, measure_block, plan_groups, run, slice_traces, BlockTask
-from blockcert.staircase import suffix_losses
-from blockcert.stitch import stitch
-from blockcert.synthetic import INDEX_FILE, PROMPTS_FILE, LlamaShape, synthesize
-from blockcert.trace import capture
-from blockcert.verify import verify
+from blockcert.pipeline.executors import LocalExecutor, get_executor
+from blockcert.pipeline.certify import certify_blocks, extract_block, measure_block, plan_groups, run, slice_traces, BlockTask
+from blockcert.pipeline.staircase import suffix_losses
+from blockcert.pipeline.stitch import stitch
+from blockcert.model.synthetic import INDEX_FILE, PROMPTS_FILE, LlamaShape, synthesize
+from blockcert.pipeline.trace import capture
+from blockcert.verifier.core import verify
 
 SHAPE = LlamaShape(layers=4, hidden=64, intermediate=128, heads=4, kv_heads=2, vocab=300, max_positions=256)
 
@@ -250,7 +250,7 @@ def test_executor_errors(ckpt):
         get_executor("local", workers=3)
     assert isinstance(get_executor("local"), LocalExecutor)
     loaded = blockcert.wrap_model(blockcert.load_model(ckpt).model)
-    from blockcert.executors import model_ref
+    from blockcert.pipeline.executors import model_ref
 
     with pytest.raises(UserError, match="cannot load it"):
         model_ref(loaded)
@@ -264,7 +264,7 @@ def test_ray_executor_equals_local(ckpt, memory_run, tmp_path):
         if os.environ.get("BLOCKCERT_REQUIRE_RAY") == "1":
             pytest.fail("Ray is not installed but BLOCKCERT_REQUIRE_RAY=1: pip install -e '.[ray]'")
         pytest.skip("Ray is not installed (pip install -e '.[ray]')")
-    from blockcert.executors import RayExecutor
+    from blockcert.pipeline.executors import RayExecutor
 
     ray.init(num_cpus=2, include_dashboard=False, logging_level="error", log_to_driver=False)
     try:
@@ -319,7 +319,7 @@ def test_stitch_holds_one_ir_at_a_time(ckpt, memory_run, tmp_path, monkeypatch):
     import shutil
     import weakref
 
-    import blockcert.stitch as stitch_module
+    import blockcert.pipeline.stitch as stitch_module
 
     out = tmp_path / "copy"
     shutil.copytree(memory_run, out)

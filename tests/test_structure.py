@@ -5,6 +5,7 @@ no module longer than ~500 lines unless its docstring says why."""
 from __future__ import annotations
 
 import ast
+import importlib
 from pathlib import Path
 
 import pytest
@@ -132,3 +133,9 @@ def test_long_modules_say_why(module):
         return
     doc = ast.get_docstring(ast.parse(path.read_text())) or ""
     assert "Why this module is long" in doc, f"{path.relative_to(ROOT)} has {lines} lines: split it, or say why in its docstring"
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if not m.endswith("__main__")))  # __main__ runs the CLI
+def test_every_module_imports(module):
+    """A moved name or a stale import fails here, not in the one test that happens to reach it."""
+    importlib.import_module(module)

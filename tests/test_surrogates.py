@@ -205,7 +205,10 @@ def test_every_transform_changes_the_replay(ir, data):
     base = replay(ir, x)
     for spec in specs:
         got = replay(bs.derive(ir, spec), x)
-        assert np.max(np.abs(got.output - base.output)) > 1e-6 * np.max(np.abs(base.output)), spec
+        # invert-mask moves query 0 from key 0 alone to a softmax over every key: by as little as the values
+        # differ, which a random block can make small (hypothesis found 8e-5 of 167); any change shows it acted
+        floor = 0.0 if spec == "invert-mask" else 1e-6 * np.max(np.abs(base.output))
+        assert np.max(np.abs(got.output - base.output)) > floor, spec
         assert np.array_equal(got.mask, base.mask) == (spec != "invert-mask"), spec
         active = np.ones(ir.attn.n_heads, dtype=bool)
         if spec.startswith("prune-heads"):

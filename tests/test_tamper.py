@@ -20,13 +20,12 @@ import pytest
 import rfc8785
 from safetensors.numpy import load_file, save
 
-import blockcert
 from blockcert.certificate import TENSOR_ANNOTATION
-from blockcert.digest import tensors_sha256
+from blockcert.artifacts.digest import tensors_sha256
 from blockcert.metrics import Policy
-from blockcert.pipeline import run
-from blockcert.safeio import ArtifactError, read_npz
-from blockcert.verify import verify
+from blockcert.pipeline.certify import run
+from blockcert.artifacts.safeio import ArtifactError, read_npz
+from blockcert.verifier.core import verify
 from test_run import make_model_dir
 
 CERT = "block_000/certificate.json"
@@ -425,7 +424,8 @@ def t_bounds_lowered_consistently(root: Path) -> str:
     """A smaller K_attn with every composition and summary redone to match: only recomputation catches it."""
     from fractions import Fraction
 
-    from blockcert.bounds import _fdown, _fup
+    from blockcert.bounds.rounding import fdown as _fdown
+    from blockcert.bounds.rounding import fup as _fup
 
     def lower(r: dict) -> None:
         up = r["certified"]["upper"]
@@ -553,7 +553,7 @@ def test_sparse_3gb_artifact_is_refused_in_bounded_memory(work):
     """The verifier reads a safetensors header before the file: a 3 GB sparse artifact costs no 3 GB."""
     CASES["sparse_3gb_artifact"](work)
     # VmHWM is this process's own peak (ru_maxrss would keep the forking pytest process's high-water mark)
-    code = ("import re, sys; from blockcert.verify import verify; ok = verify(sys.argv[1]).ok; "
+    code = ("import re, sys; from blockcert.verifier.core import verify; ok = verify(sys.argv[1]).ok; "
             "print(ok, re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))")
     proc = subprocess.run([sys.executable, "-c", code, str(work)], capture_output=True, text=True, timeout=300)
     ok, peak_kib = proc.stdout.split()

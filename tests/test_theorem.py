@@ -17,10 +17,10 @@ from pathlib import Path
 import attrs
 import pytest
 
-from blockcert import emit
-from blockcert.compose import bound
-from blockcert.pipeline import run
-from blockcert.stitch import stitch
+from blockcert.bounds import emit
+from blockcert.bounds.compose import bound
+from blockcert.pipeline.certify import run
+from blockcert.pipeline.stitch import stitch
 from test_run import make_model_dir
 
 LEAN = Path(__file__).resolve().parent.parent / "lean"

@@ -7,7 +7,7 @@ import sys
 import typer
 from rich.console import Console
 
-from ..errors import UserError
+from blockcert.errors import UserError
 
 app = typer.Typer(
     name="blockcert",
@@ -31,7 +31,7 @@ def out_console() -> Console:
 
 def _version(value: bool) -> None:
     if value:
-        from .. import __version__
+        from blockcert import __version__
 
         typer.echo(f"blockcert {__version__}")
         raise typer.Exit()
@@ -45,7 +45,18 @@ def _root(
 
 
 def _register_commands() -> None:
-    from . import bound_cmd, edit_cmd, experiment_cmd, ir_check, plugins_cmd, report_cmd, run_cmd, stitch_cmd, synth_cmd, verify_cmd  # noqa: F401  (commands register themselves on `app`)
+    from blockcert.cli import (  # noqa: F401  (commands register themselves on `app`)
+        bound_cmd,
+        edit_cmd,
+        experiment_cmd,
+        ir_check,
+        plugins_cmd,
+        report_cmd,
+        run_cmd,
+        stitch_cmd,
+        synth_cmd,
+        verify_cmd,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

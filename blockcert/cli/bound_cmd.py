@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from . import app, err_console, out_console
+from blockcert.cli import app, err_console, out_console
 
 
 def _sci(x: float | None) -> str:
@@ -16,7 +16,7 @@ def _sci(x: float | None) -> str:
 
 
 def render_bound(report) -> None:
-    from ..compose import sci_up
+    from blockcert.bounds.compose import sci_up
 
     console = out_console()
     sound = report.sound
@@ -68,13 +68,13 @@ def bound_command(
     in exact rational arithmetic rounded outward, beside the observed max residual of the stitched replay.
 
     Exit code 0; 1 if a sound bound is below the observed deviation; 2 for a usage error."""
-    from ..compose import bound
-    from ..errors import UserError
+    from blockcert.bounds.compose import bound
+    from blockcert.errors import UserError
 
     if emit is None and (emit_out is not None or variant != "mixed"):
         raise UserError(f"{'--emit-out' if emit_out is not None else '--variant'} needs --emit coq or --emit lean")
     if emit is not None:
-        from ..emit import target
+        from blockcert.bounds.emit import target
 
         emit_out = target(emit, emit_out, out, variant)  # argument mistakes exit 2 before any work
     with err_console.status("Verifying certificates and composing bounds"):
@@ -84,7 +84,7 @@ def bound_command(
     else:
         render_bound(report)
     if emit is not None:
-        from ..emit import emit as write_instance
+        from blockcert.bounds.emit import emit as write_instance
 
         done = write_instance(report, emit, emit_out, variant=variant)
         if not done.instance.sound:

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from . import app, err_console, out_console
+from blockcert.cli import app, err_console, out_console
 
 edit_app = typer.Typer(
     help="Certified local edits (paper §7): apply an edit, measure it on the refusal/safety corpus, write an edit certificate.",
@@ -22,13 +22,13 @@ CORPUS_HELP = "Labelled corpus: builtin:refusal (24 prompts: 12 answer, 12 refus
 
 
 def _decoding(max_new_tokens: int, batch_size: int, no_chat_template: bool):
-    from ..edits import Decoding
+    from blockcert.edit.certify import Decoding
 
     return Decoding(max_new_tokens=max_new_tokens, batch_size=batch_size, chat_template=not no_chat_template)
 
 
 def _spec(spec: str | None, block: int | None, mlp_scale: float | None) -> str:
-    from ..errors import UserError
+    from blockcert.errors import UserError
 
     if spec and (block is not None or mlp_scale is not None):
         raise UserError("give either --spec or --block with --mlp-scale, not both")
@@ -61,8 +61,8 @@ def edit_command(
     Sub-commands: `sweep` (many blocks × α), `export` / `import` (human labels)."""
     if ctx.invoked_subcommand is not None:
         return
-    from ..edits import certify_edit
-    from ..models import load_model
+    from blockcert.edit.certify import certify_edit
+    from blockcert.model.load import load_model
 
     text = _spec(spec, block, mlp_scale)
     decoding = _decoding(max_new_tokens, batch_size, no_chat_template)
@@ -96,7 +96,7 @@ def _acc(acc) -> dict:
 
 
 def _floats(text: str, what: str) -> list[float]:
-    from ..errors import UserError
+    from blockcert.errors import UserError
 
     try:
         return [float(v) for v in text.split(",") if v.strip()]
@@ -118,9 +118,9 @@ def sweep_command(
 ) -> None:
     """Answer and refuse accuracy for mlp-scale at every block × α (the analog of the paper's Table 7 and its
     Llama-2 block sweep); writes results.json, a plot (sweep.png) and every completion."""
-    from ..edits import sweep
-    from ..models import load_model
-    from ..spec import parse_blocks
+    from blockcert.edit.certify import sweep
+    from blockcert.model.load import load_model
+    from blockcert.spec import parse_blocks
 
     alpha_values = _floats(alphas, "--alphas")
     decoding = _decoding(max_new_tokens, batch_size, no_chat_template)
@@ -155,10 +155,10 @@ def export_command(
 ) -> None:
     """Write every completion (base and edited) to a CSV for human annotators: fill the `label` column with
     answer, refuse, harmful or other, then `blockcert edit import`."""
-    from ..errors import UserError
-    from ..fsutil import atomic_write_text
-    from ..human import export_csv
-    from ..verify_edit import is_edit_dir
+    from blockcert.artifacts.fsutil import atomic_write_text
+    from blockcert.edit.human import export_csv
+    from blockcert.errors import UserError
+    from blockcert.verifier.edit import is_edit_dir
 
     if not is_edit_dir(edit_dir):
         raise UserError(f"{edit_dir} is not a BlockCert edit directory (edit.json and certificate.json expected)")
@@ -174,7 +174,7 @@ def import_command(
 ) -> None:
     """Attach annotators' labels: copies them into the edit directory, aggregates answer/refuse accuracy,
     harmful rate and agreement, and re-issues the edit certificate with them."""
-    from ..edits import import_labels
+    from blockcert.edit.certify import import_labels
 
     human = import_labels(edit_dir, [str(s) for s in sheets])
     console = out_console()

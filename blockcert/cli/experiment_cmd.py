@@ -9,7 +9,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from . import app, out_console
+from blockcert.cli import app, out_console
 
 experiment_app = typer.Typer(
     name="experiment",
@@ -47,7 +47,7 @@ CERTIFY = typer.Option("builtin:default", "--certify-prompts", help="Prompt shif
 
 
 def _numbers(text: str, flag: str, kind: type) -> list[Any]:
-    from ..errors import UserError
+    from blockcert.errors import UserError
 
     try:
         values = [kind(p) for p in (part.strip() for part in text.split(",")) if p]
@@ -60,10 +60,10 @@ def _numbers(text: str, flag: str, kind: type) -> list[Any]:
 
 def _settings(model: str | None, blocks: str, dtype: str, prompts: str, tau_act: float, tau_loss: float, alpha_act: float,
               alpha_loss: float, batch_size: int, force: bool) -> Any:
-    from ..errors import UserError
-    from ..experiments import Settings
-    from ..metrics import Policy
-    from ..models import DTYPES
+    from blockcert.errors import UserError
+    from blockcert.metrics import Policy
+    from blockcert.model.load import DTYPES
+    from blockcert.pipeline.experiments import Settings
 
     try:
         policy = Policy(tau_act=tau_act, tau_loss=tau_loss, alpha_act=alpha_act, alpha_loss=alpha_loss)
@@ -77,7 +77,7 @@ def _settings(model: str | None, blocks: str, dtype: str, prompts: str, tau_act:
 
 
 def _out(out: Path | None, name: str) -> Path:
-    from ..experiments import OUT_ROOT
+    from blockcert.pipeline.experiments import OUT_ROOT
 
     return out if out is not None else OUT_ROOT / name
 
@@ -142,7 +142,7 @@ def render_sizes(t: Any) -> None:
 
 
 def render_shift(t: Any) -> None:
-    from ..experiments import prompt_label
+    from blockcert.pipeline.experiments import prompt_label
 
     a, b = prompt_label(t.certify_prompts), prompt_label(t.shifted_prompts)
     p = t.setup.policy
@@ -161,7 +161,7 @@ def render_shift(t: Any) -> None:
 
 
 def _finish(result: Any, out: Path, as_json: bool, render: Any) -> None:
-    from ..experiments import RESULTS, RUNS_DIR, to_json
+    from blockcert.pipeline.experiments import RESULTS, RUNS_DIR, to_json
 
     if as_json:
         typer.echo(json.dumps(to_json(result), indent=2))
@@ -184,7 +184,7 @@ def table2_command(
     out: Path = OUT, force: bool = FORCE, as_json: bool = AS_JSON, ranks: str = RANKS, surrogates: list[str] = SURROGATES,
 ) -> None:
     """Table 2: the extraction vs low-rank attention surrogates (and int8), on each block's best prompt."""
-    from ..experiments import table2
+    from blockcert.pipeline.experiments import table2
 
     settings = _settings(model, blocks, dtype, prompts, tau_act, tau_loss, alpha_act, alpha_loss, batch_size, force)
     rank_list = _numbers(ranks, "--ranks", int)
@@ -199,7 +199,7 @@ def table3_command(
     out: Path = OUT, force: bool = FORCE, as_json: bool = AS_JSON, ablations: list[str] = ABLATIONS,
 ) -> None:
     """Table 3: the extraction vs ablations (drop RoPE, invert the mask, zero W_V, noise on W_Q), on each block's best prompt."""
-    from ..experiments import table3
+    from blockcert.pipeline.experiments import table3
 
     settings = _settings(model, blocks, dtype, prompts, tau_act, tau_loss, alpha_act, alpha_loss, batch_size, force)
     result = table3(settings, _out(out, "table3"), ablations=ablations, progress=True)
@@ -213,7 +213,7 @@ def table4_command(
     out: Path = OUT, force: bool = FORCE, as_json: bool = AS_JSON, levels: str = LEVELS,
 ) -> None:
     """Table 4: per block, how many prompts reach each cov_act level with cov_loss ≥ α_loss (the extraction's run)."""
-    from ..experiments import table4
+    from blockcert.pipeline.experiments import table4
 
     settings = _settings(model, blocks, dtype, prompts, tau_act, tau_loss, alpha_act, alpha_loss, batch_size, force)
     result = table4(settings, _out(out, "table4"), levels=_numbers(levels, "--levels", float), progress=True)
@@ -227,7 +227,7 @@ def table5_command(
     out: Path = OUT, force: bool = FORCE, as_json: bool = AS_JSON, sizes: str = SIZES,
 ) -> None:
     """Table 5: per block, the minimum per-prompt cov_act over the first k prompts (the extraction's run)."""
-    from ..experiments import table5
+    from blockcert.pipeline.experiments import table5
 
     settings = _settings(model, blocks, dtype, prompts, tau_act, tau_loss, alpha_act, alpha_loss, batch_size, force)
     result = table5(settings, _out(out, "table5"), sizes=_numbers(sizes, "--sizes", int), progress=True)
@@ -241,7 +241,7 @@ def prompt_shift_command(
     out: Path = OUT, force: bool = FORCE, as_json: bool = AS_JSON, certify_prompts: str = CERTIFY,
 ) -> None:
     """Prompt shift: certify on --certify-prompts, re-measure the same extraction on --prompts."""
-    from ..experiments import prompt_shift
+    from blockcert.pipeline.experiments import prompt_shift
 
     settings = _settings(model, blocks, dtype, prompts, tau_act, tau_loss, alpha_act, alpha_loss, batch_size, force)
     result = prompt_shift(settings, _out(out, "prompt-shift"), certify_prompts=certify_prompts, progress=True)
@@ -256,7 +256,7 @@ def all_command(
     ablations: list[str] = ABLATIONS, levels: str = LEVELS, sizes: str = SIZES, certify_prompts: str = CERTIFY,
 ) -> None:
     """Every experiment, each run made once and shared (the extraction's run on --prompts serves all five)."""
-    from ..experiments import run_all
+    from blockcert.pipeline.experiments import run_all
 
     settings = _settings(model, blocks, dtype, prompts, tau_act, tau_loss, alpha_act, alpha_loss, batch_size, force)
     result = run_all(settings, _out(out, "all"), ranks=_numbers(ranks, "--ranks", int), surrogates=surrogates,

@@ -9,7 +9,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from . import app, err_console, out_console
+from blockcert.cli import app, err_console, out_console
 
 
 @app.command("ir-check")
@@ -26,10 +26,10 @@ def ir_check(
 
     Exits 1 if any block's relative error exceeds --tolerance.
     """
-    from ..equivalence import check_blocks
-    from ..models import load_model
-    from ..promptsets import load_prompts
-    from ..spec import parse_blocks
+    from blockcert.model.equivalence import check_blocks
+    from blockcert.model.load import load_model
+    from blockcert.pipeline.promptsets import load_prompts
+    from blockcert.spec import parse_blocks
 
     texts = load_prompts(prompts)
     with err_console.status("Loading model"):

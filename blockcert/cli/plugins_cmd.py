@@ -7,13 +7,13 @@ import json
 import typer
 from rich.table import Table
 
-from . import app, out_console
+from blockcert.cli import app, out_console
 
 
 @app.command("plugins")
 def plugins(as_json: bool = typer.Option(False, "--json", help="Machine-readable output on stdout.")) -> None:
     """List every plugin: name, version, the hooks it implements (built-ins marked)."""
-    from ..plugins import get_plugins
+    from blockcert.plugins import get_plugins
 
     infos = get_plugins().list()
     if as_json:
@@ -31,8 +31,8 @@ def plugins(as_json: bool = typer.Option(False, "--json", help="Machine-readable
 @app.command("models")
 def models(as_json: bool = typer.Option(False, "--json", help="Machine-readable output on stdout.")) -> None:
     """List models known by name (``--model NAME``) and whether each is installed here."""
-    from ..errors import UserError
-    from ..plugins import get_plugins
+    from blockcert.errors import UserError
+    from blockcert.plugins import get_plugins
 
     seen = {}
     for entry in get_plugins().models().values():

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from . import app, err_console
+from blockcert.cli import app, err_console
 
 
 @app.command("report")
@@ -28,12 +28,12 @@ def report_command(
     """Write a report of a run: summary and verification (level hashes), per-block metrics against the policy,
     per-token error heat maps, the stitched model, Lipschitz bounds and Theorem 1, derived runs side by side,
     an edit sweep, and every certificate id and digest. Reads artifacts only: the model is never loaded."""
-    from ..report import render, write_report
+    from blockcert.report.write import render, write_report
 
     start = time.perf_counter()
     with err_console.status(f"Verifying {out} (level hashes) and building the report"):
         if output == "-":
-            from ..report import collect
+            from blockcert.report.gather import collect
 
             view = collect(out, compare=compare or (), edit_sweep=edit_sweep, tokenizer=tokenizer, token_blocks=token_blocks)
             sys.stdout.write(render(view, fmt))

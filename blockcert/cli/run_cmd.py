@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from . import app, out_console
+from blockcert.cli import app, out_console
 
 
 @app.command("run")
@@ -55,26 +55,25 @@ def run_command(
 
     Exit code 0 when the run completed (whatever the verdicts), 2 for a usage error.
     """
-    from ..errors import UserError
-    from ..metrics import Policy
-    from ..pipeline import run
+    from blockcert.errors import UserError
+    from blockcert.metrics import Policy
+    from blockcert.pipeline.certify import run
 
     try:
         policy = Policy(tau_act=tau_act, tau_loss=tau_loss, alpha_act=alpha_act, alpha_loss=alpha_loss)
     except ValueError as exc:
         raise UserError(f"invalid threshold: {exc}") from exc
-    from ..models import load_model
-    from ..promptsets import load_prompts
-    from . import err_console
-
-    from ..lipschitz import BoundSettings
+    from blockcert.bounds.record import BoundSettings
+    from blockcert.cli import err_console
+    from blockcert.model.load import load_model
+    from blockcert.pipeline.promptsets import load_prompts
 
     settings = BoundSettings(margin=bound_margin, radius=bound_radius, lower_iterations=bound_iterations) if bounds else False
-    from ..derive import from_options
+    from blockcert.derive import from_options
 
     derivation = from_options(surrogate, ablate)  # a malformed spec fails before the model loads
     load_prompts(prompts)  # a bad prompt file fails before the model loads
-    from ..executors import get_executor
+    from blockcert.pipeline.executors import get_executor
 
     if inflight_mb < 1:
         raise UserError(f"--inflight-mb must be >= 1, got {inflight_mb}")
@@ -86,7 +85,7 @@ def run_command(
                  surrogate=surrogate, ablate=ablate, executor=chosen, inflight_bytes=inflight_mb << 20)
     stitched = None
     if full:
-        from ..stitch import stitch
+        from blockcert.pipeline.stitch import stitch
 
         with err_console.status("Stitching all certified blocks"):
             stitched = stitch(out, loaded=loaded, batch_size=batch_size)
@@ -112,6 +111,6 @@ def run_command(
     console.print(f"{n_ok}/{len(result.blocks)} blocks certified at α_act={policy.alpha_act}, α_loss={policy.alpha_loss} "
                   f"(τ_act={policy.tau_act:g}, τ_loss={policy.tau_loss:g}); written to {result.out}/")
     if stitched is not None:
-        from .stitch_cmd import render_stitch
+        from blockcert.cli.stitch_cmd import render_stitch
 
         render_stitch(stitched)

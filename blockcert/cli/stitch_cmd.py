@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from . import app, err_console, out_console
+from blockcert.cli import app, err_console, out_console
 
 
 def render_stitch(result) -> None:
@@ -44,8 +44,8 @@ def stitch_command(
     """Replay the whole model with the chosen blocks replaced by their IR: per-layer MAE, max residual
     error, perplexity baseline vs stitched, a 30-prompt semantic probe; writes a full-model certificate
     (full/certificate.json) that references every block certificate by id."""
-    from ..spec import parse_blocks
-    from ..stitch import stitch
+    from blockcert.pipeline.stitch import stitch
+    from blockcert.spec import parse_blocks
 
     chosen = None if blocks.strip() == "all" else parse_blocks(blocks, 10**6)
     with err_console.status("Stitching"):

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import typer
 
-from . import app, err_console, out_console
+from blockcert.cli import app, err_console, out_console
 
 
 def _size(text: str) -> int:
-    from ..errors import UserError
+    from blockcert.errors import UserError
 
     units = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
     upper = text.strip().upper()
@@ -39,7 +39,7 @@ def synth_command(
     byte-level tokenizer and prompts.txt: a Llama of a real shape with seeded random weights, written
     shard by shard (never the whole model in memory). Certify it with `blockcert run --model DIR
     --prompts DIR/prompts.txt --stream`."""
-    from ..synthetic import synthesize
+    from blockcert.model.synthetic import synthesize
 
     with err_console.status("Writing shards") as status:
         path = synthesize(out, shape, dtype=dtype, layers=layers, seed=seed, shard_bytes=_size(shard_size), n_prompts=prompts,

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from . import app, err_console, out_console
+from blockcert.cli import app, err_console, out_console
 
 
 @app.command("verify")
@@ -36,9 +36,9 @@ def verify_command(
     """
     import attrs
 
-    from ..errors import UserError
-    from ..policy import Policy
-    from ..verify import Tolerances, verify
+    from blockcert.errors import UserError
+    from blockcert.policy import Policy
+    from blockcert.verifier.core import Tolerances, verify
 
     try:
         policy = Policy(tau_act=tau_act, tau_loss=tau_loss, alpha_act=alpha_act, alpha_loss=alpha_loss)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from importlib import resources
 
-from ..errors import UserError
+from blockcert.errors import UserError
 
 
 def names() -> list[str]:

@@ -18,7 +18,7 @@
     Lipschitz property only on a region containing both trajectories.
 
     The bound is computed by Horner's rule, [delta (S k) = L k * delta k + eps k]
-    ([delta_closed_form] proves it equals the closed form); [blockcert.compose] computes exactly
+    ([delta_closed_form] proves it equals the closed form); [blockcert.bounds.compose] computes exactly
     this recursion.  The last section lets a generated instantiation file check the numeric bound
     by computation on Q ([vm_compute]) and carry it to R.
 

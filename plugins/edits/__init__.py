@@ -5,7 +5,7 @@ parameters required) and ``target`` either
 
 * a :class:`blockcert.ir.BlockIR` of that block: returns the edited IR (``W_down`` and ``b_down`` times α,
   computed in float64 and cast back; ``source["edit"]`` records the canonical spec), or
-* a :class:`blockcert.models.LoadedModel`: returns an :class:`MLPScale` handle that edits the live model
+* a :class:`blockcert.model.load.LoadedModel`: returns an :class:`MLPScale` handle that edits the live model
   with a forward hook on the block's MLP (``NativeModel.mlp_module``) scaling its output by α — a context
   manager, so the model is restored on exit. α = 1 multiplies by exactly 1.0, which changes no bit.
 

@@ -1,0 +1,466 @@
+"""Certified local edits (paper §7): apply an edit, measure its behavioural effect on a labelled corpus, certify.
+
+``blockcert edit --block 15 --mlp-scale 0.33`` (or ``--spec mlp-scale:block=15,alpha=0.33``, or any edit a
+plugin registers through ``blockcert_edit``) generates greedy completions of the refusal/safety corpus with
+the unedited and the edited model, judges them with the heuristic classifier of §7.1, measures the local
+edit error ε_edit at the edited block and the deviation it causes at the final hidden state, and writes an
+edit certificate::
+
+    edit.json            what was done: model identity, edit spec, corpus (digest), decoding policy, classifier
+    completions.jsonl    per prompt: the base and the edited completion and what the classifier found
+    metrics.json         answer / refuse accuracy before and after, ε_edit, max ‖F′(x) − F(x)‖, amplification
+    human.json, labels/  optional: annotators' labels imported with ``blockcert edit import``
+    certificate.json     in-toto statement over all of the above (canonical JSON, written last)
+
+Everything is recomputable: ``blockcert verify`` re-classifies the stored completions and, given the model,
+regenerates them and re-measures the deviations.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import numpy as np
+
+from blockcert.artifacts.digest import canonical_json, json_sha256
+from blockcert.edit.refusal import (  # noqa: F401  the edit contract, re-exported: blockcert.edit.certify.classify etc. keep working
+    CORPUS_FIELDS,
+    EDIT_PREDICATE,
+    EDIT_SCHEMA_VERSION,
+    HARMFUL_MARKERS,
+    HUMAN_LABELS,
+    LABELS,
+    REFUSAL_MARKERS,
+    Accuracy,
+    CorpusItem,
+    Judgement,
+    classifier_record,
+    classify,
+    completions_bytes,
+    corpus_sha256,
+    judgement_dict,
+    load_corpus,
+    score,
+)
+from blockcert.errors import UserError
+
+# ---------------------------------------------------------------------------------------------------
+# Generation
+# ---------------------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Decoding:
+    """Greedy decoding policy (recorded in the certificate; verification regenerates with it)."""
+
+    max_new_tokens: int = 48
+    batch_size: int = 24
+    chat_template: bool = True
+    seed: int = 0
+
+    def __attrs_post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise UserError(f"--max-new-tokens must be >= 1, got {self.max_new_tokens}")
+        if self.batch_size < 1:
+            raise UserError(f"--batch-size must be >= 1, got {self.batch_size}")
+
+    def record(self, loaded: Any) -> dict[str, Any]:
+        template = getattr(loaded.tokenizer, "chat_template", None) if self.chat_template else None
+        return {**attrs.asdict(self), "do_sample": False, "padding": "left",
+                "chat_template_sha256": json_sha256(template) if template else None}
+
+
+def prompt_texts(loaded: Any, items: Sequence[CorpusItem], decoding: Decoding) -> list[str]:
+    tok = loaded.tokenizer
+    if tok is None:
+        raise UserError(f"model {loaded.name} has no tokenizer: edits need one to generate text")
+    if decoding.chat_template and getattr(tok, "chat_template", None):
+        return [tok.apply_chat_template([{"role": "user", "content": i.prompt}], tokenize=False, add_generation_prompt=True)
+                for i in items]
+    return [i.prompt for i in items]
+
+
+def generate(loaded: Any, items: Sequence[CorpusItem], decoding: Decoding, progress: Any = None) -> list[str]:
+    """Greedy completions (new text only), left-padded batches of ``decoding.batch_size`` in corpus order."""
+    import torch
+
+    tok = loaded.tokenizer
+    texts = prompt_texts(loaded, items, decoding)
+    side, pad = tok.padding_side, tok.pad_token
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    out: list[str] = []
+    try:
+        for start in range(0, len(texts), decoding.batch_size):
+            enc = tok(texts[start : start + decoding.batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+            torch.manual_seed(decoding.seed)
+            with torch.no_grad():
+                ids = loaded.model.generate(**enc, max_new_tokens=decoding.max_new_tokens, do_sample=False,
+                                            pad_token_id=tok.pad_token_id, num_beams=1)
+            new = ids[:, enc["input_ids"].shape[1]:]
+            out.extend(tok.decode(row, skip_special_tokens=True) for row in new)
+            if progress is not None:
+                progress(len(new))
+    finally:
+        tok.padding_side, tok.pad_token = side, pad
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Local edit error and downstream deviation (§7.2)
+# ---------------------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Deviation:
+    epsilon_edit: float  # max over prompts and tokens of ||B'_l(x^(l)) - B_l(x^(l))||
+    max_final_deviation: float  # max over prompts and tokens of ||x'^(L) - x^(L)||
+    amplification: float | None  # max_final_deviation / epsilon_edit (None when epsilon_edit = 0)
+    per_prompt_epsilon: tuple[float, ...]
+    per_prompt_final: tuple[float, ...]
+
+
+def deviation(loaded: Any, handle: Any, items: Sequence[CorpusItem], decoding: Decoding) -> Deviation:
+    """ε_edit at the edited block on the traced prompts, and the deviation at the final hidden state."""
+    import torch
+
+    from blockcert.pipeline.trace import pad_batch
+
+    tok = loaded.tokenizer
+    native = loaded.native
+    texts = prompt_texts(loaded, items, decoding)
+    ids = [np.asarray(tok(t, add_special_tokens=False)["input_ids"], dtype=np.int64) for t in texts]
+    eps, fin = [], []
+    for start in range(0, len(ids), decoding.batch_size):
+        part = ids[start : start + decoding.batch_size]
+        batch = pad_batch(part)
+        positions = torch.arange(batch.shape[1])[None].expand_as(batch)
+        with torch.no_grad():
+            base = native.residual_stream(batch, positions)
+            with handle:
+                local = native.call_block(handle.block, base[handle.block], positions)
+                edited = native.residual_stream(batch, positions)
+        for b, a in enumerate(part):
+            n = a.size
+            eps.append(float(torch.linalg.vector_norm((local[b, :n] - base[handle.block + 1][b, :n]).double(), dim=-1).max()))
+            fin.append(float(torch.linalg.vector_norm((edited[-1][b, :n] - base[-1][b, :n]).double(), dim=-1).max()))
+    e, f = max(eps), max(fin)
+    return Deviation(e, f, f / e if e > 0 else None, tuple(eps), tuple(fin))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Applying an edit and certifying it
+# ---------------------------------------------------------------------------------------------------
+
+
+def parse_edit(text: str) -> Any:
+    from blockcert.spec import parse_spec
+
+    return parse_spec(text, "--spec")
+
+
+def edit_handle(loaded: Any, text: str) -> Any:
+    """The edit ``text`` applied to ``loaded`` through the ``blockcert_edit`` hook (a context manager)."""
+    from blockcert.plugins import get_plugins
+
+    handle = get_plugins().edit(loaded, parse_edit(text))
+    for attr in ("block", "__enter__", "__exit__"):
+        if not hasattr(handle, attr):
+            raise UserError(f"edit {text!r}: the plugin returned {type(handle).__name__}, which is not a model edit handle "
+                            "(needs .block and a context manager)", "see docs/plugins.md, blockcert_edit")
+    return handle
+
+
+@attrs.frozen
+class EditResult:
+    out: Path
+    spec: str
+    block: int
+    before: Accuracy
+    after: Accuracy
+    deviation: Deviation
+    certificate_id: str
+    human: dict[str, Any] | None = None
+
+
+def _completion_rows(items: Sequence[CorpusItem], base: Sequence[str], edited: Sequence[str]) -> list[dict[str, Any]]:
+    rows = []
+    for item, b, e in zip(items, base, edited):
+        jb, je = classify(b, item), classify(e, item)
+        rows.append({"id": item.id, "label": item.label, "category": item.category, "prompt": item.prompt,
+                     "keywords": list(item.keywords), "base": b, "edited": e, "base_judgement": judgement_dict(jb),
+                     "edited_judgement": judgement_dict(je)})
+    return rows
+
+
+def metrics_record(items: Sequence[CorpusItem], rows: Sequence[dict[str, Any]], dev: Deviation) -> dict[str, Any]:
+    before = score(items, [classify(r["base"], i) for i, r in zip(items, rows)])
+    after = score(items, [classify(r["edited"], i) for i, r in zip(items, rows)])
+    return {"before": attrs.asdict(before), "after": attrs.asdict(after), "epsilon_edit": dev.epsilon_edit,
+            "max_final_deviation": dev.max_final_deviation, "amplification": dev.amplification,
+            "per_prompt": [{"id": i.id, "epsilon_edit": e, "final_deviation": f}
+                           for i, e, f in zip(items, dev.per_prompt_epsilon, dev.per_prompt_final)]}
+
+
+def edit_manifest(loaded: Any, spec: str, handle: Any, items: Sequence[CorpusItem], corpus_desc: str,
+                  decoding: Decoding) -> dict[str, Any]:
+    from blockcert import __version__
+
+    return {
+        "tool": {"name": "blockcert", "version": __version__},
+        "model": {"name": loaded.name, "arch": loaded.arch, "dtype": loaded.dtype, "weights_sha256": loaded.weights_sha256(),
+                  "source_sha256": loaded.source_sha256, "n_blocks": loaded.native.n_blocks, "d_model": loaded.native.d_model},
+        "edit": {"spec": spec, "block": int(handle.block)},
+        "corpus": {"description": corpus_desc, "count": len(items), "sha256": corpus_sha256(items),
+                   "answer": sum(i.label == "answer" for i in items), "refuse": sum(i.label == "refuse" for i in items)},
+        "decoding": decoding.record(loaded),
+        "classifier": classifier_record(),
+    }
+
+
+def certify_edit(
+    model: str | Path | None = None,
+    *,
+    spec: str,
+    out: str | Path = "blockcert-edit",
+    corpus: str = "builtin:refusal",
+    decoding: Decoding | None = None,
+    force: bool = False,
+    loaded: Any = None,
+    progress: bool = False,
+) -> EditResult:
+    """Apply edit ``spec`` to ``model``, measure it on ``corpus``, and write an edit certificate to ``out``."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from blockcert.model.load import load_model
+
+    decoding = decoding or Decoding()
+    items, corpus_desc = load_corpus(corpus)
+    root = Path(out)
+    _prepare_edit_out(root, force)
+    loaded = loaded or load_model(model)
+    handle = edit_handle(loaded, spec)
+    canonical = str(getattr(handle, "spec", spec))
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   console=Console(stderr=True), disable=not progress)
+    with bar:
+        task = bar.add_task("Generating (unedited)", total=len(items))
+        base = generate(loaded, items, decoding, progress=lambda n: bar.advance(task, n))
+        task = bar.add_task(f"Generating ({canonical})", total=len(items))
+        with handle:
+            edited = generate(loaded, items, decoding, progress=lambda n: bar.advance(task, n))
+        dev = deviation(loaded, handle, items, decoding)
+    manifest = edit_manifest(loaded, canonical, handle, items, corpus_desc, decoding)
+    rows = _completion_rows(items, base, edited)
+    metrics = metrics_record(items, rows, dev)
+    cert_id = write_edit_artifacts(root, manifest, rows, metrics, human=None)
+    return EditResult(root, canonical, int(handle.block), Accuracy(**metrics["before"]), Accuracy(**metrics["after"]), dev, cert_id)
+
+
+def _prepare_edit_out(root: Path, force: bool) -> None:
+    import shutil
+
+    if root.exists() and not root.is_dir():
+        raise UserError(f"--out {root} exists and is not a directory")
+    if root.is_dir() and any(root.iterdir()):
+        if not force:
+            raise UserError(f"output directory {root} is not empty", "pass --force to replace an earlier edit certificate, or another --out")
+        if not (root / "edit.json").is_file():
+            raise UserError(f"--force: {root} does not look like a BlockCert edit directory (edit.json missing); refusing to delete it")
+        shutil.rmtree(root)
+    root.mkdir(parents=True, exist_ok=True)
+
+
+def write_edit_artifacts(root: Path, manifest: dict[str, Any], rows: Sequence[dict[str, Any]], metrics: dict[str, Any],
+                         human: dict[str, Any] | None) -> str:
+    """Write edit.json, completions.jsonl, metrics.json (and human.json), then the certificate; return its id."""
+    from blockcert.artifacts.fsutil import atomic_write_bytes
+    from blockcert.certificate import statement, subject, write_certificate
+
+    (root / "certificate.json").unlink(missing_ok=True)  # the certificate is written last: never a stale one
+    atomic_write_bytes(root / "edit.json", canonical_json(manifest))
+    atomic_write_bytes(root / "completions.jsonl", completions_bytes(rows))
+    atomic_write_bytes(root / "metrics.json", canonical_json(metrics))
+    names = ["completions.jsonl", "edit.json", "metrics.json"]
+    if human is not None:
+        atomic_write_bytes(root / "human.json", canonical_json(human))
+        names += ["human.json", *human["files"]]
+    predicate = {
+        "schema_version": EDIT_SCHEMA_VERSION,
+        **{k: manifest[k] for k in ("tool", "model", "edit", "corpus", "decoding", "classifier")},
+        "metrics": {k: metrics[k] for k in ("before", "after", "epsilon_edit", "max_final_deviation", "amplification")},
+        "human_labels": None if human is None else {k: human[k] for k in ("annotators", "base", "edited", "agreement")},
+        "completions": "completions.jsonl",
+    }
+    cert = statement([subject(root, n) for n in sorted(names)], EDIT_PREDICATE, predicate)
+    return write_certificate(root / "certificate.json", cert)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The sweep (Table 7 and the Llama-2 block sweep, §7.2-7.3)
+# ---------------------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class SweepRow:
+    block: int
+    alpha: float
+    spec: str
+    answer_accuracy: float
+    refuse_accuracy: float
+    answer_correct: int
+    refuse_correct: int
+    reused_base: bool  # alpha == 1: the unedited completions (alpha = 1 changes no bit, see the tests)
+
+
+@attrs.frozen
+class SweepResult:
+    out: Path
+    model: str
+    corpus: str
+    decoding: dict[str, Any]
+    base: Accuracy
+    rows: tuple[SweepRow, ...]
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "corpus": self.corpus, "decoding": self.decoding, "base": attrs.asdict(self.base),
+                "rows": [attrs.asdict(r) for r in self.rows], "seconds": self.seconds}
+
+
+def sweep(
+    model: str | Path | None = None,
+    *,
+    blocks: Sequence[int],
+    alphas: Sequence[float],
+    out: str | Path = "blockcert-edit-sweep",
+    corpus: str = "builtin:refusal",
+    decoding: Decoding | None = None,
+    loaded: Any = None,
+    progress: bool = False,
+) -> SweepResult:
+    """``mlp-scale`` at every (block, α): answer and refuse accuracy of greedy completions of the corpus.
+
+    Writes ``results.json``, ``sweep.png`` (answer vs refuse accuracy per α, one line per block) and
+    ``completions/<block>_<alpha>.jsonl`` (every completion with the classifier's judgement) under ``out``.
+    """
+    import time
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from blockcert.artifacts.fsutil import atomic_write_bytes, atomic_write_text
+    from blockcert.model.load import load_model
+
+    decoding = decoding or Decoding()
+    items, corpus_desc = load_corpus(corpus)
+    if not blocks or not alphas:
+        raise UserError("a sweep needs at least one block and one alpha")
+    loaded = loaded or load_model(model)
+    handles = {(b, a): edit_handle(loaded, f"mlp-scale:block={b},alpha={a!r}") for b in blocks for a in alphas}  # validates all first
+    root = Path(out)
+    (root / "completions").mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   console=Console(stderr=True), disable=not progress)
+    rows: list[SweepRow] = []
+    with bar:
+        task = bar.add_task("Edit sweep", total=1 + sum(a != 1.0 for a in alphas) * len(blocks))
+        base = generate(loaded, items, decoding)
+        bar.advance(task)
+        base_judged = [classify(c, i) for c, i in zip(base, items)]
+        base_acc = score(items, base_judged)
+        for b in blocks:
+            for a in alphas:
+                handle = handles[(b, a)]
+                if a == 1.0:
+                    completions = base
+                else:
+                    with handle:
+                        completions = generate(loaded, items, decoding)
+                    bar.advance(task)
+                judged = [classify(c, i) for c, i in zip(completions, items)]
+                acc = score(items, judged)
+                rows.append(SweepRow(b, float(a), str(handle.spec), acc.answer_accuracy, acc.refuse_accuracy, acc.answer_correct,
+                                     acc.refuse_correct, a == 1.0))
+                lines = [canonical_json({"id": i.id, "label": i.label, "completion": c, "judgement": judgement_dict(j)}) + b"\n"
+                         for i, c, j in zip(items, completions, judged)]
+                atomic_write_bytes(root / "completions" / f"{b:03d}_{a!r}.jsonl", b"".join(lines))
+    result = SweepResult(root, loaded.name, corpus_desc, decoding.record(loaded), base_acc, tuple(rows), time.perf_counter() - start)
+    atomic_write_text(root / "results.json", json.dumps(result.to_dict(), indent=2) + "\n")
+    plot_sweep(result, root / "sweep.png")
+    return result
+
+
+def plot_sweep(result: SweepResult, path: Path) -> None:
+    """Answer and refuse accuracy against α, one colour per block (matplotlib, Agg backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from blockcert.artifacts.fsutil import atomic_write_bytes
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=True)
+    blocks = sorted({r.block for r in result.rows})
+    for b in blocks:
+        pts = sorted((r.alpha, r.answer_accuracy, r.refuse_accuracy) for r in result.rows if r.block == b)
+        xs = [p[0] for p in pts]
+        axes[0].plot(xs, [p[1] for p in pts], marker="o", label=f"block {b}")
+        axes[1].plot(xs, [p[2] for p in pts], marker="o", label=f"block {b}")
+    for ax, title in zip(axes, ("answer accuracy", "refuse accuracy")):
+        ax.set_title(title)
+        ax.set_xlabel("MLP scale α")
+        ax.set_ylim(-0.05, 1.05)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7, ncol=2)
+    fig.suptitle(f"mlp-scale sweep, {result.model}, {result.corpus}", fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, metadata={"Software": None})
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def import_labels(root: str | Path, sheets: Sequence[str | Path]) -> dict[str, Any]:
+    """Copy the annotators' sheets into ``root/labels/``, aggregate them and re-issue the edit certificate."""
+    import json
+
+    from blockcert.artifacts.fsutil import atomic_write_text
+    from blockcert.edit.human import aggregate, read_labels
+    from blockcert.verifier.edit import is_edit_dir
+
+    root = Path(root)
+    if not is_edit_dir(root):
+        raise UserError(f"{root} is not a BlockCert edit directory (edit.json and certificate.json expected)")
+    if not sheets:
+        raise UserError("give at least one label sheet")
+    rows = [json.loads(line) for line in (root / "completions.jsonl").read_text(encoding="utf-8").splitlines()]
+    items = [CorpusItem(r["id"], r["label"], r["category"], r["prompt"], tuple(r["keywords"])) for r in rows]
+    parsed, names = [], []
+    for k, sheet in enumerate(sheets, 1):
+        path = Path(sheet)
+        if not path.is_file():
+            raise UserError(f"label sheet not found: {path}")
+        text = path.read_text(encoding="utf-8")
+        parsed.append(read_labels(text, str(path), rows))
+        names.append(f"labels/annotator_{k}.csv")
+    labels_dir = root / "labels"
+    if labels_dir.exists():
+        for old in labels_dir.iterdir():
+            old.unlink()
+    labels_dir.mkdir(exist_ok=True)
+    for name, sheet in zip(names, sheets):
+        atomic_write_text(root / name, Path(sheet).read_text(encoding="utf-8"))
+    human = aggregate(items, rows, parsed, names)
+    manifest = json.loads((root / "edit.json").read_text(encoding="utf-8"))
+    metrics = json.loads((root / "metrics.json").read_text(encoding="utf-8"))
+    write_edit_artifacts(root, manifest, rows, metrics, human)
+    return human

@@ -1,0 +1,118 @@
+"""The third-party verifier: re-derive every claim of a run's certificates from the artifacts alone.
+
+Levels (each includes the one before):
+
+* ``hashes``: strict JSON, canonical bytes, statement type and schema, every subject's path and digest,
+  the required artifacts present and no unreferenced ones, cross-references (metrics, IR, trace index).
+* ``replay``: replays every IR on its recorded traces (torch float32, or numpy float64 with
+  ``reference="numpy"``, which never imports torch), recomputes e(p,t), eps, MAE, cov_act, cov_path,
+  cov_loss (from the stored per-token losses), and the verdict under the verifier's policy.
+* ``full``: also loads the model, checks its weights digest, re-captures the traces and re-runs the
+  suffixes to re-derive the stitched losses and cov_loss. With ``reference="numpy"`` the model is the
+  verifier's own float64 numpy forward (:mod:`blockcert.verifier.reference`), which shares no code with the producer.
+
+The verifier's policy comes from its caller, never from the certificate: a certificate whose thresholds
+are looser than the verifier's fails, and a claimed ``certified: true`` must hold under the verifier's
+policy. Unknown fields are errors. Each check reports claimed vs recomputed.
+
+The checks live in :mod:`.subjects` (a statement and its artifacts), :mod:`.blocks` (block certificates and the
+run summary) and :mod:`.full_model`; this module is the entry point.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from blockcert.errors import UserError
+from blockcert.policy import Policy
+from blockcert.verifier.backends import REFERENCES, backend
+from blockcert.verifier.blocks import verify_certificate, verify_summary
+from blockcert.verifier.checks import Check
+from blockcert.verifier.full_model import verify_full_model
+from blockcert.verifier.metrics import (
+    Tolerances,
+)
+from blockcert.verifier.subjects import CertReport
+
+LEVELS = ("hashes", "replay", "full")
+
+
+@attrs.frozen
+class VerifyReport:
+    root: str
+    level: str
+    reference: str
+    policy: Policy
+    tolerances: Tolerances
+    certificates: tuple[CertReport, ...]
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.certificates) and all(c.ok for c in self.certificates)
+
+    def as_dict(self) -> dict[str, Any]:
+        return attrs.asdict(self) | {"ok": self.ok}
+
+
+def find_certificates(path: Path) -> tuple[Path, list[str]]:
+    """(run directory, certificate paths relative to it) for a run directory or one certificate file."""
+    path = Path(path)
+    if path.is_dir():
+        certs = sorted(p.relative_to(path).as_posix() for p in path.glob("block_*/certificate.json"))
+        if not certs:
+            raise UserError(f"{path} holds no block_*/certificate.json", "pass a blockcert run directory or a certificate file")
+        return path, certs
+    if path.is_file() and path.name.endswith(".json"):
+        root = path.parent.parent
+        return root, [path.relative_to(root).as_posix()]
+    raise UserError(f"{path} is neither a run directory nor a certificate file")
+
+
+def verify(path: str | Path, *, level: str = "replay", reference: str = "torch", policy: Policy | None = None,
+           tolerances: Tolerances | None = None, model: str | None = None, progress: Callable[[str], None] | None = None,
+           stream: bool = False) -> VerifyReport:
+    """Verify every certificate under ``path`` (a run directory) or one certificate file.
+
+    ``stream=True``: at level full, load ``model`` block by block (:mod:`blockcert.model.stream`)."""
+    if level not in LEVELS:
+        raise UserError(f"unknown --level {level!r}", f"choose one of {', '.join(LEVELS)}")
+    if reference not in REFERENCES:
+        raise UserError(f"unknown --reference {reference!r}", f"choose one of {', '.join(REFERENCES)}")
+    policy = policy or Policy()
+    tol = tolerances or Tolerances.for_reference(reference)
+    from blockcert.verifier.edit import is_edit_dir, verify_edit
+
+    target = Path(path)
+    edit_root = target if is_edit_dir(target) else target.parent if target.name == "certificate.json" and is_edit_dir(target.parent) else None
+    if edit_root is not None:  # an edit certificate (blockcert edit): regenerated with the model at levels replay/full
+        report = verify_edit(edit_root, level=level, model=model, reference=reference, tol=tol)
+        return VerifyReport(str(edit_root), level, reference, policy, tol, (report,))
+    if level == "full" and model is None:
+        raise UserError("--level full needs --model (the model the certificates claim to certify)")
+    root, certs = find_certificates(Path(path))
+    full = backend(reference).FullCheck(root, model, tol, stream=stream) if level == "full" else None
+    reports = []
+    cache: dict[Any, Any] = {}
+    for rel in certs:
+        reports.append(verify_certificate(root, rel, level=level, reference=reference, policy=policy, tol=tol, full=full, cache=cache))
+        if progress is not None:
+            progress(rel)
+    full_rel = "full/certificate.json"
+    # The block checks are done: free what only they needed (the cached traces) before the full-model
+    # check, which re-evaluates the stitched model with the model already loaded.
+    cache.clear()
+    kwargs = {"level": level, "reference": reference, "tol": tol, "model": model, "stream": stream, "full": full, "tau_act": policy.tau_act}
+    if Path(path).is_dir() and (root / full_rel).exists():
+        reports.append(verify_full_model(root, full_rel, **kwargs))
+    elif Path(path).is_file() and Path(path).resolve() == (root / full_rel).resolve():
+        reports = [verify_full_model(root, full_rel, **kwargs)]
+    if Path(path).is_dir():
+        reports.append(verify_summary(root, certs))
+    return VerifyReport(str(root), level, reference, policy, tol, tuple(reports))
+
+
+__all__: Sequence[str] = ["verify", "VerifyReport", "CertReport", "Check", "Tolerances", "LEVELS", "REFERENCES"]

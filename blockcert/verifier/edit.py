@@ -1,0 +1,127 @@
+"""Verifying an edit certificate (``blockcert edit``): see :mod:`blockcert.edit.certify` for the directory layout.
+
+* ``hashes``: canonical bytes, statement type, every subject's digest, no unreferenced file, the predicate
+  equals ``edit.json``, the classifier is this verifier's own, the corpus digest, every stored judgement and
+  both accuracies re-derived by re-classifying the stored completions, human-label metrics re-aggregated
+  from the annotators' files.
+* ``replay`` / ``full``: also load the model (``--model``, default: the name in ``edit.json``), check its
+  weights digest, regenerate both sets of completions with the recorded decoding policy (they must be
+  identical), and re-measure ε_edit and the final-state deviation. With ``reference="numpy"`` the
+  deviations are re-measured by the float64 numpy model (:mod:`blockcert.verifier.reference.full`), which does not
+  regenerate the completions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+EDIT_FILES = {"edit.json", "completions.jsonl", "metrics.json", "human.json", "certificate.json", "labels"}
+MANIFEST_FIELDS = ("tool", "model", "edit", "corpus", "decoding", "classifier")
+ROW_FIELDS = {"id", "label", "category", "prompt", "keywords", "base", "edited", "base_judgement", "edited_judgement"}
+METRICS_FIELDS = {"before", "after", "epsilon_edit", "max_final_deviation", "amplification", "per_prompt"}
+
+
+def is_edit_dir(path: Path) -> bool:
+    return path.is_dir() and (path / "edit.json").is_file() and (path / "certificate.json").is_file()
+
+
+def verify_edit(root: Path, *, level: str, model: str | None, reference: str = "torch", tol: Any = None) -> Any:
+    from blockcert.artifacts.safeio import MAX_JSON_BYTES, read_artifact, strict_json
+    from blockcert.edit import refusal as E
+    from blockcert.verifier.checks import Checker, exact_keys, guard, short
+    from blockcert.verifier.subjects import CertReport, check_subjects
+
+    c = Checker()
+    rel = "certificate.json"
+    block = None
+    with guard(c, rel):
+        raw = read_artifact(root, rel, MAX_JSON_BYTES)
+        cert = strict_json(raw, rel)
+        import rfc8785
+
+        c.require("canonical JSON (RFC 8785)", rfc8785.dumps(cert) == raw, "canonical", "not canonical")
+        exact_keys(c, "statement", cert, {"_type", "subject", "predicateType", "predicate"})
+        c.require("predicateType", cert["predicateType"] == E.EDIT_PREDICATE, E.EDIT_PREDICATE, cert["predicateType"])
+        pred = cert["predicate"]
+        block = (pred.get("edit") or {}).get("block") if isinstance(pred, dict) else None
+        exact_keys(c, "predicate", pred, {"schema_version", "tool", "model", "edit", "corpus", "decoding", "classifier", "metrics",
+                                           "human_labels", "completions"})
+        contents = check_subjects(root, cert, c)
+        extra = sorted(p.name for p in root.iterdir() if p.name not in EDIT_FILES and not p.name.startswith("."))
+        if (root / "labels").is_dir():
+            extra += sorted(f"labels/{p.name}" for p in (root / "labels").iterdir() if f"labels/{p.name}" not in contents)
+        c.record("no unexpected files", not extra, "", ", ".join(extra))
+        for name in ("edit.json", "completions.jsonl", "metrics.json"):
+            c.require(f"{name} referenced", name in contents, name, "")
+        manifest = strict_json(contents["edit.json"], "edit.json")
+        exact_keys(c, "edit.json", manifest, set(MANIFEST_FIELDS))
+        for key in MANIFEST_FIELDS:
+            c.require(f"{key} = edit.json", pred[key] == manifest.get(key), short(pred[key]), short(manifest.get(key)))
+        c.require("classifier is this verifier's", pred["classifier"] == E.classifier_record(), pred["classifier"]["sha256"][:16],
+                  E.classifier_record()["sha256"][:16], "the markers or rule differ from this version's classifier")
+        rows = [strict_json(line, f"completions.jsonl line {n}") for n, line in enumerate(contents["completions.jsonl"].split(b"\n")[:-1], 1)]
+        for n, r in enumerate(rows, 1):
+            exact_keys(c, f"completions.jsonl line {n}", r, ROW_FIELDS)
+        c.require("completions.jsonl canonical", E.completions_bytes(rows) == contents["completions.jsonl"], "canonical lines", "")
+        c.require("corpus count", len(rows) == pred["corpus"]["count"], pred["corpus"]["count"], len(rows))
+        items = [E.CorpusItem(r["id"], r["label"], r["category"], r["prompt"], tuple(r["keywords"])) for r in rows]
+        c.require("corpus digest", E.corpus_sha256(items) == pred["corpus"]["sha256"], pred["corpus"]["sha256"][:16],
+                  E.corpus_sha256(items)[:16], "the stored prompts are not the certified corpus")
+        for r, item in zip(rows, items):
+            for side in ("base", "edited"):
+                mine = E.judgement_dict(E.classify(r[side], item))
+                c.record(f"judgement {r['id']} {side}", r[f"{side}_judgement"] == mine, short(r[f"{side}_judgement"]), short(mine))
+        metrics = strict_json(contents["metrics.json"], "metrics.json")
+        exact_keys(c, "metrics.json", metrics, METRICS_FIELDS)
+        _check_deviation_arithmetic(c, metrics, rows)
+        for side, key in (("base", "before"), ("edited", "after")):
+            acc = attrs.asdict(E.score(items, [E.classify(r[side], i) for r, i in zip(rows, items)]))
+            c.record(f"{key} accuracy", metrics[key] == acc == pred["metrics"][key], short(pred["metrics"][key]), short(acc))
+        for key in ("epsilon_edit", "max_final_deviation", "amplification"):
+            c.record(f"metrics.json {key} = certificate", metrics[key] == pred["metrics"][key], pred["metrics"][key], metrics[key])
+        if "human.json" in contents or pred["human_labels"] is not None:
+            _check_human(c, root, pred, contents, rows, items)
+        if level in ("replay", "full"):  # the reference's own model: regenerate (torch) and re-measure
+            from blockcert.verifier.backends import backend
+            from blockcert.verifier.metrics import Tolerances
+
+            backend(reference).remeasure_edit(c, pred, rows, metrics, model, tol or Tolerances.for_reference(reference))
+    return CertReport(rel, "edit", block, None, None, tuple(c.checks))
+
+
+def _check_human(c: Any, root: Path, pred: dict[str, Any], contents: dict[str, bytes], rows: list[dict[str, Any]], items: list[Any]) -> None:
+    from blockcert.artifacts.safeio import strict_json
+    from blockcert.edit.human import aggregate, read_labels
+
+    c.require("human.json referenced", "human.json" in contents and pred["human_labels"] is not None, "human.json + predicate", "")
+    human = strict_json(contents["human.json"], "human.json")
+    files = human["files"]
+    c.require("label files referenced", all(f in contents for f in files), ", ".join(files), "")
+    sheets = [read_labels(contents[f].decode("utf-8"), f, rows) for f in files]
+    mine = aggregate(items, rows, sheets, files)
+    c.record("human labels re-aggregated", mine == human, "human.json", "recomputed from the label files")
+    c.record("human_labels = human.json", pred["human_labels"] == {k: human[k] for k in ("annotators", "base", "edited", "agreement")},
+             "certificate", "human.json")
+
+
+def _check_deviation_arithmetic(c: Any, metrics: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    """Every level: one finite, non-negative per-prompt entry per completion, in order; ε_edit and the final
+    deviation are their maxima and the amplification is their quotient, exactly as the producer computes them."""
+    from blockcert.verifier.checks import exact_keys, real, short, typed
+
+    per = typed(c, "metrics.json per_prompt", metrics["per_prompt"], list)
+    c.require("per_prompt entries", len(per) == len(rows), len(rows), len(per))
+    for entry, r in zip(per, rows):
+        exact_keys(c, "metrics.json per_prompt entry", entry, {"id", "epsilon_edit", "final_deviation"})
+        c.require("per_prompt id", entry["id"] == r["id"], r["id"], short(entry["id"]))
+        for key in ("epsilon_edit", "final_deviation"):
+            c.require(f"per_prompt {r['id']} {key} >= 0", real(c, f"per_prompt {key}", entry[key]) >= 0, ">= 0", entry[key])
+    eps = max(float(e["epsilon_edit"]) for e in per) if per else 0.0
+    fin = max(float(e["final_deviation"]) for e in per) if per else 0.0
+    c.record("epsilon_edit = max per prompt", metrics["epsilon_edit"] == eps, metrics["epsilon_edit"], eps)
+    c.record("max_final_deviation = max per prompt", metrics["max_final_deviation"] == fin, metrics["max_final_deviation"], fin)
+    amp = fin / eps if eps > 0 else None
+    c.record("amplification = final deviation / epsilon_edit", metrics["amplification"] == amp, short(metrics["amplification"]), short(amp))
