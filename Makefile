@@ -1,7 +1,8 @@
 # The few verbs everyone uses. Every target is idempotent and builds .venv from scratch if needed.
 #   make demo   set up, then certify every block of the default model on the stress prompts with Lipschitz
 #               bounds, stitch them all back in (blockcert-out/), and print the global bound of Theorem 1
-#   make test   set up, then run the test suite
+#   make test   set up, then run the test suite (everything, as CI runs it)
+#   make test-fast  set up, then every test not marked slow (under 3 minutes on 2 cores)
 #   make mutants  set up, then apply each deliberate bug of tests/mutation.py to a temporary copy and run the
 #               tests that must catch it (a few minutes per mutant at most; not part of make test)
 PYTHON ?= python3
@@ -12,7 +13,7 @@ STAMP  := $(VENV)/.blockcert-installed
 #   make test TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
 TORCH_PIP_ARGS ?=
 
-.PHONY: setup demo test mutants clean
+.PHONY: setup demo test test-fast mutants clean
 
 setup: $(STAMP)
 
@@ -31,6 +32,9 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow" -q
 
 mutants: setup
 	$(BIN)/python tests/mutation.py

@@ -11,8 +11,8 @@
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+import importlib as _importlib
+import typing as _typing
 
 from blockcert.errors import UserError
 from blockcert.hookspecs import hookimpl
@@ -30,8 +30,9 @@ _LAZY = {
     "check_blocks": ("blockcert.model.equivalence", "check_blocks"),
     "run": ("blockcert.pipeline.certify", "run"),
     "RunResult": ("blockcert.pipeline.certify", "RunResult"),
+    "RunSettings": ("blockcert.pipeline.certify", "RunSettings"),
     "BlockResult": ("blockcert.pipeline.certify", "BlockResult"),
-    "Policy": ("blockcert.metrics", "Policy"),
+    "Policy": ("blockcert.policy", "Policy"),
     "BlockMetrics": ("blockcert.metrics", "BlockMetrics"),
     "parse_spec": ("blockcert.spec", "parse_spec"),
     "stitch": ("blockcert.pipeline.stitch", "stitch"),
@@ -41,32 +42,38 @@ _LAZY = {
     "verify": ("blockcert.verifier.core", "verify"),
 }
 
-if TYPE_CHECKING:
+if _typing.TYPE_CHECKING:
     from blockcert.bounds.compose import BoundReport, bound
     from blockcert.bounds.record import BoundSettings
     from blockcert.interpreter import Replay, replay
-    from blockcert.metrics import BlockMetrics, Policy
+    from blockcert.metrics import BlockMetrics
+    from blockcert.policy import Policy
     from blockcert.model.equivalence import check_blocks
     from blockcert.model.load import LoadedModel, load_model, wrap_model
-    from blockcert.pipeline.certify import BlockResult, RunResult, run
+    from blockcert.pipeline.certify import BlockResult, RunResult, RunSettings, run
     from blockcert.pipeline.stitch import stitch
     from blockcert.plugins import get_plugins
     from blockcert.spec import parse_spec
     from blockcert.verifier.core import verify
 
 
-def to_ir(model: Any, index: int, n_ctx: int = 512) -> BlockIR:
+def to_ir(model: _typing.Any, index: int, n_ctx: int = 512) -> BlockIR:
     """Block ``index`` of a :class:`LoadedModel` as an IR covering positions ``0..n_ctx-1``."""
     from blockcert.plugins import get_plugins
 
     return get_plugins().to_ir(model.native, index, n_ctx)
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _typing.Any:
     if name in _LAZY:
         module, attr = _LAZY[name]
-        return getattr(import_module(module), attr)
+        return getattr(_importlib.import_module(module), attr)
     raise AttributeError(f"module 'blockcert' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """What users call (``__all__``, loaded lazily) and the package's own dunders; not the helpers above."""
+    return sorted({*__all__, "__version__", "__doc__", "__file__", "__name__", "__path__"})
 
 
 __all__ = [
@@ -80,6 +87,7 @@ __all__ = [
     "verify",
     "Policy",
     "RunResult",
+    "RunSettings",
     "run",
     "BlockIR",
     "LoadedModel",

@@ -47,6 +47,7 @@ def _files(root: Path) -> dict[str, bytes]:
 
 
 # Atomic writes in a 3-block run: 1 run.json, 4 traces + index, then 5 per block, then the summary (21).
+@pytest.mark.slow
 @pytest.mark.parametrize("fault", [1, 5, 6, 9, 16, 21])
 def test_killed_run_resumes_to_identical_certificates(reference, tmp_path, fault):
     model, ref = reference

@@ -141,6 +141,7 @@ def test_resume_refuses_another_derivation(runs, model_dir, tmp_path):
     assert all(b.resumed for b in again.blocks)
 
 
+@pytest.mark.slow
 def test_cli_surrogate_run(model_dir, tmp_path):
     out = tmp_path / "cli"
     proc = subprocess.run([sys.executable, "-m", "blockcert", "run", "--model", str(model_dir), "--prompts", "builtin:default",

@@ -257,6 +257,7 @@ def test_sweep_writes_results_and_plot(tiny, tmp_path):
     assert len(list((tmp_path / "S" / "completions").glob("*.jsonl"))) == 4
 
 
+@pytest.mark.slow
 def test_cli_edit_usage_errors(tiny, tmp_path):
     proc = cli("edit", "--model", str(tiny[0]), "--out", str(tmp_path / "x"))
     assert proc.returncode == 2 and "--mlp-scale" in proc.stderr

@@ -191,6 +191,7 @@ def blockcert_cli(*args: str) -> subprocess.CompletedProcess[str]:
                           timeout=600, env={**os.environ, "COLUMNS": "200"})
 
 
+@pytest.mark.slow
 def test_cli_prints_a_table_or_the_results_json(tiny_dir, tmp_path):
     out = tmp_path / "t4"
     shown = blockcert_cli("table4", "--model", str(tiny_dir), "--blocks", "0,2", "--out", str(out))
@@ -218,6 +219,7 @@ def test_cli_prints_a_table_or_the_results_json(tiny_dir, tmp_path):
         (["all", "--prompts", "/nonexistent.txt"], "prompt file not found"),
     ],
 )
+@pytest.mark.slow
 def test_cli_mistakes_exit_2_with_one_line(tiny_dir, tmp_path, args, fragment):
     out = tmp_path / "out"
     blocks = [] if "--blocks" in args else ["--blocks", "0"]

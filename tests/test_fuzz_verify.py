@@ -105,6 +105,7 @@ def apply(root: Path, name: str, kind: str, arg) -> bool:
     return True
 
 
+@pytest.mark.slow
 def test_fuzz_never_verifies_changed_bytes(valid_run):
     files = sorted(p.relative_to(valid_run).as_posix() for p in valid_run.rglob("*") if p.is_file())
     sizes = {f: (valid_run / f).stat().st_size for f in files}
@@ -200,6 +201,7 @@ def apply_consistent(root: Path, name: str, kind: str, arg, short_len: int) -> b
     return True
 
 
+@pytest.mark.slow
 def test_consistent_mutations_never_verify_at_replay(valid_run):
     from adversary import resummarize
 

@@ -122,6 +122,7 @@ def _check_certificate(root: Path, cert_path: Path) -> dict:
     return cert
 
 
+@pytest.mark.slow
 def test_default_model_identity_ir_is_certified(tmp_path):
     """The acceptance run: blocks 0, 15, 29 of the real SmolLM2 on the stress prompts."""
     out = tmp_path / "D"
@@ -215,6 +216,7 @@ def test_non_finite_activations_are_a_user_error(smollm2, tmp_path):
         (["--arch", "mamba"], "mamba"),
     ],
 )
+@pytest.mark.slow
 def test_cli_bad_input_exits_2(args, needle, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "blockcert", "run", "--out", str(tmp_path / "o"), *args],
                           capture_output=True, text=True, timeout=600)
@@ -234,3 +236,19 @@ def test_jsonl_prompts(tiny_dir, tmp_path):
     (tmp_path / "p.jsonl").write_text('{"prompt": "A causal mask hides the future."}\n"Plain strings work too."\n')
     result = run(tiny_dir, prompts=str(tmp_path / "p.jsonl"), blocks="0", out=tmp_path / "o")
     assert result.n_prompts == 2
+
+
+def test_run_takes_a_settings_record_or_its_fields(tiny_dir, tmp_path):
+    """``run(settings=RunSettings(...))`` writes exactly what the same options as keywords write; both at once,
+    or an unknown option, is a TypeError naming them."""
+    from blockcert.pipeline.certify import RunSettings
+
+    loaded = blockcert.load_model(tiny_dir)
+    run(loaded=loaded, prompts="builtin:default", blocks="1", out=tmp_path / "kw", bounds=True)
+    run(loaded=loaded, settings=RunSettings(prompts="builtin:default", blocks="1", out=tmp_path / "rec", bounds=True))
+    for rel in ("block_001/certificate.json", "block_001/bounds.json", "run.json", "metrics.json"):
+        assert (tmp_path / "kw" / rel).read_bytes() == (tmp_path / "rec" / rel).read_bytes(), rel
+    with pytest.raises(TypeError, match="blocks"):
+        run(loaded=loaded, settings=RunSettings(), blocks="1")
+    with pytest.raises(TypeError, match="colour"):
+        run(loaded=loaded, colour="red")

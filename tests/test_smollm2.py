@@ -6,8 +6,12 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 import blockcert
 from blockcert.prompts import builtin
+
+pytestmark = pytest.mark.slow  # every test here is about the real default model
 
 TOL = 1e-5
 

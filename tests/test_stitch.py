@@ -125,6 +125,7 @@ def test_stitch_a_subset_and_bad_requests(stitched_run, tmp_path):
     assert proc.returncode == 2 and "run.json" in proc.stderr
 
 
+@pytest.mark.slow
 def test_default_model_fully_stitched(tmp_path):
     """All 30 SmolLM2 blocks replaced by their IR: perplexity within 1e-5 relative, probe agreement 1.0, and
     Theorem 1 from the certified Lipschitz bounds above the observed max residual at every layer."""

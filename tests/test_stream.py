@@ -256,6 +256,7 @@ def test_executor_errors(ckpt):
         model_ref(loaded)
 
 
+@pytest.mark.slow
 def test_ray_executor_equals_local(ckpt, memory_run, tmp_path):
     """Skipped without Ray, unless BLOCKCERT_REQUIRE_RAY=1 (CI installs the `ray` extra and sets it)."""
     try:
@@ -291,6 +292,7 @@ def test_slices_carry_only_the_certified_layers(ckpt, prompts):
     assert all(np.array_equal(a, b) for a, b in zip(full_ex.errors, part_ex.errors))
 
 
+@pytest.mark.slow
 def test_cli_synth_and_stream_run(tmp_path):
     code = (
         "import sys; from blockcert.cli import main\n"

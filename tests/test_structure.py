@@ -139,3 +139,21 @@ def test_long_modules_say_why(module):
 def test_every_module_imports(module):
     """A moved name or a stale import fails here, not in the one test that happens to reach it."""
     importlib.import_module(module)
+
+
+def test_the_package_face_is_its_api():
+    """``dir(blockcert)`` is what users call; each name resolves, also after every submodule is imported (a
+    submodule named like an API function would replace it), and ``import blockcert`` stays light."""
+    import subprocess
+    import sys
+
+    code = ("import sys, blockcert; face = dir(blockcert); light = 'torch' not in sys.modules and 'transformers' not in sys.modules; "
+            "import importlib, pkgutil; [importlib.import_module(m.name) for m in pkgutil.walk_packages(blockcert.__path__, 'blockcert.') "
+            "if not m.name.endswith('__main__')]; "
+            "print(light, sorted(set(face) - set(blockcert.__all__)), all(callable(getattr(blockcert, n)) or n == 'SCHEMA_VERSION' "
+            "for n in blockcert.__all__), [n for n in ('Any', 'TYPE_CHECKING', 'annotations', 'import_module') if n in face])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")[-2]
+    assert out == "True ['__doc__', '__file__', '__name__', '__path__', '__version__'] True []", out
+    import blockcert
+
+    assert {"run", "verify", "stitch", "bound", "load_model", "Policy"} <= set(dir(blockcert))

@@ -87,6 +87,7 @@ def assumptions(coqc: str, dev: Path, where: Path, module: str, names: tuple[str
 # ---------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_development_rests_only_on_the_real_number_axioms(coqc, coq_dev):
     found = assumptions(coqc, coq_dev, coq_dev, "GlobalBound", MAIN_THEOREMS)
     for name, axioms in found.items():

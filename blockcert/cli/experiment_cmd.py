@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import attrs
 import typer
 from rich.table import Table
 
 from blockcert.cli import app, out_console
+from blockcert.cli import options as opt
 
 experiment_app = typer.Typer(
     name="experiment",
@@ -19,22 +24,21 @@ experiment_app = typer.Typer(
 )
 app.add_typer(experiment_app, name="experiment")
 
-# Options every experiment takes (typer reads these as metadata, so one instance can serve every command).
-MODEL = typer.Option(None, "--model", "-m", help="Local HF directory, .gguf file, or registered name (default: the embedded SmolLM2-135M-Instruct).")
-BLOCKS = typer.Option("0,5,10,15,20", "--blocks", "-b", help="Blocks to measure: 0,5,10, 0-4 or all (the paper's 0,5,10,15,20 by default).")
-DTYPE = typer.Option("bfloat16", "--dtype", help="Native precision: bfloat16 (default; the native block rounds to bfloat16 and "
-                     "the IR does not, so they differ by rounding, as in the paper), float16, or float32 (the extraction is then "
-                     "exact up to float32 rounding). The IR always replays in float32.")
+# Options every experiment takes (typer reads these as metadata, so one instance can serve every command);
+# :func:`experiment` gives each command all of them, in this order, before its own.
+BLOCKS = opt.blocks("0,5,10,15,20", "Blocks to measure: 0,5,10, 0-4 or all (the paper's 0,5,10,15,20 by default).")
+DTYPE = opt.dtype("bfloat16", "Native precision: bfloat16 (default; the native block rounds to bfloat16 and the IR does not, so "
+                  "they differ by rounding, as in the paper), float16, or float32 (the extraction is then exact up to float32 "
+                  "rounding). The IR always replays in float32.")
 PROMPTS = typer.Option("builtin:stress", "--prompts", "-p", help="The evaluation prompt set (the paper's ten stress prompts by default): "
                        "builtin:NAME, a text file (one prompt per line) or .jsonl.")
-TAU_ACT = typer.Option(1e-2, "--tau-act", help="τ_act of every run (eq. 6).")
-TAU_LOSS = typer.Option(1e-3, "--tau-loss", help="τ_loss of every run (eq. 7-8).")
-ALPHA_ACT = typer.Option(0.94, "--alpha-act", help="α_act of every run (eq. 9).")
-ALPHA_LOSS = typer.Option(0.9, "--alpha-loss", help="α_loss of every run (eq. 10); also Table 4's loss-coverage level.")
-BATCH_SIZE = typer.Option(8, "--batch-size", help="Prompts per batch (trace capture and loss-coverage suffixes).")
 OUT = typer.Option(None, "--out", "-o", help="Output directory: runs/ and results.json (default: blockcert-experiments/<experiment>).")
 FORCE = typer.Option(False, "--force", help="Redo every run instead of reusing the finished ones in --out.")
-AS_JSON = typer.Option(False, "--json", help="Print results.json on stdout instead of the table (progress still goes to stderr).")
+AS_JSON = opt.as_json("Print results.json on stdout instead of the table (progress still goes to stderr).")
+COMMON = [("model", str, opt.MODEL), ("blocks", str, BLOCKS), ("dtype", str, DTYPE), ("prompts", str, PROMPTS),
+          ("tau_act", float, opt.TAU_ACT), ("tau_loss", float, opt.TAU_LOSS), ("alpha_act", float, opt.ALPHA_ACT),
+          ("alpha_loss", float, opt.ALPHA_LOSS), ("batch_size", int, opt.BATCH_SIZE), ("out", Path, OUT), ("force", bool, FORCE),
+          ("as_json", bool, AS_JSON)]
 RANKS = typer.Option("16,32,64", "--ranks", help="Ranks r of the lowrank:r=R rows (truncated SVD of W_Q, W_K, W_V, W_O).")
 SURROGATES = typer.Option(["int8"], "--surrogate", help="Another surrogate row after the low-rank ones (repeatable; default int8). "
                           "Passing any replaces the default.")
@@ -58,22 +62,54 @@ def _numbers(text: str, flag: str, kind: type) -> list[Any]:
     return values
 
 
-def _settings(model: str | None, blocks: str, dtype: str, prompts: str, tau_act: float, tau_loss: float, alpha_act: float,
-              alpha_loss: float, batch_size: int, force: bool) -> Any:
-    from blockcert.errors import UserError
-    from blockcert.metrics import Policy
-    from blockcert.model.load import DTYPES
-    from blockcert.pipeline.experiments import Settings
+@attrs.frozen
+class Common:
+    """What every experiment command was given: the runs' settings, where to write, how to print."""
 
-    try:
-        policy = Policy(tau_act=tau_act, tau_loss=tau_loss, alpha_act=alpha_act, alpha_loss=alpha_loss)
-    except ValueError as exc:
-        raise UserError(f"invalid threshold: {exc}") from exc
-    if dtype not in DTYPES:
-        raise UserError(f"unknown --dtype {dtype!r}", f"choose one of: {', '.join(DTYPES)}")
-    if batch_size < 1:
-        raise UserError(f"--batch-size must be >= 1, got {batch_size}")
-    return Settings(model=model, blocks=blocks, dtype=dtype, prompts=prompts, policy=policy, batch_size=batch_size, force=force)
+    settings: Any
+    out: Path | None
+    as_json: bool
+
+    def directory(self, name: str) -> Path:
+        return _out(self.out, name)
+
+    @classmethod
+    def of(cls, model: str | None, blocks: str, dtype: str, prompts: str, tau_act: float, tau_loss: float, alpha_act: float,
+           alpha_loss: float, batch_size: int, out: Path | None, force: bool, as_json: bool) -> Common:
+        from blockcert.errors import UserError
+        from blockcert.model.load import DTYPES
+        from blockcert.pipeline.experiments import Settings
+
+        policy = opt.policy(tau_act, tau_loss, alpha_act, alpha_loss)
+        if dtype not in DTYPES:
+            raise UserError(f"unknown --dtype {dtype!r}", f"choose one of: {', '.join(DTYPES)}")
+        if batch_size < 1:
+            raise UserError(f"--batch-size must be >= 1, got {batch_size}")
+        settings = Settings(model=model, blocks=blocks, dtype=dtype, prompts=prompts, policy=policy, batch_size=batch_size, force=force)
+        return cls(settings, out, as_json)
+
+
+def experiment(name: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Register ``fn(common, **own_options)`` as ``blockcert experiment NAME`` with the :data:`COMMON` options
+    first, then its own: the shared signature is written once, here."""
+
+    def register(fn: Callable[..., None]) -> Callable[..., None]:
+        own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in inspect.signature(fn, eval_str=True).parameters.values()
+               if p.name != "common"]
+        params = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d, annotation=t) for n, t, d in COMMON] + own
+
+        @functools.wraps(fn)
+        def command(**kw: Any) -> None:
+            common = Common.of(**{n: kw.pop(n) for n, _, _ in COMMON})
+            fn(common, **kw)
+
+        del command.__wrapped__  # typer reads the signature below, not fn's
+        command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        experiment_app.command(name)(command)
+        return command
+
+    return register
 
 
 def _out(out: Path | None, name: str) -> Path:
@@ -177,89 +213,59 @@ def _finish(result: Any, out: Path, as_json: bool, render: Any) -> None:
 # -- commands ------------------------------------------------------------------------------------------
 
 
-@experiment_app.command("table2")
-def table2_command(
-    model: str = MODEL, blocks: str = BLOCKS, dtype: str = DTYPE, prompts: str = PROMPTS, tau_act: float = TAU_ACT,
-    tau_loss: float = TAU_LOSS, alpha_act: float = ALPHA_ACT, alpha_loss: float = ALPHA_LOSS, batch_size: int = BATCH_SIZE,
-    out: Path = OUT, force: bool = FORCE, as_json: bool = AS_JSON, ranks: str = RANKS, surrogates: list[str] = SURROGATES,
-) -> None:
+@experiment("table2")
+def table2_command(common: Common, ranks: str = RANKS, surrogates: list[str] = SURROGATES) -> None:
     """Table 2: the extraction vs low-rank attention surrogates (and int8), on each block's best prompt."""
     from blockcert.pipeline.experiments import table2
 
-    settings = _settings(model, blocks, dtype, prompts, tau_act, tau_loss, alpha_act, alpha_loss, batch_size, force)
     rank_list = _numbers(ranks, "--ranks", int)
-    result = table2(settings, _out(out, "table2"), ranks=rank_list, surrogates=surrogates, progress=True)
-    _finish(result, _out(out, "table2"), as_json, render_derived)
+    result = table2(common.settings, common.directory("table2"), ranks=rank_list, surrogates=surrogates, progress=True)
+    _finish(result, common.directory("table2"), common.as_json, render_derived)
 
 
-@experiment_app.command("table3")
-def table3_command(
-    model: str = MODEL, blocks: str = BLOCKS, dtype: str = DTYPE, prompts: str = PROMPTS, tau_act: float = TAU_ACT,
-    tau_loss: float = TAU_LOSS, alpha_act: float = ALPHA_ACT, alpha_loss: float = ALPHA_LOSS, batch_size: int = BATCH_SIZE,
-    out: Path = OUT, force: bool = FORCE, as_json: bool = AS_JSON, ablations: list[str] = ABLATIONS,
-) -> None:
+@experiment("table3")
+def table3_command(common: Common, ablations: list[str] = ABLATIONS) -> None:
     """Table 3: the extraction vs ablations (drop RoPE, invert the mask, zero W_V, noise on W_Q), on each block's best prompt."""
     from blockcert.pipeline.experiments import table3
 
-    settings = _settings(model, blocks, dtype, prompts, tau_act, tau_loss, alpha_act, alpha_loss, batch_size, force)
-    result = table3(settings, _out(out, "table3"), ablations=ablations, progress=True)
-    _finish(result, _out(out, "table3"), as_json, render_derived)
+    result = table3(common.settings, common.directory("table3"), ablations=ablations, progress=True)
+    _finish(result, common.directory("table3"), common.as_json, render_derived)
 
 
-@experiment_app.command("table4")
-def table4_command(
-    model: str = MODEL, blocks: str = BLOCKS, dtype: str = DTYPE, prompts: str = PROMPTS, tau_act: float = TAU_ACT,
-    tau_loss: float = TAU_LOSS, alpha_act: float = ALPHA_ACT, alpha_loss: float = ALPHA_LOSS, batch_size: int = BATCH_SIZE,
-    out: Path = OUT, force: bool = FORCE, as_json: bool = AS_JSON, levels: str = LEVELS,
-) -> None:
+@experiment("table4")
+def table4_command(common: Common, levels: str = LEVELS) -> None:
     """Table 4: per block, how many prompts reach each cov_act level with cov_loss ≥ α_loss (the extraction's run)."""
     from blockcert.pipeline.experiments import table4
 
-    settings = _settings(model, blocks, dtype, prompts, tau_act, tau_loss, alpha_act, alpha_loss, batch_size, force)
-    result = table4(settings, _out(out, "table4"), levels=_numbers(levels, "--levels", float), progress=True)
-    _finish(result, _out(out, "table4"), as_json, render_thresholds)
+    result = table4(common.settings, common.directory("table4"), levels=_numbers(levels, "--levels", float), progress=True)
+    _finish(result, common.directory("table4"), common.as_json, render_thresholds)
 
 
-@experiment_app.command("table5")
-def table5_command(
-    model: str = MODEL, blocks: str = BLOCKS, dtype: str = DTYPE, prompts: str = PROMPTS, tau_act: float = TAU_ACT,
-    tau_loss: float = TAU_LOSS, alpha_act: float = ALPHA_ACT, alpha_loss: float = ALPHA_LOSS, batch_size: int = BATCH_SIZE,
-    out: Path = OUT, force: bool = FORCE, as_json: bool = AS_JSON, sizes: str = SIZES,
-) -> None:
+@experiment("table5")
+def table5_command(common: Common, sizes: str = SIZES) -> None:
     """Table 5: per block, the minimum per-prompt cov_act over the first k prompts (the extraction's run)."""
     from blockcert.pipeline.experiments import table5
 
-    settings = _settings(model, blocks, dtype, prompts, tau_act, tau_loss, alpha_act, alpha_loss, batch_size, force)
-    result = table5(settings, _out(out, "table5"), sizes=_numbers(sizes, "--sizes", int), progress=True)
-    _finish(result, _out(out, "table5"), as_json, render_sizes)
+    result = table5(common.settings, common.directory("table5"), sizes=_numbers(sizes, "--sizes", int), progress=True)
+    _finish(result, common.directory("table5"), common.as_json, render_sizes)
 
 
-@experiment_app.command("prompt-shift")
-def prompt_shift_command(
-    model: str = MODEL, blocks: str = BLOCKS, dtype: str = DTYPE, prompts: str = PROMPTS, tau_act: float = TAU_ACT,
-    tau_loss: float = TAU_LOSS, alpha_act: float = ALPHA_ACT, alpha_loss: float = ALPHA_LOSS, batch_size: int = BATCH_SIZE,
-    out: Path = OUT, force: bool = FORCE, as_json: bool = AS_JSON, certify_prompts: str = CERTIFY,
-) -> None:
+@experiment("prompt-shift")
+def prompt_shift_command(common: Common, certify_prompts: str = CERTIFY) -> None:
     """Prompt shift: certify on --certify-prompts, re-measure the same extraction on --prompts."""
     from blockcert.pipeline.experiments import prompt_shift
 
-    settings = _settings(model, blocks, dtype, prompts, tau_act, tau_loss, alpha_act, alpha_loss, batch_size, force)
-    result = prompt_shift(settings, _out(out, "prompt-shift"), certify_prompts=certify_prompts, progress=True)
-    _finish(result, _out(out, "prompt-shift"), as_json, render_shift)
+    result = prompt_shift(common.settings, common.directory("prompt-shift"), certify_prompts=certify_prompts, progress=True)
+    _finish(result, common.directory("prompt-shift"), common.as_json, render_shift)
 
 
-@experiment_app.command("all")
-def all_command(
-    model: str = MODEL, blocks: str = BLOCKS, dtype: str = DTYPE, prompts: str = PROMPTS, tau_act: float = TAU_ACT,
-    tau_loss: float = TAU_LOSS, alpha_act: float = ALPHA_ACT, alpha_loss: float = ALPHA_LOSS, batch_size: int = BATCH_SIZE,
-    out: Path = OUT, force: bool = FORCE, as_json: bool = AS_JSON, ranks: str = RANKS, surrogates: list[str] = SURROGATES,
-    ablations: list[str] = ABLATIONS, levels: str = LEVELS, sizes: str = SIZES, certify_prompts: str = CERTIFY,
-) -> None:
+@experiment("all")
+def all_command(common: Common, ranks: str = RANKS, surrogates: list[str] = SURROGATES, ablations: list[str] = ABLATIONS,
+                levels: str = LEVELS, sizes: str = SIZES, certify_prompts: str = CERTIFY) -> None:
     """Every experiment, each run made once and shared (the extraction's run on --prompts serves all five)."""
     from blockcert.pipeline.experiments import run_all
 
-    settings = _settings(model, blocks, dtype, prompts, tau_act, tau_loss, alpha_act, alpha_loss, batch_size, force)
-    result = run_all(settings, _out(out, "all"), ranks=_numbers(ranks, "--ranks", int), surrogates=surrogates,
+    result = run_all(common.settings, common.directory("all"), ranks=_numbers(ranks, "--ranks", int), surrogates=surrogates,
                      ablations=ablations, levels=_numbers(levels, "--levels", float), sizes=_numbers(sizes, "--sizes", int),
                      certify_prompts=certify_prompts, progress=True)
 
@@ -268,4 +274,4 @@ def all_command(
                           (r.table5, render_sizes), (r.prompt_shift, render_shift)):
             fn(table)
 
-    _finish(result, _out(out, "all"), as_json, render)
+    _finish(result, common.directory("all"), common.as_json, render)

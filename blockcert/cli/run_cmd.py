@@ -9,23 +9,24 @@ import typer
 from rich.table import Table
 
 from blockcert.cli import app, out_console
+from blockcert.cli import options as opt
 
 
 @app.command("run")
 def run_command(
-    model: str = typer.Option(None, "--model", "-m", help="Local HF directory, .gguf file, or registered name (default: the embedded SmolLM2-135M-Instruct)."),
+    model: str = opt.MODEL,
     arch: str = typer.Option(None, "--arch", help="Architecture plugin (default: detected from the model)."),
-    prompts: str = typer.Option("builtin:stress", "--prompts", "-p", help="builtin:default, builtin:stress, a text file (one prompt per line) or .jsonl."),
-    blocks: str = typer.Option("all", "--blocks", "-b", help="all, 0,5,10 or 0-4."),
-    tau_act: float = typer.Option(1e-2, "--tau-act", help="τ_act: a token is covered if its block-output error e(p,t) ≤ τ_act (eq. 6)."),
-    tau_loss: float = typer.Option(1e-3, "--tau-loss", help="τ_loss: a token's loss is unaffected if |Δℓ| ≤ τ_loss (eq. 7-8)."),
-    alpha_act: float = typer.Option(0.94, "--alpha-act", help="α_act: certified needs cov_act ≥ α_act (eq. 9)."),
-    alpha_loss: float = typer.Option(0.9, "--alpha-loss", help="α_loss: certified needs cov_loss ≥ α_loss (eq. 10)."),
-    dtype: str = typer.Option("float32", "--dtype", help="Native precision: float32, bfloat16 or float16. The IR always replays in float32."),
+    prompts: str = opt.PROMPTS,
+    blocks: str = opt.blocks("all"),
+    tau_act: float = opt.TAU_ACT,
+    tau_loss: float = opt.TAU_LOSS,
+    alpha_act: float = opt.ALPHA_ACT,
+    alpha_loss: float = opt.ALPHA_LOSS,
+    dtype: str = opt.dtype(),
     out: Path = typer.Option(Path("blockcert-out"), "--out", "-o", help="Output directory."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out; finished blocks are kept."),
     force: bool = typer.Option(False, "--force", help="Replace an existing BlockCert run in --out."),
-    batch_size: int = typer.Option(8, "--batch-size", help="Prompts per batch (trace capture and loss-coverage suffixes)."),
+    batch_size: int = opt.BATCH_SIZE,
     full: bool = typer.Option(False, "--full", help="Then stitch every certified block back in and write the full-model certificate."),
     surrogate: str = typer.Option(None, "--surrogate", help="Certify a surrogate derived from each extracted block instead: "
                                   "lowrank:r=64[,targets=attn|mlp|all], int8[:targets=...], prune-heads:heads=1+4 "
@@ -38,8 +39,7 @@ def run_command(
     bound_margin: float = typer.Option(0.5, "--bound-margin", help="Norm-layer region: RMS/std ≥ margin × the smallest traced value."),
     bound_radius: float = typer.Option(1.0, "--bound-radius", help="ℓ2 radius of the balls around the traced MLP inputs (local MLP bound)."),
     bound_iterations: int = typer.Option(10, "--bound-iterations", help="Power-iteration steps of the empirical Jacobian lower bound."),
-    stream: bool = typer.Option(False, "--stream", help="Never load the whole model: read one block at a time from its "
-                                "safetensors shards (memory-mapped). Certificates are byte-identical to an in-memory run's."),
+    stream: bool = opt.STREAM,
     executor: str = typer.Option("local", "--executor", help="Where the per-block passes run: local, or ray "
                                  "(pip install 'blockcert\\[ray]'; see docs/scaling.md)."),
     ray_address: str = typer.Option(None, "--ray-address", help="With --executor ray: the cluster to join "
@@ -48,7 +48,7 @@ def run_command(
     cpus_per_task: float = typer.Option(None, "--cpus-per-task", help="With --executor ray: CPUs (and torch threads) per pass (default 1)."),
     inflight_mb: int = typer.Option(2048, "--inflight-mb", help="Loss-coverage activations one pass may hold (MiB); "
                                     "more blocks than fit take more passes."),
-    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout (progress still goes to stderr)."),
+    as_json: bool = opt.as_json("Print the summary as JSON on stdout (progress still goes to stderr)."),
 ) -> None:
     """Certify blocks: trace the model, extract each block to IR, replay, measure ε, MAE, cov_act, cov_path,
     cov_loss, and write hash-tied certificates to --out.
@@ -56,13 +56,9 @@ def run_command(
     Exit code 0 when the run completed (whatever the verdicts), 2 for a usage error.
     """
     from blockcert.errors import UserError
-    from blockcert.metrics import Policy
-    from blockcert.pipeline.certify import run
+    from blockcert.pipeline.certify import RunSettings, run
 
-    try:
-        policy = Policy(tau_act=tau_act, tau_loss=tau_loss, alpha_act=alpha_act, alpha_loss=alpha_loss)
-    except ValueError as exc:
-        raise UserError(f"invalid threshold: {exc}") from exc
+    policy = opt.policy(tau_act, tau_loss, alpha_act, alpha_loss)
     from blockcert.bounds.record import BoundSettings
     from blockcert.cli import err_console
     from blockcert.model.load import load_model
@@ -80,9 +76,10 @@ def run_command(
     chosen = get_executor(executor, address=ray_address, workers=workers, cpus_per_task=cpus_per_task)  # a bad --executor fails before the model loads
     with err_console.status("Loading model"):
         loaded = load_model(model, arch=arch, dtype=dtype, stream=stream)
-    result = run(loaded=loaded, arch=arch, prompts=prompts, blocks=blocks, policy=policy, dtype=dtype, out=out,
-                 resume=resume, force=force, batch_size=batch_size, progress=True, bounds=settings,
-                 surrogate=surrogate, ablate=ablate, executor=chosen, inflight_bytes=inflight_mb << 20)
+    options = RunSettings(arch=arch, prompts=prompts, blocks=blocks, policy=policy, dtype=dtype, out=out, resume=resume, force=force,
+                          batch_size=batch_size, bounds=settings, surrogate=surrogate, ablate=ablate, executor=chosen,
+                          inflight_bytes=inflight_mb << 20)
+    result = run(loaded=loaded, settings=options, progress=True)
     stitched = None
     if full:
         from blockcert.pipeline.stitch import stitch

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from blockcert.cli import app, err_console, out_console
+from blockcert.cli import options as opt
 
 
 @app.command("verify")
@@ -17,33 +18,30 @@ def verify_command(
     level: str = typer.Option("replay", "--level", "-l", help="hashes | replay | full (full also needs --model)."),
     reference: str = typer.Option("torch", "--reference", help="torch (float32, as the producer) or numpy (float64, never imports torch)."),
     model: str = typer.Option(None, "--model", "-m", help="With --level full: the model to check against the certificates."),
-    tau_act: float = typer.Option(1e-2, "--tau-act", help="The verifier's τ_act (the certificate cannot loosen it)."),
-    tau_loss: float = typer.Option(1e-3, "--tau-loss", help="The verifier's τ_loss."),
-    alpha_act: float = typer.Option(0.94, "--alpha-act", help="The verifier's α_act."),
-    alpha_loss: float = typer.Option(0.9, "--alpha-loss", help="The verifier's α_loss."),
+    tau_act: float = opt.TAU_ACT,
+    tau_loss: float = opt.TAU_LOSS,
+    alpha_act: float = opt.ALPHA_ACT,
+    alpha_loss: float = opt.ALPHA_LOSS,
     tol_replay: float = typer.Option(None, "--tol-replay-units", help="Per-token band on recomputed errors, in float32 roundings of that token's norm (default 64; 128 with --reference numpy)."),
-    tol_trace: float = typer.Option(None, "--tol-trace-units", help="With --level full: per-token band on stored vs re-captured residuals, in roundings of the model dtype (default 128; capped at τ_act/8)."),
+    tol_trace: float = typer.Option(None, "--tol-trace-units", help="With --level full: per-token band on stored vs re-captured residuals, in roundings of the model dtype (default 128, capped at τ_act/8; 512, not capped, with --reference numpy)."),
     tol_loss: float = typer.Option(None, "--tol-loss", help="With --level full: per-token band on stored vs re-run token losses, in nats (default 2e-4)."),
     tol_tokens: int = typer.Option(None, "--tol-tokens", help="Tokens whose path match may flip (default 0)."),
     stream: bool = typer.Option(False, "--stream", help="With --level full: read the model one block at a time from its safetensors shards."),
     show_all: bool = typer.Option(False, "--all-checks", help="List every check, not only the failed ones."),
-    as_json: bool = typer.Option(False, "--json", help="Machine-readable report on stdout."),
+    as_json: bool = opt.as_json("Machine-readable report on stdout."),
 ) -> None:
     """Verify certificates: schema, canonical bytes, artifact digests and paths (hashes); replay every IR
     and recompute the metrics and the verdict under YOUR policy (replay); re-check the model itself (full).
+    The policy flags are the verifier's own: a certificate can never loosen them.
 
     Exit code 0 if every certificate verifies, 1 if any check fails, 2 for a usage error.
     """
     import attrs
 
     from blockcert.errors import UserError
-    from blockcert.policy import Policy
     from blockcert.verifier.core import Tolerances, verify
 
-    try:
-        policy = Policy(tau_act=tau_act, tau_loss=tau_loss, alpha_act=alpha_act, alpha_loss=alpha_loss)
-    except ValueError as exc:
-        raise UserError(f"invalid threshold: {exc}") from exc
+    policy = opt.policy(tau_act, tau_loss, alpha_act, alpha_loss)
     given = {k: v for k, v in (("replay_units", tol_replay), ("trace_units", tol_trace), ("loss_abs", tol_loss), ("tokens", tol_tokens))
              if v is not None}
     bad = [f"--tol-{k.split('_')[0]}{'-units' if k.endswith('units') else ''}" for k, v in given.items() if not v >= 0]

@@ -421,28 +421,34 @@ def _certify(
     return BlockResult(index, metrics, verdict, f"{block_dir(index)}/certificate.json", cert_id, resumed=False)
 
 
-def run(
-    model: str | Path | None = None,
-    *,
-    arch: str | None = None,
-    prompts: str = "builtin:stress",
-    blocks: str | Sequence[int] = "all",
-    policy: Policy | None = None,
-    dtype: str = "float32",
-    out: str | Path = "blockcert-out",
-    resume: bool = False,
-    force: bool = False,
-    batch_size: int = 8,
-    progress: bool = False,
-    loaded: LoadedModel | None = None,
-    bounds: bool | BoundSettings = False,
-    surrogate: str | None = None,
-    ablate: str | None = None,
-    stream: bool = False,
-    executor: str | Executor = "local",
-    inflight_bytes: int = DEFAULT_INFLIGHT_BYTES,
-) -> RunResult:
+@attrs.frozen
+class RunSettings:
+    """Everything :func:`run` is told besides the model: what to certify, under which policy, where and how.
+    ``blockcert.run(model, **options)`` builds one from its keywords; ``run(model, settings=s)`` takes it whole."""
+
+    arch: str | None = None
+    prompts: str = "builtin:stress"
+    blocks: str | Sequence[int] = "all"
+    policy: Policy = attrs.field(default=None, converter=lambda p: Policy() if p is None else p)
+    dtype: str = "float32"
+    out: str | Path = "blockcert-out"
+    resume: bool = False
+    force: bool = False
+    batch_size: int = 8
+    bounds: bool | BoundSettings = False
+    surrogate: str | None = None
+    ablate: str | None = None
+    stream: bool = False
+    executor: str | Executor = "local"
+    inflight_bytes: int = DEFAULT_INFLIGHT_BYTES
+
+
+def run(model: str | Path | None = None, *, settings: RunSettings | None = None, loaded: LoadedModel | None = None,
+        progress: bool = False, **options: Any) -> RunResult:
     """Certify ``blocks`` of ``model`` on ``prompts``; write everything under ``out``. See the module doc.
+
+    The options are the fields of :class:`RunSettings`, given as keywords or as ``settings=`` (not both).
+    ``loaded`` is a model already loaded (then ``model`` is not read); ``progress`` draws bars on stderr.
 
     ``stream=True`` loads the model block by block from its safetensors shards (never all of it; see
     :mod:`blockcert.model.stream`); the certificates are byte-identical to an in-memory run's. ``executor``
@@ -458,7 +464,13 @@ def run(
     ``surrogate="lowrank:r=64"`` or ``ablate="invert-mask"`` certifies, for every block, the IR derived
     from the extraction by that plugin instead of the extraction itself (see :mod:`blockcert.derive`).
     """
-    settings = (BoundSettings() if bounds is True else bounds) or None
+    if settings is not None and options:
+        raise TypeError(f"run() takes settings= or its fields as keywords, not both (got {', '.join(sorted(options))})")
+    s = settings if settings is not None else RunSettings(**options)
+    arch, prompts, blocks, policy, dtype, out = s.arch, s.prompts, s.blocks, s.policy, s.dtype, s.out
+    resume, force, batch_size, bounds, surrogate, ablate = s.resume, s.force, s.batch_size, s.bounds, s.surrogate, s.ablate
+    stream, executor, inflight_bytes = s.stream, s.executor, s.inflight_bytes
+    bound_settings = (BoundSettings() if bounds is True else bounds) or None
     derivation = derive.from_options(surrogate, ablate)
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -494,7 +506,7 @@ def run(
             traces = capture(loaded, texts, batch_size=batch_size, progress=lambda n: bar.advance(task, n))
             save_traces(root, traces, prompts)
         shared = [subject(root, MANIFEST), subject(root, "traces/index.json"), *(subject(root, prompt_file(t.index)) for t in traces)]
-        finished = {i: r for i in selected if resume and (r := _load_finished(root, i, settings)) is not None}
+        finished = {i: r for i in selected if resume and (r := _load_finished(root, i, bound_settings)) is not None}
         todo = [i for i in selected if i not in finished]
         tokens = sum(t.n_tokens for t in traces)
         traces = slice_traces(traces, todo)  # x^(l), x^(l+1), m_l of the blocks to certify: the rest is freed
@@ -503,7 +515,7 @@ def run(
         task = bar.add_task("Certifying blocks", total=sum(loaded.native.n_blocks - g[0] for g in groups))
         model_arg = model_ref(loaded) if executor.remote else loaded
         tasks = [BlockTask(model_arg, slice_traces(traces, g) if executor.remote else traces, g, n_ctx, batch_size, derivation,
-                           settings) for g in groups]
+                           bound_settings) for g in groups]
         extracted: dict[int, Extraction] = {}
         done: dict[int, BlockResult] = dict(finished)
 
