@@ -47,12 +47,12 @@ if _typing.TYPE_CHECKING:
     from blockcert.bounds.record import BoundSettings
     from blockcert.interpreter import Replay, replay
     from blockcert.metrics import BlockMetrics
-    from blockcert.policy import Policy
     from blockcert.model.equivalence import check_blocks
     from blockcert.model.load import LoadedModel, load_model, wrap_model
     from blockcert.pipeline.certify import BlockResult, RunResult, RunSettings, run
     from blockcert.pipeline.stitch import stitch
     from blockcert.plugins import get_plugins
+    from blockcert.policy import Policy
     from blockcert.spec import parse_spec
     from blockcert.verifier.core import verify
 

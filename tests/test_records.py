@@ -25,6 +25,7 @@ def _nested(cls: type) -> list[type]:
         if c in out:
             continue
         out.append(c)
+        attrs.resolve_types(c)  # the annotations are strings until resolved (whether cattrs ran first must not matter)
         for f in attrs.fields(c):
             for t in (f.type, *getattr(f.type, "__args__", ())):
                 if attrs.has(t):

@@ -25,8 +25,7 @@ from typing import Any
 import attrs
 
 from blockcert.bounds.rounding import fup
-from blockcert.bounds.theorem import decimal_up
-from blockcert.bounds.theorem import GlobalBound, global_bound
+from blockcert.bounds.theorem import GlobalBound, decimal_up, global_bound
 from blockcert.errors import UserError
 
 DIGITS = 17

@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from fractions import Fraction
 from typing import Any
 
-import attrs
 import numpy as np
 
 from blockcert.artifacts.bounds_record import (  # noqa: F401  (re-exported: ``from .lipschitz import X`` keeps working)
@@ -96,16 +95,15 @@ def certified_part(ir: Any, inputs: Sequence[np.ndarray], settings: BoundSetting
 
 def block_record(ir: Any, inputs: Sequence[np.ndarray], errors: Sequence[np.ndarray], settings: BoundSettings) -> dict[str, Any]:
     """The whole ``bounds.json`` record of one block."""
-    return {
-        "format": LIPSCHITZ_FORMAT,
-        "block": ir.index,
-        "norm": NORM,
-        "settings": attrs.asdict(settings),
-        "certified": certified_part(ir, inputs, settings),
-        "epsilon_seq": epsilon_seq(errors),
-        "empirical_lower_bound": empirical_lower(ir, inputs, settings.lower_iterations),
-        "labels": dict(LABELS),
-    }
+    from blockcert.artifacts import records as R
+
+    return R.dump(R.BoundsRecord(
+        format=LIPSCHITZ_FORMAT, block=ir.index, norm=NORM, settings=settings,
+        certified=R.load(R.CertifiedBounds, certified_part(ir, inputs, settings)),
+        epsilon_seq=epsilon_seq(errors),
+        empirical_lower_bound=R.load(R.EmpiricalLowerBound, empirical_lower(ir, inputs, settings.lower_iterations)),
+        labels=dict(LABELS),
+    ))
 
 
 def predicate_summary(record: dict[str, Any], path: str) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from typing import Any
 import attrs
 import numpy as np
 
+from blockcert.artifacts import records as R
 from blockcert.artifacts.digest import canonical_json, json_sha256
 from blockcert.edit.refusal import (  # noqa: F401  the edit contract, re-exported: blockcert.edit.certify.classify etc. keep working
     CORPUS_FIELDS,
@@ -202,26 +203,27 @@ def _completion_rows(items: Sequence[CorpusItem], base: Sequence[str], edited: S
 def metrics_record(items: Sequence[CorpusItem], rows: Sequence[dict[str, Any]], dev: Deviation) -> dict[str, Any]:
     before = score(items, [classify(r["base"], i) for i, r in zip(items, rows)])
     after = score(items, [classify(r["edited"], i) for i, r in zip(items, rows)])
-    return {"before": attrs.asdict(before), "after": attrs.asdict(after), "epsilon_edit": dev.epsilon_edit,
-            "max_final_deviation": dev.max_final_deviation, "amplification": dev.amplification,
-            "per_prompt": [{"id": i.id, "epsilon_edit": e, "final_deviation": f}
-                           for i, e, f in zip(items, dev.per_prompt_epsilon, dev.per_prompt_final)]}
+    return R.dump(R.EditMetrics(
+        before=attrs.asdict(before), after=attrs.asdict(after), epsilon_edit=dev.epsilon_edit,
+        max_final_deviation=dev.max_final_deviation, amplification=dev.amplification,
+        per_prompt=[{"id": i.id, "epsilon_edit": e, "final_deviation": f} for i, e, f in zip(items, dev.per_prompt_epsilon, dev.per_prompt_final)],
+    ))
 
 
 def edit_manifest(loaded: Any, spec: str, handle: Any, items: Sequence[CorpusItem], corpus_desc: str,
                   decoding: Decoding) -> dict[str, Any]:
     from blockcert import __version__
 
-    return {
-        "tool": {"name": "blockcert", "version": __version__},
-        "model": {"name": loaded.name, "arch": loaded.arch, "dtype": loaded.dtype, "weights_sha256": loaded.weights_sha256(),
-                  "source_sha256": loaded.source_sha256, "n_blocks": loaded.native.n_blocks, "d_model": loaded.native.d_model},
-        "edit": {"spec": spec, "block": int(handle.block)},
-        "corpus": {"description": corpus_desc, "count": len(items), "sha256": corpus_sha256(items),
-                   "answer": sum(i.label == "answer" for i in items), "refuse": sum(i.label == "refuse" for i in items)},
-        "decoding": decoding.record(loaded),
-        "classifier": classifier_record(),
-    }
+    return R.dump(R.EditManifest(
+        tool=R.Tool("blockcert", __version__),
+        model=R.ModelIdentity(loaded.name, loaded.arch, loaded.dtype, loaded.weights_sha256(), loaded.source_sha256,
+                              loaded.native.n_blocks, loaded.native.d_model),
+        edit={"spec": spec, "block": int(handle.block)},
+        corpus={"description": corpus_desc, "count": len(items), "sha256": corpus_sha256(items),
+                "answer": sum(i.label == "answer" for i in items), "refuse": sum(i.label == "refuse" for i in items)},
+        decoding=decoding.record(loaded),
+        classifier=classifier_record(),
+    ))
 
 
 def certify_edit(
@@ -292,13 +294,14 @@ def write_edit_artifacts(root: Path, manifest: dict[str, Any], rows: Sequence[di
     if human is not None:
         atomic_write_bytes(root / "human.json", canonical_json(human))
         names += ["human.json", *human["files"]]
-    predicate = {
-        "schema_version": EDIT_SCHEMA_VERSION,
-        **{k: manifest[k] for k in ("tool", "model", "edit", "corpus", "decoding", "classifier")},
-        "metrics": {k: metrics[k] for k in ("before", "after", "epsilon_edit", "max_final_deviation", "amplification")},
-        "human_labels": None if human is None else {k: human[k] for k in ("annotators", "base", "edited", "agreement")},
-        "completions": "completions.jsonl",
-    }
+    what = R.load(R.EditManifest, manifest)
+    predicate = R.dump(R.EditPredicate(
+        schema_version=EDIT_SCHEMA_VERSION, tool=what.tool, model=what.model, edit=what.edit, corpus=what.corpus,
+        decoding=what.decoding, classifier=what.classifier,
+        metrics={k: metrics[k] for k in ("before", "after", "epsilon_edit", "max_final_deviation", "amplification")},
+        human_labels=None if human is None else {k: human[k] for k in ("annotators", "base", "edited", "agreement")},
+        completions="completions.jsonl",
+    ))
     cert = statement([subject(root, n) for n in sorted(names)], EDIT_PREDICATE, predicate)
     return write_certificate(root / "certificate.json", cert)
 

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from blockcert import __version__, derive
+from blockcert.artifacts import records as R
 from blockcert.artifacts.digest import canonical_json, file_sha256
 from blockcert.artifacts.fsutil import atomic_write_bytes, atomic_write_text, is_temp_name
 from blockcert.bounds.record import BoundSettings, block_record, predicate_summary
@@ -113,18 +114,15 @@ def _interpreter_sha256() -> str:
 
 
 def _manifest(loaded: LoadedModel, prompts_desc: str, prompts: Sequence[str], policy: Policy, n_ctx: int) -> dict[str, Any]:
-    return {
-        "tool": {"name": "blockcert", "version": __version__},
-        "model": {
-            "name": loaded.name, "arch": loaded.arch, "dtype": loaded.dtype,
-            "weights_sha256": loaded.weights_sha256(), "source_sha256": loaded.source_sha256,
-            "n_blocks": loaded.native.n_blocks, "d_model": loaded.native.d_model,
-        },
-        "prompts": {"description": prompts_desc, "count": len(prompts), "sha256": prompts_sha256(prompts)},
-        "policy": attrs.asdict(policy),
-        "replay": {"backend": "torch", "dtype": "float32", "interpreter_sha256": _interpreter_sha256()},
-        "n_ctx": n_ctx,
-    }
+    return R.dump(R.RunManifest(
+        tool=R.Tool("blockcert", __version__),
+        model=R.ModelIdentity(loaded.name, loaded.arch, loaded.dtype, loaded.weights_sha256(), loaded.source_sha256,
+                              loaded.native.n_blocks, loaded.native.d_model),
+        prompts=R.PromptSet(prompts_desc, len(prompts), prompts_sha256(prompts)),
+        policy=policy,
+        replay=R.Replay("torch", "float32", _interpreter_sha256()),
+        n_ctx=n_ctx,
+    ))
 
 
 def _prepare_out(out: Path, manifest: dict[str, Any], resume: bool, force: bool) -> None:
@@ -392,8 +390,8 @@ def _certify(
         per_token[f"{key}.path_match"] = np.asarray(p, bool)
         per_token[f"{key}.loss_stitched"] = np.asarray(s, np.float32)
     atomic_write_bytes(d / "errors.safetensors", save(per_token, metadata={"format": "blockcert-errors"}))
-    record = {"block": index, "metrics": _metrics_dict(metrics), "certified": verdict, "policy": attrs.asdict(policy)}
-    atomic_write_bytes(d / "metrics.json", canonical_json(record))
+    record = R.BlockMetricsRecord(index, _metrics_dict(metrics), verdict, policy)
+    atomic_write_bytes(d / "metrics.json", canonical_json(R.dump(record)))
     lipschitz = None
     if ex.bounds is not None:
         atomic_write_bytes(d / BOUNDS_FILE, canonical_json(ex.bounds))
@@ -401,21 +399,19 @@ def _certify(
         lipschitz = predicate_summary(ex.bounds, f"{block_dir(index)}/{BOUNDS_FILE}")
     own = [subject(root, f"{block_dir(index)}/{name}") for name in sorted(names)]
     m = _metrics_dict(metrics)
-    predicate = {
-        "schema_version": CERT_SCHEMA_VERSION,
-        "tool": manifest["tool"],
-        "model": manifest["model"],
-        "block": {"index": index, "arch": ex.arch, "n_ctx": ex.n_ctx, "ir": f"{block_dir(index)}/ir.json"},
-        "prompts": {**manifest["prompts"], "tokens": metrics.tokens, "trace_index": "traces/index.json"},
-        "policy": attrs.asdict(policy),
-        "metrics": {k: m[k] for k in ("epsilon", "mae", "cov_act", "cov_path", "cov_loss", "rel_max", "rel_mean",
-                                       "tokens", "loss_tokens", "best_prompt")},
-        "verdict": {"certified": verdict, "cov_act_ok": metrics.cov_act >= policy.alpha_act,
-                    "cov_loss_ok": metrics.cov_loss >= policy.alpha_loss},
-        "replay": manifest["replay"],
-        "surrogate": ex.surrogate,
-        "lipschitz": lipschitz,
-    }
+    predicate = R.dump(R.BlockPredicate(
+        schema_version=CERT_SCHEMA_VERSION,
+        tool=R.load(R.Tool, manifest["tool"]),
+        model=R.load(R.ModelIdentity, manifest["model"]),
+        block=R.BlockRef(index, ex.arch, ex.n_ctx, f"{block_dir(index)}/ir.json"),
+        prompts=R.CertifiedPrompts(**manifest["prompts"], tokens=metrics.tokens, trace_index="traces/index.json"),
+        policy=policy,
+        metrics=R.ClaimedMetrics(**{k: m[k] for k in R.keys(R.ClaimedMetrics)}),
+        verdict=R.Verdict(verdict, metrics.cov_act >= policy.alpha_act, metrics.cov_loss >= policy.alpha_loss),
+        replay=R.load(R.Replay, manifest["replay"]),
+        surrogate=ex.surrogate,
+        lipschitz=None if lipschitz is None else R.load(R.LipschitzSummary, lipschitz),
+    ))
     cert = statement([*own, *shared_subjects], BLOCK_PREDICATE, predicate)
     cert_id = write_certificate(d / "certificate.json", cert)  # last: its presence marks the block done
     return BlockResult(index, metrics, verdict, f"{block_dir(index)}/certificate.json", cert_id, resumed=False)

@@ -21,6 +21,7 @@ import attrs
 import numpy as np
 import torch
 
+from blockcert.artifacts import records as R
 from blockcert.artifacts.digest import canonical_json, file_sha256
 from blockcert.artifacts.fsutil import atomic_write_bytes
 from blockcert.artifacts.safeio import strict_json
@@ -281,16 +282,16 @@ def _write(root: Path, manifest: dict[str, Any], summary: dict[str, Any], result
     for index in result.stitched_blocks:
         rel = f"block_{index:03d}/certificate.json"
         refs.append({"index": index, "certificate": rel, "certificate_id": file_sha256(root / rel)})
-    predicate = {
-        "schema_version": FULL_SCHEMA_VERSION,
-        "tool": manifest["tool"],
-        "model": manifest["model"],
-        "prompts": manifest["prompts"],
-        "stitched_blocks": list(result.stitched_blocks),
-        "block_certificates": refs,
-        "metrics": result.metrics(),
-        "evaluation": f"{FULL_DIR}/eval.json",
-    }
+    predicate = R.dump(R.FullPredicate(
+        schema_version=FULL_SCHEMA_VERSION,
+        tool=R.load(R.Tool, manifest["tool"]),
+        model=R.load(R.ModelIdentity, manifest["model"]),
+        prompts=R.load(R.PromptSet, manifest["prompts"]),
+        stitched_blocks=list(result.stitched_blocks),
+        block_certificates=[R.BlockCertificateRef(**r) for r in refs],
+        metrics=R.load(R.FullMetrics, result.metrics()),
+        evaluation=f"{FULL_DIR}/eval.json",
+    ))
     subjects = [subject(root, f"{FULL_DIR}/eval.json"), subject(root, "run.json"), subject(root, "traces/index.json"),
                 *(subject(root, r["certificate"]) for r in refs)]
     cert = statement(subjects, FULL_PREDICATE, predicate)

@@ -14,6 +14,7 @@ import attrs
 import numpy as np
 import rfc8785
 
+from blockcert.artifacts import records as R
 from blockcert.artifacts.safeio import (
     MAX_JSON_BYTES,
     ArtifactError,
@@ -46,16 +47,17 @@ from blockcert.verifier.metrics import (
 from blockcert.verifier.subjects import CertReport, check_subjects, load_certificate
 
 PER_PROMPT_FIELDS = ("per_prompt_cov_act", "per_prompt_mae", "per_prompt_cov_loss")
-METRIC_FIELDS = ("epsilon", "mae", "cov_act", "cov_path", "cov_loss", "rel_max", "rel_mean", "tokens", "loss_tokens", "best_prompt")
-PREDICATE_FIELDS = {"schema_version", "tool", "model", "block", "prompts", "policy", "metrics", "verdict", "replay", "surrogate", "lipschitz"}
-MODEL_FIELDS = {"name", "arch", "dtype", "weights_sha256", "source_sha256", "n_blocks", "d_model"}
-BLOCK_FIELDS = {"index", "arch", "n_ctx", "ir"}
-PROMPT_FIELDS = {"description", "count", "sha256", "tokens", "trace_index"}
-POLICY_FIELDS = {"tau_act", "tau_loss", "alpha_act", "alpha_loss"}
-VERDICT_FIELDS = {"certified", "cov_act_ok", "cov_loss_ok"}
-REPLAY_FIELDS = {"backend", "dtype", "interpreter_sha256"}
-TOOL_FIELDS = {"name", "version"}
-RUN_FIELDS = {"tool", "model", "prompts", "policy", "replay", "n_ctx"}  # + "derivation" in a surrogate/ablation run
+# the key sets enforced below are the records' (blockcert/artifacts/records.py): the contract is written once
+METRIC_FIELDS = tuple(a.name for a in attrs.fields(R.ClaimedMetrics))
+PREDICATE_FIELDS = R.keys(R.BlockPredicate)
+MODEL_FIELDS = R.keys(R.ModelIdentity)
+BLOCK_FIELDS = R.keys(R.BlockRef)
+PROMPT_FIELDS = R.keys(R.CertifiedPrompts)
+POLICY_FIELDS = R.keys(Policy)
+VERDICT_FIELDS = R.keys(R.Verdict)
+REPLAY_FIELDS = R.keys(R.Replay)
+TOOL_FIELDS = R.keys(R.Tool)
+RUN_FIELDS = R.keys(R.RunManifest) - {"derivation"}  # + "derivation" in a surrogate/ablation run
 
 
 def _check_block_files(root: Path, block_dirname: str, contents: dict[str, bytes], c: Checker, with_bounds: bool,

@@ -21,6 +21,7 @@ from typing import Any
 import attrs
 import numpy as np
 
+from blockcert.artifacts import records as R
 from blockcert.artifacts.bounds_record import (
     LABELS,
     LIPSCHITZ_FORMAT,
@@ -33,9 +34,9 @@ from blockcert.artifacts.bounds_record import (
 )
 from blockcert.artifacts.safeio import read_safetensors, strict_json
 
-RECORD_FIELDS = {"format", "block", "norm", "settings", "certified", "epsilon_seq", "empirical_lower_bound", "labels"}
-CERTIFIED_FIELDS = {"upper", "hybrid_input_radius", "min_scale1", "min_scale2", "seq_len", "tokens", "residual", "regions", "spectral"}
-LOWER_FIELDS = {"value", "prompt", "tokens", "iterations", "dtype", "label"}
+RECORD_FIELDS = R.keys(R.BoundsRecord)
+CERTIFIED_FIELDS = R.keys(R.CertifiedBounds)
+LOWER_FIELDS = R.keys(R.EmpiricalLowerBound)
 
 
 def _num(x: Any) -> Fraction | None:

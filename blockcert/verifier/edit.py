@@ -18,10 +18,12 @@ from typing import Any
 
 import attrs
 
+from blockcert.artifacts import records as R
+
 EDIT_FILES = {"edit.json", "completions.jsonl", "metrics.json", "human.json", "certificate.json", "labels"}
-MANIFEST_FIELDS = ("tool", "model", "edit", "corpus", "decoding", "classifier")
+MANIFEST_FIELDS = tuple(a.name for a in attrs.fields(R.EditManifest))
 ROW_FIELDS = {"id", "label", "category", "prompt", "keywords", "base", "edited", "base_judgement", "edited_judgement"}
-METRICS_FIELDS = {"before", "after", "epsilon_edit", "max_final_deviation", "amplification", "per_prompt"}
+METRICS_FIELDS = R.keys(R.EditMetrics)
 
 
 def is_edit_dir(path: Path) -> bool:
@@ -47,8 +49,7 @@ def verify_edit(root: Path, *, level: str, model: str | None, reference: str = "
         c.require("predicateType", cert["predicateType"] == E.EDIT_PREDICATE, E.EDIT_PREDICATE, cert["predicateType"])
         pred = cert["predicate"]
         block = (pred.get("edit") or {}).get("block") if isinstance(pred, dict) else None
-        exact_keys(c, "predicate", pred, {"schema_version", "tool", "model", "edit", "corpus", "decoding", "classifier", "metrics",
-                                           "human_labels", "completions"})
+        exact_keys(c, "predicate", pred, R.keys(R.EditPredicate))
         contents = check_subjects(root, cert, c)
         extra = sorted(p.name for p in root.iterdir() if p.name not in EDIT_FILES and not p.name.startswith("."))
         if (root / "labels").is_dir():

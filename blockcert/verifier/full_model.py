@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from blockcert.artifacts import records as R
 from blockcert.artifacts.safeio import (
     MAX_JSON_BYTES,
     MAX_TENSOR_FILE_BYTES,
@@ -28,10 +29,8 @@ from blockcert.verifier.metrics import (
 )
 from blockcert.verifier.subjects import CertReport, check_subjects, load_certificate
 
-FULL_FIELDS = {"schema_version", "tool", "model", "prompts", "stitched_blocks", "block_certificates", "metrics", "evaluation"}
-FULL_METRICS = {"layer_mae", "layer_max", "mean_layer_mae", "worst_layer_mae", "max_residual_error", "ppl_baseline", "ppl_stitched",
-                "delta_ppl", "rel_delta_ppl", "probe_prompts", "probe_stitched_vs_baseline", "probe_baseline_vs_human",
-                "probe_stitched_vs_human"}
+FULL_FIELDS = R.keys(R.FullPredicate)
+FULL_METRICS = R.keys(R.FullMetrics)
 
 
 def _agree(items: list[dict[str, Any]], a: str, b: str) -> float:
