@@ -20,12 +20,13 @@ from typing import Any
 import attrs
 import numpy as np
 
+from blockcert.artifacts.layout import BASE_IR
 from blockcert.errors import UserError
 from blockcert.ir import BlockIR
 from blockcert.spec import Spec, parse_spec
 
 KINDS = ("surrogate", "ablation")
-BASE_STEM = "base_ir"
+BASE_STEM = BASE_IR  # the extraction a derivation starts from, kept beside it
 DERIVATION_FIELDS = {"kind", "spec", "requested", "base_ir", "base_ir_tensors_sha256", "notes"}
 
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import attrs
 
+from blockcert.artifacts.layout import FULL_EVAL, MANIFEST
 from blockcert.bounds.rounding import fup
 from blockcert.bounds.theorem import GlobalBound, decimal_up, global_bound
 from blockcert.errors import UserError
@@ -163,7 +164,7 @@ def _load_blocks(root: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         raise UserError(f"{root}: {bad.path} does not verify ({first.name}{': ' + first.detail if first.detail else ''})",
                         f"run `blockcert verify {root}` for every failed check; `blockcert bound` only reads verified certificates")
     preds = [json.loads((root / rel).read_text(encoding="utf-8"))["predicate"] for rel in certs]
-    manifest = json.loads((root / "run.json").read_text(encoding="utf-8"))
+    manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
     return preds, manifest
 
 
@@ -214,7 +215,7 @@ def ranges(ids: Sequence[int]) -> str:
 
 
 def _evaluation(root: Path) -> dict[str, Any] | None:
-    path = root / "full" / "eval.json"
+    path = root / FULL_EVAL
     if not path.is_file():
         return None
     return json.loads(path.read_text(encoding="utf-8"))

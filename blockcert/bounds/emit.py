@@ -27,6 +27,7 @@ from typing import Any
 import attrs
 
 from blockcert.artifacts.fsutil import atomic_write_text
+from blockcert.artifacts.layout import MANIFEST
 from blockcert.errors import UserError
 
 FORMATS = ("coq", "lean")
@@ -87,7 +88,7 @@ def instance(report: Any, variant: str = "mixed") -> Instance:
     bound = Fraction(Decimal(v.bound.decimal))
     if bound < exact:
         raise RuntimeError(f"variant {variant}: decimal {v.bound.decimal} is below the exact bound")
-    manifest = json.loads((Path(report.root) / "run.json").read_text(encoding="utf-8"))
+    manifest = json.loads((Path(report.root) / MANIFEST).read_text(encoding="utf-8"))
     model = manifest.get("model", {})
     return Instance(eps=eps, lips=lips, lip_kinds=kinds, exact=exact, bound=bound, decimal=v.bound.decimal,
                     variant=variant, sound=v.sound, label=v.label, run=str(report.root),

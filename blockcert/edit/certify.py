@@ -29,6 +29,7 @@ import numpy as np
 
 from blockcert.artifacts import records as R
 from blockcert.artifacts.digest import canonical_json, json_sha256
+from blockcert.artifacts.layout import CERTIFICATE, COMPLETIONS, EDIT_MANIFEST, EDIT_METRICS
 from blockcert.edit.refusal import (  # noqa: F401  the edit contract, re-exported: blockcert.edit.certify.classify etc. keep working
     CORPUS_FIELDS,
     EDIT_PREDICATE,
@@ -286,11 +287,11 @@ def write_edit_artifacts(root: Path, manifest: dict[str, Any], rows: Sequence[di
     from blockcert.artifacts.fsutil import atomic_write_bytes
     from blockcert.certificate import statement, subject, write_certificate
 
-    (root / "certificate.json").unlink(missing_ok=True)  # the certificate is written last: never a stale one
+    (root / CERTIFICATE).unlink(missing_ok=True)  # the certificate is written last: never a stale one
     atomic_write_bytes(root / "edit.json", canonical_json(manifest))
     atomic_write_bytes(root / "completions.jsonl", completions_bytes(rows))
-    atomic_write_bytes(root / "metrics.json", canonical_json(metrics))
-    names = ["completions.jsonl", "edit.json", "metrics.json"]
+    atomic_write_bytes(root / EDIT_METRICS, canonical_json(metrics))
+    names = [COMPLETIONS, EDIT_MANIFEST, EDIT_METRICS]
     if human is not None:
         atomic_write_bytes(root / "human.json", canonical_json(human))
         names += ["human.json", *human["files"]]
@@ -303,7 +304,7 @@ def write_edit_artifacts(root: Path, manifest: dict[str, Any], rows: Sequence[di
         completions="completions.jsonl",
     ))
     cert = statement([subject(root, n) for n in sorted(names)], EDIT_PREDICATE, predicate)
-    return write_certificate(root / "certificate.json", cert)
+    return write_certificate(root / CERTIFICATE, cert)
 
 
 # ---------------------------------------------------------------------------------------------------

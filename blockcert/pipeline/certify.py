@@ -40,6 +40,7 @@ from blockcert import __version__, derive
 from blockcert.artifacts import records as R
 from blockcert.artifacts.digest import canonical_json, file_sha256
 from blockcert.artifacts.fsutil import atomic_write_bytes, atomic_write_text, is_temp_name
+from blockcert.artifacts.layout import BLOCK_METRICS, BOUNDS, CERTIFICATE, ERRORS, IR, MANIFEST, SUMMARY, TRACE_INDEX, BlockPaths, block_dir
 from blockcert.bounds.record import BoundSettings, block_record, predicate_summary
 from blockcert.certificate import BLOCK_PREDICATE, CERT_SCHEMA_VERSION, certificate_id, statement, subject, write_certificate
 from blockcert.derive import Derivation
@@ -54,10 +55,7 @@ from blockcert.pipeline.trace import PromptTrace, capture, load_traces, prompt_f
 from blockcert.plugins import get_plugins
 from blockcert.spec import parse_blocks
 
-MANIFEST = "run.json"
 DEFAULT_INFLIGHT_BYTES = 2 << 30  # loss-coverage activations one pass may hold (see blockcert.pipeline.staircase)
-BOUNDS_FILE = "bounds.json"
-SUMMARY = "metrics.json"
 
 
 @attrs.frozen
@@ -101,10 +99,6 @@ def _metrics_dict(m: BlockMetrics) -> dict[str, Any]:
     for key in ("per_prompt_cov_act", "per_prompt_mae", "per_prompt_cov_loss"):
         d[key] = list(d[key])
     return d
-
-
-def block_dir(index: int) -> str:
-    return f"block_{index:03d}"
 
 
 def _interpreter_sha256() -> str:
@@ -163,7 +157,7 @@ def _load_finished(root: Path, index: int, bounds: BoundSettings | None = None) 
     settings, counts as unfinished.
     """
     d = root / block_dir(index)
-    cert_path, metrics_path = d / "certificate.json", d / "metrics.json"
+    cert_path, metrics_path = d / CERTIFICATE, d / BLOCK_METRICS
     if not (cert_path.is_file() and metrics_path.is_file()):
         return None
     try:
@@ -177,7 +171,7 @@ def _load_finished(root: Path, index: int, bounds: BoundSettings | None = None) 
         return None  # damaged by a crash in an older version: redo the block
     if bounds is not None and not _has_bounds(d, cert, bounds):
         return None
-    return BlockResult(index, metrics, bool(record["certified"]), f"{block_dir(index)}/certificate.json",
+    return BlockResult(index, metrics, bool(record["certified"]), BlockPaths(index).certificate,
                        certificate_id(cert), resumed=True)
 
 
@@ -185,7 +179,7 @@ def _has_bounds(d: Path, cert: dict[str, Any], bounds: BoundSettings) -> bool:
     if not (cert.get("predicate") or {}).get("lipschitz"):
         return False
     try:
-        record = json.loads((d / BOUNDS_FILE).read_text(encoding="utf-8"))
+        record = json.loads((d / BOUNDS).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
     return record.get("settings") == attrs.asdict(bounds)
@@ -360,7 +354,7 @@ def _write_ir(root: Path, extraction: Extraction) -> Extraction:
     d = root / block_dir(extraction.index)
     _remove_stale_temps(d)
     if extraction.bounds is None:  # left by an interrupted --bounds run of this block: not part of this certificate
-        (d / BOUNDS_FILE).unlink(missing_ok=True)
+        (d / BOUNDS).unlink(missing_ok=True)
     if extraction.base is not None:
         save_ir(extraction.base, d / derive.BASE_STEM)
     save_ir(extraction.ir, d / "ir")
@@ -374,7 +368,7 @@ def _certify(
     """Metrics, verdict, per-token errors, bounds and the certificate of a block whose IR is written."""
     index = ex.index
     d = root / block_dir(index)
-    names = ["ir.json", "ir.safetensors", "errors.safetensors", "metrics.json"]
+    names = [f"{IR}.json", f"{IR}.safetensors", ERRORS, BLOCK_METRICS]
     if ex.surrogate is not None:
         names += [f"{derive.BASE_STEM}.json", f"{derive.BASE_STEM}.safetensors"]
     errors, norms, paths = ex.errors, ex.norms, ex.paths
@@ -389,14 +383,14 @@ def _certify(
         per_token[f"{key}.rel_error"] = np.divide(e, n, out=np.zeros_like(e), where=n > 0)
         per_token[f"{key}.path_match"] = np.asarray(p, bool)
         per_token[f"{key}.loss_stitched"] = np.asarray(s, np.float32)
-    atomic_write_bytes(d / "errors.safetensors", save(per_token, metadata={"format": "blockcert-errors"}))
+    atomic_write_bytes(d / ERRORS, save(per_token, metadata={"format": "blockcert-errors"}))
     record = R.BlockMetricsRecord(index, _metrics_dict(metrics), verdict, policy)
-    atomic_write_bytes(d / "metrics.json", canonical_json(R.dump(record)))
+    atomic_write_bytes(d / BLOCK_METRICS, canonical_json(R.dump(record)))
     lipschitz = None
     if ex.bounds is not None:
-        atomic_write_bytes(d / BOUNDS_FILE, canonical_json(ex.bounds))
-        names.append(BOUNDS_FILE)
-        lipschitz = predicate_summary(ex.bounds, f"{block_dir(index)}/{BOUNDS_FILE}")
+        atomic_write_bytes(d / BOUNDS, canonical_json(ex.bounds))
+        names.append(BOUNDS)
+        lipschitz = predicate_summary(ex.bounds, f"{block_dir(index)}/{BOUNDS}")
     own = [subject(root, f"{block_dir(index)}/{name}") for name in sorted(names)]
     m = _metrics_dict(metrics)
     predicate = R.dump(R.BlockPredicate(
@@ -404,7 +398,7 @@ def _certify(
         tool=R.load(R.Tool, manifest["tool"]),
         model=R.load(R.ModelIdentity, manifest["model"]),
         block=R.BlockRef(index, ex.arch, ex.n_ctx, f"{block_dir(index)}/ir.json"),
-        prompts=R.CertifiedPrompts(**manifest["prompts"], tokens=metrics.tokens, trace_index="traces/index.json"),
+        prompts=R.CertifiedPrompts(**manifest["prompts"], tokens=metrics.tokens, trace_index=TRACE_INDEX),
         policy=policy,
         metrics=R.ClaimedMetrics(**{k: m[k] for k in R.keys(R.ClaimedMetrics)}),
         verdict=R.Verdict(verdict, metrics.cov_act >= policy.alpha_act, metrics.cov_loss >= policy.alpha_loss),
@@ -413,8 +407,8 @@ def _certify(
         lipschitz=None if lipschitz is None else R.load(R.LipschitzSummary, lipschitz),
     ))
     cert = statement([*own, *shared_subjects], BLOCK_PREDICATE, predicate)
-    cert_id = write_certificate(d / "certificate.json", cert)  # last: its presence marks the block done
-    return BlockResult(index, metrics, verdict, f"{block_dir(index)}/certificate.json", cert_id, resumed=False)
+    cert_id = write_certificate(d / CERTIFICATE, cert)  # last: its presence marks the block done
+    return BlockResult(index, metrics, verdict, BlockPaths(index).certificate, cert_id, resumed=False)
 
 
 @attrs.frozen
@@ -501,7 +495,7 @@ def run(model: str | Path | None = None, *, settings: RunSettings | None = None,
             task = bar.add_task("Capturing traces", total=loaded.native.n_blocks)
             traces = capture(loaded, texts, batch_size=batch_size, progress=lambda n: bar.advance(task, n))
             save_traces(root, traces, prompts)
-        shared = [subject(root, MANIFEST), subject(root, "traces/index.json"), *(subject(root, prompt_file(t.index)) for t in traces)]
+        shared = [subject(root, MANIFEST), subject(root, TRACE_INDEX), *(subject(root, prompt_file(t.index)) for t in traces)]
         finished = {i: r for i in selected if resume and (r := _load_finished(root, i, bound_settings)) is not None}
         todo = [i for i in selected if i not in finished]
         tokens = sum(t.n_tokens for t in traces)
@@ -539,7 +533,7 @@ def _finished_indices(root: Path) -> list[int]:
     out = []
     for d in root.glob("block_*"):
         suffix = d.name.removeprefix("block_")
-        if suffix.isdigit() and (d / "certificate.json").is_file():
+        if suffix.isdigit() and (d / CERTIFICATE).is_file():
             out.append(int(suffix))
     return sorted(out)
 

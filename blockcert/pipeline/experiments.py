@@ -45,6 +45,7 @@ import numpy as np
 from blockcert import __version__
 from blockcert.artifacts.digest import canonical_json, file_sha256
 from blockcert.artifacts.fsutil import atomic_write_text
+from blockcert.artifacts.layout import BlockPaths
 from blockcert.derive import Derivation, from_options
 from blockcert.errors import UserError
 from blockcert.metrics import BlockMetrics, Policy, certified
@@ -399,9 +400,8 @@ def _per_token(run_dir: Path, block: int) -> dict[str, np.ndarray]:
     """A block's per-token arrays (``p<k>.error``, ``.path_match``, ...) from the run's errors.safetensors."""
     from safetensors.numpy import load_file
 
-    from blockcert.pipeline.certify import block_dir
 
-    return load_file(run_dir / block_dir(block) / "errors.safetensors")
+    return load_file(run_dir / BlockPaths(block).errors)
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -558,7 +558,7 @@ def _side(metrics: BlockMetrics, policy: Policy) -> ShiftSide:
 
 
 def _prompt_shift(session: _Session, certify_prompts: str) -> PromptShiftTable:
-    from blockcert.pipeline.certify import block_dir
+    from blockcert.artifacts.layout import block_dir
 
     shifted_prompts = session.settings.prompts
     a_info, a = session.get(_Need(certify_prompts))

@@ -24,6 +24,7 @@ import torch
 from blockcert.artifacts import records as R
 from blockcert.artifacts.digest import canonical_json, file_sha256
 from blockcert.artifacts.fsutil import atomic_write_bytes
+from blockcert.artifacts.layout import CERTIFICATE, EVAL, FULL, FULL_CERTIFICATE, FULL_EVAL, MANIFEST, SUMMARY, TRACE_INDEX, BlockPaths
 from blockcert.artifacts.safeio import strict_json
 from blockcert.certificate import FULL_PREDICATE, FULL_SCHEMA_VERSION, statement, subject, write_certificate
 from blockcert.errors import UserError
@@ -32,8 +33,6 @@ from blockcert.metrics import token_errors
 from blockcert.model.load import LoadedModel, load_model
 from blockcert.pipeline.trace import batches, load_traces, pad_batch, prompt_nll
 from blockcert.plugins import get_plugins
-
-FULL_DIR = "full"
 
 
 @attrs.frozen
@@ -184,11 +183,11 @@ def stitch(out: str | Path, *, blocks: Sequence[int] | None = None, model: str |
 
     ``stream=True`` loads the model block by block (:mod:`blockcert.model.stream`): one pass reads each block once."""
     root = Path(out)
-    manifest_path = root / "run.json"
+    manifest_path = root / MANIFEST
     if not manifest_path.is_file():
         raise UserError(f"{root} is not a finished blockcert run (no run.json)", "run `blockcert run --out DIR` first")
     manifest = strict_json(manifest_path.read_bytes(), str(manifest_path))
-    summary_path = root / "metrics.json"
+    summary_path = root / SUMMARY
     if not summary_path.is_file():
         raise UserError(f"{root} has no metrics.json: the run did not finish", "finish it with `blockcert run --resume`")
     summary = strict_json(summary_path.read_bytes(), str(summary_path))
@@ -243,7 +242,7 @@ def _evaluate(root: Path, loaded: LoadedModel, chosen: list[int], batch_size: in
     ppl_base = math.exp(float(np.mean(np.concatenate(nll_base))))
     ppl_st = math.exp(float(np.mean(np.concatenate(nll_stitched))))
     probe = _probe_answers(loaded, items, probe_ids, finals[-2], finals[-1])
-    return StitchResult(tuple(chosen), layer_mae, layer_max, ppl_base, ppl_st, tuple(probe), f"{FULL_DIR}/certificate.json", "")
+    return StitchResult(tuple(chosen), layer_mae, layer_max, ppl_base, ppl_st, tuple(probe), FULL_CERTIFICATE, "")
 
 
 def _probe_inputs(loaded: LoadedModel, n_ctx: int | None) -> tuple[list[dict[str, str]], list[np.ndarray]]:
@@ -271,16 +270,16 @@ def _probe_answers(loaded: LoadedModel, items: list[dict[str, str]], ids: list[n
 
 
 def _write(root: Path, manifest: dict[str, Any], summary: dict[str, Any], result: StitchResult) -> StitchResult:
-    d = root / FULL_DIR
+    d = root / FULL
     evaluation = {
         "stitched_blocks": list(result.stitched_blocks),
         "metrics": result.metrics(),
         "probe": [attrs.asdict(p) for p in result.probe],
     }
-    atomic_write_bytes(d / "eval.json", canonical_json(evaluation))
+    atomic_write_bytes(d / EVAL, canonical_json(evaluation))
     refs = []
     for index in result.stitched_blocks:
-        rel = f"block_{index:03d}/certificate.json"
+        rel = BlockPaths(index).certificate
         refs.append({"index": index, "certificate": rel, "certificate_id": file_sha256(root / rel)})
     predicate = R.dump(R.FullPredicate(
         schema_version=FULL_SCHEMA_VERSION,
@@ -290,12 +289,12 @@ def _write(root: Path, manifest: dict[str, Any], summary: dict[str, Any], result
         stitched_blocks=list(result.stitched_blocks),
         block_certificates=[R.BlockCertificateRef(**r) for r in refs],
         metrics=R.load(R.FullMetrics, result.metrics()),
-        evaluation=f"{FULL_DIR}/eval.json",
+        evaluation=FULL_EVAL,
     ))
-    subjects = [subject(root, f"{FULL_DIR}/eval.json"), subject(root, "run.json"), subject(root, "traces/index.json"),
+    subjects = [subject(root, FULL_EVAL), subject(root, MANIFEST), subject(root, TRACE_INDEX),
                 *(subject(root, r["certificate"]) for r in refs)]
     cert = statement(subjects, FULL_PREDICATE, predicate)
-    cert_id = write_certificate(d / "certificate.json", cert)
+    cert_id = write_certificate(d / CERTIFICATE, cert)
     return attrs.evolve(result, certificate_id=cert_id)
 
 
@@ -304,7 +303,7 @@ def recompute(root: Path, model: str | None, blocks: Sequence[int], stream: bool
               loaded: LoadedModel | None = None) -> dict[str, Any]:
     """The full-model metrics of ``root`` re-derived with ``model`` (or ``loaded``, already loaded; for
     ``verify --level full``), nothing written. The model must be the run's (its weights digest is checked)."""
-    manifest = strict_json((root / "run.json").read_bytes(), "run.json")
+    manifest = strict_json((root / MANIFEST).read_bytes(), MANIFEST)
     loaded = loaded or load_model(model or manifest["model"]["name"], arch=manifest["model"]["arch"],
                                   dtype=manifest["model"]["dtype"], stream=stream)
     _check_model(loaded, manifest)

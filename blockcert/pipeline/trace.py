@@ -26,11 +26,11 @@ import torch
 
 from blockcert.artifacts.digest import json_sha256
 from blockcert.artifacts.fsutil import atomic_write_bytes, atomic_write_text
+from blockcert.artifacts.layout import TRACES, prompt_file
 from blockcert.errors import UserError
 from blockcert.model.load import LoadedModel
 from blockcert.model.observe import observe_attention
 
-TRACE_DIR = "traces"
 INDEX = "index.json"
 NLL_ROWS = 256  # rows per head + cross-entropy call in prompt_nll
 
@@ -191,10 +191,6 @@ def capture(
 # ---------------------------------------------------------------------------------------------------
 
 
-def prompt_file(k: int) -> str:
-    return f"{TRACE_DIR}/prompt_{k:03d}.safetensors"
-
-
 def prompts_sha256(prompts: Sequence[str]) -> str:
     return json_sha256(list(prompts))
 
@@ -209,14 +205,14 @@ def save_traces(root: Path, traces: Sequence[PromptTrace], description: str) -> 
         "prompts_sha256": prompts_sha256([t.text for t in traces]),
         "entries": [{"index": t.index, "text": t.text, "tokens": t.n_tokens, "file": prompt_file(t.index)} for t in traces],
     }
-    atomic_write_text(root / TRACE_DIR / INDEX, json.dumps(index, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(root / TRACES / INDEX, json.dumps(index, indent=2, ensure_ascii=False) + "\n")
 
 
 def load_traces(root: Path) -> list[PromptTrace] | None:
     """The stored traces, or None if the store is absent or incomplete."""
     from safetensors.numpy import load_file
 
-    index_path = root / TRACE_DIR / INDEX
+    index_path = root / TRACES / INDEX
     if not index_path.is_file():
         return None
     index = json.loads(index_path.read_text(encoding="utf-8"))

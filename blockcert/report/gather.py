@@ -24,6 +24,7 @@ from typing import Any
 import attrs
 import numpy as np
 
+from blockcert.artifacts.layout import ERRORS, FULL_CERTIFICATE, FULL_EVAL, MANIFEST, SUMMARY, TRACE_INDEX
 from blockcert.errors import UserError
 from blockcert.report.views import (
     BlockView,
@@ -63,7 +64,7 @@ def _load_errors(root: Path, block_dir: str, n_prompts: int, base_loss: Sequence
     from safetensors.numpy import load_file
 
     try:
-        t = load_file(root / block_dir / "errors.safetensors")
+        t = load_file(root / block_dir / ERRORS)
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot read {root / block_dir / 'errors.safetensors'}: {exc}", f"run `blockcert verify {root}`") from exc
     out = []
@@ -95,12 +96,12 @@ def collect(out: str | Path, *, compare: Sequence[str | Path] = (), edit_sweep: 
     from blockcert.verifier.core import find_certificates, verify
 
     root = Path(out)
-    if not (root / "run.json").is_file():
+    if not (root / MANIFEST).is_file():
         raise UserError(f"{root} is not a blockcert run directory (no run.json)", "pass the --out directory of `blockcert run`")
     sweep = load_edit_sweep(edit_sweep) if edit_sweep is not None else None  # a malformed file fails before any work
     root, certs = find_certificates(root)
-    manifest = _read_json(root, "run.json")
-    index = _read_json(root, "traces/index.json")
+    manifest = _read_json(root, MANIFEST)
+    index = _read_json(root, TRACE_INDEX)
     report = verify(root, level="hashes")
     by_path = {c.path: _verification(c) for c in report.certificates}
     ids, base_loss = _load_trace_ids(root, index)
@@ -131,23 +132,23 @@ def collect(out: str | Path, *, compare: Sequence[str | Path] = (), edit_sweep: 
     return RunView(
         root=root, label=str(out), manifest=manifest, blocks=tuple(blocks), prompts=tuple(prompts),
         tokens_source=source, tokens_decoded=decoded, token_blocks=chosen, token_blocks_reason=reason,
-        verified=report.ok, summary_verification=by_path.get("metrics.json"), shared_subjects=shared,
+        verified=report.ok, summary_verification=by_path.get(SUMMARY), shared_subjects=shared,
         full=_full(root, by_path), bounds=bounds, bounds_note=note,
         compare=_compare(root, manifest, blocks, report.ok, compare), edit_sweep=sweep,
     )
 
 
 def _full(root: Path, by_path: dict[str, Verification]) -> FullView | None:
-    if not (root / "full" / "eval.json").is_file():
+    if not (root / FULL_EVAL).is_file():
         return None
     evaluation = _read_json(root, "full/eval.json")
-    cert_path = root / "full" / "certificate.json"
+    cert_path = root / FULL_CERTIFICATE
     cert_id, subjects = None, ()
     if cert_path.is_file():
         raw = cert_path.read_bytes()
         cert_id = hashlib.sha256(raw).hexdigest()
-        subjects = _subjects(_read_json(root, "full/certificate.json"))
-    return FullView(evaluation, cert_id, by_path.get("full/certificate.json"), subjects)
+        subjects = _subjects(_read_json(root, FULL_CERTIFICATE))
+    return FullView(evaluation, cert_id, by_path.get(FULL_CERTIFICATE), subjects)
 
 
 def _bounds(root: Path, blocks: Sequence[BlockView]) -> tuple[Any, str | None]:
@@ -337,9 +338,9 @@ def _compare(root: Path, manifest: dict[str, Any], blocks: Sequence[BlockView], 
         (f"{root} (this run)", manifest, {b.index: b.predicate for b in blocks}, verified)]
     for other in others:
         path = Path(other)
-        if not (path / "run.json").is_file():
+        if not (path / MANIFEST).is_file():
             raise UserError(f"--compare {other}: not a blockcert run directory (no run.json)")
-        theirs = _read_json(path, "run.json")
+        theirs = _read_json(path, MANIFEST)
         for key, what in (("model", "weights_sha256"), ("prompts", "sha256")):
             if theirs[key][what] != manifest[key][what]:
                 raise UserError(f"--compare {other}: another {key} than {root} ({key}.{what} differs)",

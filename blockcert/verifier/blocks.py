@@ -15,6 +15,19 @@ import numpy as np
 import rfc8785
 
 from blockcert.artifacts import records as R
+from blockcert.artifacts.layout import (
+    BLOCK_METRICS,
+    BOUNDS,
+    CERTIFICATE,
+    ERRORS,
+    FULL,
+    FULL_CERTIFICATE,
+    IR,
+    MANIFEST,
+    SUMMARY,
+    TRACE_INDEX,
+    TRACES,
+)
 from blockcert.artifacts.safeio import (
     MAX_JSON_BYTES,
     ArtifactError,
@@ -62,12 +75,12 @@ RUN_FIELDS = R.keys(R.RunManifest) - {"derivation"}  # + "derivation" in a surro
 
 def _check_block_files(root: Path, block_dirname: str, contents: dict[str, bytes], c: Checker, with_bounds: bool,
                        derived: bool) -> None:
-    names = ("ir.json", "ir.safetensors", "errors.safetensors", "metrics.json") + (("bounds.json",) if with_bounds else ())
+    names = (f"{IR}.json", f"{IR}.safetensors", ERRORS, BLOCK_METRICS) + ((BOUNDS,) if with_bounds else ())
     names += (f"{BASE_STEM}.json", f"{BASE_STEM}.safetensors") if derived else ()
     expected = {f"{block_dirname}/{n}" for n in names}
     missing = expected - set(contents)
     c.require("required artifacts referenced", not missing, "ir, errors, metrics", "", f"not referenced: {sorted(missing)}")
-    on_disk = {f"{block_dirname}/{p.name}" for p in (root / block_dirname).iterdir()} - {f"{block_dirname}/certificate.json"}
+    on_disk = {f"{block_dirname}/{p.name}" for p in (root / block_dirname).iterdir()} - {f"{block_dirname}/{CERTIFICATE}"}
     extra = on_disk - set(contents)
     c.require("no unreferenced artifacts", not extra, "", ", ".join(sorted(extra)),
               f"files in {block_dirname}/ that the certificate does not cover: {sorted(extra)}" if extra else "")
@@ -115,8 +128,8 @@ def _cross_refs(pred: dict[str, Any], contents: dict[str, bytes], block_dirname:
     c.require("metrics.json policy = certificate", metrics_record["policy"] == pred["policy"], pred["policy"], metrics_record["policy"])
     c.require("block index", metrics_record["block"] == pred["block"]["index"] and block_dirname == f"block_{pred['block']['index']:03d}",
               pred["block"]["index"], f"{metrics_record['block']} in {block_dirname}")
-    c.require("run manifest referenced", "run.json" in contents, "run.json", "", "the certificate must cover run.json")
-    manifest = strict_json(contents["run.json"], "run.json")
+    c.require("run manifest referenced", MANIFEST in contents, MANIFEST, "", f"the certificate must cover {MANIFEST}")
+    manifest = strict_json(contents[MANIFEST], MANIFEST)
     exact_keys(c, "run.json", manifest, RUN_FIELDS | ({"derivation"} if isinstance(manifest, dict) and "derivation" in manifest else set()))
     for key in ("tool", "model", "policy", "replay"):
         c.require(f"{key} = run.json", pred[key] == manifest.get(key), short(pred[key]), short(manifest.get(key)))
@@ -318,12 +331,12 @@ def verify_certificate(root: Path, rel: str, *, level: str, reference: str, poli
     return CertReport(rel, "block", block, claimed_cert, verdict, tuple(c.checks))
 
 
-ROOT_ENTRIES = {"run.json", "metrics.json", "traces", "full"}
+ROOT_ENTRIES = {MANIFEST, SUMMARY, TRACES, FULL}
 
 
 def expected_summary(root: Path, certs: Sequence[str]) -> dict[str, Any]:
     """The summary a run writes, rebuilt from run.json, the block metrics records and the certificates."""
-    manifest = strict_json(read_artifact(root, "run.json", MAX_JSON_BYTES), "run.json")
+    manifest = strict_json(read_artifact(root, MANIFEST, MAX_JSON_BYTES), MANIFEST)
     blocks, tokens = [], None
     for rel in certs:
         raw = read_artifact(root, rel, MAX_JSON_BYTES)
@@ -349,18 +362,18 @@ def verify_summary(root: Path, certs: Sequence[str]) -> CertReport:
         extra = sorted(p.name for p in root.iterdir() if p.name not in ROOT_ENTRIES | cert_dirs)
         c.record("no unexpected files in the run directory", not extra, "", ", ".join(extra))
         if (root / "full").exists():  # full/ is only ever written with its certificate, which covers the rest
-            c.record("full/ holds a full-model certificate", (root / "full/certificate.json").is_file(), "full/certificate.json",
+            c.record("full/ holds a full-model certificate", (root / FULL_CERTIFICATE).is_file(), FULL_CERTIFICATE,
                      ", ".join(sorted(p.name for p in (root / "full").iterdir())) if (root / "full").is_dir() else "not a directory",
                      "files under full/ that no certificate covers")
         try:
-            index = strict_json(read_artifact(root, "traces/index.json", MAX_JSON_BYTES), "traces/index.json")
+            index = strict_json(read_artifact(root, TRACE_INDEX, MAX_JSON_BYTES), TRACE_INDEX)
             listed = {"index.json", *(str(e["file"]).split("/")[-1] for e in index["entries"])}
         except (ArtifactError, KeyError, TypeError) as exc:
             c.require("traces/index.json", False, detail=str(exc))
         stray = sorted(p.name for p in (root / "traces").iterdir() if p.name not in listed)
         c.record("no unexpected files in traces/", not stray, "", ", ".join(stray))
         try:
-            raw = read_artifact(root, "metrics.json", MAX_JSON_BYTES)
+            raw = read_artifact(root, SUMMARY, MAX_JSON_BYTES)
         except ArtifactError as exc:
             c.require("run summary metrics.json", False, detail=f"{exc} (an interrupted run has no summary)")
         summary = strict_json(raw, "metrics.json")

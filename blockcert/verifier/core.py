@@ -27,6 +27,7 @@ from typing import Any
 
 import attrs
 
+from blockcert.artifacts.layout import CERTIFICATE, FULL_CERTIFICATE
 from blockcert.errors import UserError
 from blockcert.policy import Policy
 from blockcert.verifier.backends import REFERENCES, backend
@@ -62,7 +63,7 @@ def find_certificates(path: Path) -> tuple[Path, list[str]]:
     """(run directory, certificate paths relative to it) for a run directory or one certificate file."""
     path = Path(path)
     if path.is_dir():
-        certs = sorted(p.relative_to(path).as_posix() for p in path.glob("block_*/certificate.json"))
+        certs = sorted(p.relative_to(path).as_posix() for p in path.glob(f"block_*/{CERTIFICATE}"))
         if not certs:
             raise UserError(f"{path} holds no block_*/certificate.json", "pass a blockcert run directory or a certificate file")
         return path, certs
@@ -87,7 +88,7 @@ def verify(path: str | Path, *, level: str = "replay", reference: str = "torch",
     from blockcert.verifier.edit import is_edit_dir, verify_edit
 
     target = Path(path)
-    edit_root = target if is_edit_dir(target) else target.parent if target.name == "certificate.json" and is_edit_dir(target.parent) else None
+    edit_root = target if is_edit_dir(target) else target.parent if target.name == CERTIFICATE and is_edit_dir(target.parent) else None
     if edit_root is not None:  # an edit certificate (blockcert edit): regenerated with the model at levels replay/full
         report = verify_edit(edit_root, level=level, model=model, reference=reference, tol=tol)
         return VerifyReport(str(edit_root), level, reference, policy, tol, (report,))
@@ -101,7 +102,7 @@ def verify(path: str | Path, *, level: str = "replay", reference: str = "torch",
         reports.append(verify_certificate(root, rel, level=level, reference=reference, policy=policy, tol=tol, full=full, cache=cache))
         if progress is not None:
             progress(rel)
-    full_rel = "full/certificate.json"
+    full_rel = FULL_CERTIFICATE
     # The block checks are done: free what only they needed (the cached traces) before the full-model
     # check, which re-evaluates the stitched model with the model already loaded.
     cache.clear()

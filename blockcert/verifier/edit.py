@@ -19,15 +19,16 @@ from typing import Any
 import attrs
 
 from blockcert.artifacts import records as R
+from blockcert.artifacts.layout import CERTIFICATE, COMPLETIONS, EDIT_MANIFEST, EDIT_METRICS, HUMAN, LABELS
 
-EDIT_FILES = {"edit.json", "completions.jsonl", "metrics.json", "human.json", "certificate.json", "labels"}
+EDIT_FILES = {EDIT_MANIFEST, COMPLETIONS, EDIT_METRICS, HUMAN, CERTIFICATE, LABELS}
 MANIFEST_FIELDS = tuple(a.name for a in attrs.fields(R.EditManifest))
 ROW_FIELDS = {"id", "label", "category", "prompt", "keywords", "base", "edited", "base_judgement", "edited_judgement"}
 METRICS_FIELDS = R.keys(R.EditMetrics)
 
 
 def is_edit_dir(path: Path) -> bool:
-    return path.is_dir() and (path / "edit.json").is_file() and (path / "certificate.json").is_file()
+    return path.is_dir() and (path / EDIT_MANIFEST).is_file() and (path / CERTIFICATE).is_file()
 
 
 def verify_edit(root: Path, *, level: str, model: str | None, reference: str = "torch", tol: Any = None) -> Any:
@@ -37,7 +38,7 @@ def verify_edit(root: Path, *, level: str, model: str | None, reference: str = "
     from blockcert.verifier.subjects import CertReport, check_subjects
 
     c = Checker()
-    rel = "certificate.json"
+    rel = CERTIFICATE
     block = None
     with guard(c, rel):
         raw = read_artifact(root, rel, MAX_JSON_BYTES)

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from blockcert.artifacts import records as R
+from blockcert.artifacts.layout import MANIFEST, TRACE_INDEX, BlockPaths
 from blockcert.artifacts.safeio import (
     MAX_JSON_BYTES,
     MAX_TENSOR_FILE_BYTES,
@@ -55,8 +56,8 @@ class _Covered:
                 name, digest = s["name"], s["digest"]["sha256"]
                 c.require(f"one digest for {name}", self.digests.setdefault(name, digest) == digest, self.digests[name][:16], digest[:16],
                           f"the block certificates disagree about {name}")
-        index_digest = hashlib.sha256(contents["traces/index.json"]).hexdigest()
-        c.require("trace index = the block certificates'", self.digests.get("traces/index.json") == index_digest,
+        index_digest = hashlib.sha256(contents[TRACE_INDEX]).hexdigest()
+        c.require("trace index = the block certificates'", self.digests.get(TRACE_INDEX) == index_digest,
                   "same traces/index.json", "", "the block certificates cover another trace index")
 
     def read(self, name: str) -> bytes:
@@ -93,9 +94,9 @@ def verify_full_model(root: Path, rel: str, *, level: str, reference: str, tol: 
         stray = sorted(f"full/{p.name}" for p in (root / "full").iterdir() if f"full/{p.name}" not in contents | {rel: b""})
         c.require("no unreferenced artifacts in full/", not stray, "", ", ".join(stray),
                   f"files under full/ that the full-model certificate does not cover: {stray}" if stray else "")
-        for name in ("run.json", pred["evaluation"], "traces/index.json"):
+        for name in (MANIFEST, pred["evaluation"], TRACE_INDEX):
             c.require(f"{name} referenced", name in contents, name, "", "the full-model certificate must cover it")
-        manifest = strict_json(contents["run.json"], "run.json")
+        manifest = strict_json(contents[MANIFEST], MANIFEST)
         for key in ("tool", "model", "prompts"):
             c.require(f"{key} = run.json", pred[key] == manifest.get(key), short(pred[key]), short(manifest.get(key)))
         L = pred["model"]["n_blocks"]
@@ -104,7 +105,7 @@ def verify_full_model(root: Path, rel: str, *, level: str, reference: str, tol: 
         for ref in refs:
             exact_keys(c, "block certificate reference", ref, {"index", "certificate", "certificate_id"})
             name = ref["certificate"]
-            c.require(f"reference {name}", name == f"block_{ref['index']:03d}/certificate.json" and name in contents, name, "",
+            c.require(f"reference {name}", name == BlockPaths(ref['index']).certificate and name in contents, name, "",
                       "every referenced block certificate must be a subject")
             actual = hashlib.sha256(contents[name]).hexdigest()
             c.require(f"certificate id {name}", ref["certificate_id"] == actual, str(ref["certificate_id"])[:16], actual[:16],
@@ -112,7 +113,7 @@ def verify_full_model(root: Path, rel: str, *, level: str, reference: str, tol: 
         c.require("stitched blocks = referenced", sorted(r["index"] for r in refs) == pred["stitched_blocks"],
                   pred["stitched_blocks"], sorted(r["index"] for r in refs))
         covered = _Covered(root, contents, refs, c)
-        index = strict_json(contents["traces/index.json"], "traces/index.json")
+        index = strict_json(contents[TRACE_INDEX], TRACE_INDEX)
         chain = level == "replay" and pred["stitched_blocks"] == list(range(L))
         traces = {}
         for e in index["entries"]:  # every trace is checked at every level; kept only when a later check reads it
