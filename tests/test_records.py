@@ -76,3 +76,20 @@ def test_the_verifier_enforces_the_records_keys():
     assert full_model.FULL_FIELDS == R.keys(R.FullPredicate) and full_model.FULL_METRICS == R.keys(R.FullMetrics)
     assert bounds.RECORD_FIELDS == R.keys(R.BoundsRecord) and bounds.CERTIFIED_FIELDS == R.keys(R.CertifiedBounds)
     assert edit.METRICS_FIELDS == R.keys(R.EditMetrics) and set(edit.MANIFEST_FIELDS) == R.keys(R.EditManifest)
+
+
+def test_a_reader_names_the_file_that_does_not_match(tmp_path):
+    """The producer's readers load records: a run.json of another shape is a usage error naming the file."""
+    import shutil
+
+    from blockcert.bounds.compose import bound
+    from blockcert.errors import UserError
+
+    root = tmp_path / "run"
+    shutil.copytree(GOLDEN, root)
+    manifest = json.loads((root / "run.json").read_text())
+    (root / "run.json").write_text(json.dumps({**manifest, "n_ctx": "forty"}))
+    with pytest.raises(UserError, match="run.json is not a BlockCert RunManifest record"):
+        R.read(R.RunManifest, json.loads((root / "run.json").read_text()), str(root / "run.json"))
+    with pytest.raises(UserError):
+        bound(root)  # verifies at hashes first: the edited run.json no longer matches its digest

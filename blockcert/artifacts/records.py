@@ -3,7 +3,7 @@
 Each JSON file a run writes (``run.json``, a block's ``metrics.json``, ``bounds.json``, the block, full-model
 and edit predicates, an edit's ``metrics.json``) is a frozen attrs record here, ``schema_version`` first where
 the artifact has one. Writers build records and :func:`dump` them; readers :func:`load` them with one strict
-cattrs converter (unknown keys are errors); the verifier derives the key sets it enforces from
+cattrs converter (unknown keys are errors; :func:`read` turns a mismatch into a usage error); the verifier derives the key sets it enforces from
 :func:`keys`. docs/certificate.md documents every field (``tests/test_records.py`` fails on one it does
 not name). A format change adds a migration (``blockcert.verifier.subjects.MIGRATIONS``) and a golden run.
 """
@@ -280,6 +280,18 @@ def dump(record: Any) -> dict[str, Any]:
 def load(cls: type, data: Any) -> Any:
     """The record ``cls`` from a parsed JSON object; an unknown or missing key, or a wrong type, raises."""
     return CONVERTER.structure(data, cls)
+
+
+def read(cls: type, data: Any, what: str) -> Any:
+    """:func:`load` for a file a user handed us: a mismatch is a usage error naming ``what``, not a traceback."""
+    from blockcert.errors import UserError
+
+    try:
+        return load(cls, data)
+    except (cattrs.BaseValidationError, TypeError, ValueError, KeyError) as exc:
+        detail = "; ".join(cattrs.transform_error(exc)) if isinstance(exc, cattrs.BaseValidationError) else str(exc)
+        raise UserError(f"{what} is not a BlockCert {cls.__name__} record: {detail}",
+                        "was it written by another version of BlockCert, or edited by hand?") from None
 
 
 def keys(cls: type) -> set[str]:

@@ -24,6 +24,7 @@ from typing import Any
 
 import attrs
 
+from blockcert.artifacts import records as R
 from blockcert.artifacts.layout import FULL_EVAL, MANIFEST
 from blockcert.bounds.rounding import fup
 from blockcert.bounds.theorem import GlobalBound, decimal_up, global_bound
@@ -164,7 +165,7 @@ def _load_blocks(root: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         raise UserError(f"{root}: {bad.path} does not verify ({first.name}{': ' + first.detail if first.detail else ''})",
                         f"run `blockcert verify {root}` for every failed check; `blockcert bound` only reads verified certificates")
     preds = [json.loads((root / rel).read_text(encoding="utf-8"))["predicate"] for rel in certs]
-    manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
+    manifest = R.read(R.RunManifest, json.loads((root / MANIFEST).read_text(encoding="utf-8")), str(root / MANIFEST))
     return preds, manifest
 
 
@@ -180,7 +181,7 @@ def bound(out: str | Path, *, blocks: str | Sequence[int] | None = None) -> Boun
     if not root.is_dir():
         raise UserError(f"{root} is not a directory", "pass the --out directory of a `blockcert run --bounds`")
     preds, manifest = _load_blocks(root)
-    L, d = int(manifest["model"]["n_blocks"]), int(manifest["model"]["d_model"])
+    L, d = manifest.model.n_blocks, manifest.model.d_model
     by_index = {p["block"]["index"]: p for p in preds}
     missing = [i for i in range(L) if i not in by_index]
     if missing:

@@ -26,6 +26,7 @@ from typing import Any
 
 import attrs
 
+from blockcert.artifacts import records as R
 from blockcert.artifacts.fsutil import atomic_write_text
 from blockcert.artifacts.layout import MANIFEST
 from blockcert.errors import UserError
@@ -88,11 +89,11 @@ def instance(report: Any, variant: str = "mixed") -> Instance:
     bound = Fraction(Decimal(v.bound.decimal))
     if bound < exact:
         raise RuntimeError(f"variant {variant}: decimal {v.bound.decimal} is below the exact bound")
-    manifest = json.loads((Path(report.root) / MANIFEST).read_text(encoding="utf-8"))
-    model = manifest.get("model", {})
+    path = Path(report.root) / MANIFEST
+    model = R.read(R.RunManifest, json.loads(path.read_text(encoding="utf-8")), str(path)).model
     return Instance(eps=eps, lips=lips, lip_kinds=kinds, exact=exact, bound=bound, decimal=v.bound.decimal,
                     variant=variant, sound=v.sound, label=v.label, run=str(report.root),
-                    model=str(model.get("name", "?")), weights_sha256=str(model.get("weights_sha256", "?")),
+                    model=model.name, weights_sha256=model.weights_sha256,
                     stitched=tuple(report.stitched_blocks))
 
 

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import cattrs
 import numpy as np
 import torch
 
@@ -161,17 +162,17 @@ def _load_finished(root: Path, index: int, bounds: BoundSettings | None = None) 
     if not (cert_path.is_file() and metrics_path.is_file()):
         return None
     try:
-        record = json.loads(metrics_path.read_text(encoding="utf-8"))
-        m = record["metrics"]
+        record = R.load(R.BlockMetricsRecord, json.loads(metrics_path.read_text(encoding="utf-8")))
+        m = dict(record.metrics)
         for key in ("per_prompt_cov_act", "per_prompt_mae", "per_prompt_cov_loss"):
             m[key] = tuple(m[key])
         metrics = BlockMetrics(**m)
         cert = json.loads(cert_path.read_text(encoding="utf-8"))
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, cattrs.BaseValidationError):
         return None  # damaged by a crash in an older version: redo the block
     if bounds is not None and not _has_bounds(d, cert, bounds):
         return None
-    return BlockResult(index, metrics, bool(record["certified"]), BlockPaths(index).certificate,
+    return BlockResult(index, metrics, bool(record.certified), BlockPaths(index).certificate,
                        certificate_id(cert), resumed=True)
 
 

@@ -170,8 +170,8 @@ def run_streams(loaded: LoadedModel, jobs: Sequence[StreamJob],
     return xs
 
 
-def _check_model(loaded: LoadedModel, manifest: dict[str, Any]) -> None:
-    if loaded.weights_sha256() != manifest["model"]["weights_sha256"]:
+def _check_model(loaded: LoadedModel, manifest: R.RunManifest) -> None:
+    if loaded.weights_sha256() != manifest.model.weights_sha256:
         raise UserError(f"model {loaded.name} is not the model of this run (weights digest differs)",
                         "pass --model with the model the run certified")
 
@@ -186,7 +186,7 @@ def stitch(out: str | Path, *, blocks: Sequence[int] | None = None, model: str |
     manifest_path = root / MANIFEST
     if not manifest_path.is_file():
         raise UserError(f"{root} is not a finished blockcert run (no run.json)", "run `blockcert run --out DIR` first")
-    manifest = strict_json(manifest_path.read_bytes(), str(manifest_path))
+    manifest = R.read(R.RunManifest, strict_json(manifest_path.read_bytes(), str(manifest_path)), str(manifest_path))
     summary_path = root / SUMMARY
     if not summary_path.is_file():
         raise UserError(f"{root} has no metrics.json: the run did not finish", "finish it with `blockcert run --resume`")
@@ -196,8 +196,7 @@ def stitch(out: str | Path, *, blocks: Sequence[int] | None = None, model: str |
     missing = [i for i in chosen if i not in available]
     if missing:
         raise UserError(f"blocks {missing} have no certificate in {root}", f"certified blocks: {sorted(available)}")
-    loaded = loaded or load_model(model or manifest["model"]["name"], arch=manifest["model"]["arch"], dtype=manifest["model"]["dtype"],
-                                  stream=stream)
+    loaded = loaded or load_model(model or manifest.model.name, arch=manifest.model.arch, dtype=manifest.model.dtype, stream=stream)
     _check_model(loaded, manifest)
     result = _evaluate(root, loaded, chosen, batch_size)
     return _write(root, manifest, summary, result)
@@ -269,7 +268,7 @@ def _probe_answers(loaded: LoadedModel, items: list[dict[str, str]], ids: list[n
             for item, b, s_ in zip(items, decode(base), decode(stitched))]
 
 
-def _write(root: Path, manifest: dict[str, Any], summary: dict[str, Any], result: StitchResult) -> StitchResult:
+def _write(root: Path, manifest: R.RunManifest, summary: dict[str, Any], result: StitchResult) -> StitchResult:
     d = root / FULL
     evaluation = {
         "stitched_blocks": list(result.stitched_blocks),
@@ -283,9 +282,9 @@ def _write(root: Path, manifest: dict[str, Any], summary: dict[str, Any], result
         refs.append({"index": index, "certificate": rel, "certificate_id": file_sha256(root / rel)})
     predicate = R.dump(R.FullPredicate(
         schema_version=FULL_SCHEMA_VERSION,
-        tool=R.load(R.Tool, manifest["tool"]),
-        model=R.load(R.ModelIdentity, manifest["model"]),
-        prompts=R.load(R.PromptSet, manifest["prompts"]),
+        tool=manifest.tool,
+        model=manifest.model,
+        prompts=manifest.prompts,
         stitched_blocks=list(result.stitched_blocks),
         block_certificates=[R.BlockCertificateRef(**r) for r in refs],
         metrics=R.load(R.FullMetrics, result.metrics()),
@@ -303,8 +302,7 @@ def recompute(root: Path, model: str | None, blocks: Sequence[int], stream: bool
               loaded: LoadedModel | None = None) -> dict[str, Any]:
     """The full-model metrics of ``root`` re-derived with ``model`` (or ``loaded``, already loaded; for
     ``verify --level full``), nothing written. The model must be the run's (its weights digest is checked)."""
-    manifest = strict_json((root / MANIFEST).read_bytes(), MANIFEST)
-    loaded = loaded or load_model(model or manifest["model"]["name"], arch=manifest["model"]["arch"],
-                                  dtype=manifest["model"]["dtype"], stream=stream)
+    manifest = R.read(R.RunManifest, strict_json((root / MANIFEST).read_bytes(), MANIFEST), MANIFEST)
+    loaded = loaded or load_model(model or manifest.model.name, arch=manifest.model.arch, dtype=manifest.model.dtype, stream=stream)
     _check_model(loaded, manifest)
     return _evaluate(root, loaded, list(blocks), batch_size=8).metrics()
