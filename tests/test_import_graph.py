@@ -187,3 +187,13 @@ def test_live_numpy_verification_imports_no_producer_code(numpy_runs):
     assert out["attempts"] == [] and out["loaded"] == [], out
     for path, ok, failures in out["reports"]:
         assert ok, (path, failures)
+
+
+def test_stream_with_the_numpy_reference_is_a_usage_error(numpy_runs):
+    """The numpy reference holds the whole model: asked to stream, it says so instead of running out of memory."""
+    from blockcert.errors import UserError
+    from blockcert.verifier.core import verify
+
+    base, model = numpy_runs
+    with pytest.raises(UserError, match="--stream"):
+        verify(base / "run", level="full", reference="numpy", model=str(model), stream=True)

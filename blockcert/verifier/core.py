@@ -94,6 +94,9 @@ def verify(path: str | Path, *, level: str = "replay", reference: str = "torch",
         return VerifyReport(str(edit_root), level, reference, policy, tol, (report,))
     if level == "full" and model is None:
         raise UserError("--level full needs --model (the model the certificates claim to certify)")
+    if stream and reference == "numpy":
+        raise UserError("--stream reads the model block by block in torch; the numpy reference reads it whole",
+                        "verify a model larger than memory with --reference torch --stream (and at --level replay with numpy)")
     root, certs = find_certificates(Path(path))
     full = backend(reference).FullCheck(root, model, tol, stream=stream) if level == "full" else None
     reports = []
