@@ -75,9 +75,9 @@ MUTANTS: list[tuple[str, str, str, str, str, list[str]]] = [
     # band of the replay, which already puts the claim inside that interval; the check stays as a report.
     ("M18", "verify: the stored path matches are not compared with the replay's decisions", "blockcert/verifier/blocks.py",
      'same = np.array_equal(np.asarray(stored[f"{key}.path_match"], bool), path)', "same = True", VERIFY),
-    ("M19", "verify --level full: the stored residuals are compared with a 1e9-times wider band", "blockcert/verifier/torch_reference.py",
+    ("M19", "verify --level full: the stored residuals are compared with a 1e9-times wider band", "blockcert/verifier/metrics.py",
      "off = np.flatnonzero(gap > band)", "off = np.flatnonzero(gap > band * 1e9)", FULL),
-    ("M20", "verify --level full: token ids are not compared with the tokenizer's", "blockcert/verifier/torch_reference.py",
+    ("M20", "verify --level full: token ids are not compared with the tokenizer's", "blockcert/verifier/metrics.py",
      "if ids.dtype != np.int64 or ids.shape != mine.input_ids.shape or not np.array_equal(ids, mine.input_ids):", "if False:", FULL),
     ("M21", "verify: NaN and infinity accepted in tensor artifacts", "blockcert/verifier/subjects.py",
      'memo["nonfinite"] = {k: n for k, n in bad.items() if n}', 'memo["nonfinite"] = {}', VERIFY),

@@ -31,13 +31,17 @@ def update_tensor(h: Any, name: str, dtype: str, shape: Iterable[int], data: Any
     h.update(data)
 
 
-def tensors_sha256(tensors: Mapping[str, np.ndarray]) -> str:
-    """SHA-256 over every (name, dtype, shape, C-order little-endian bytes), names sorted."""
+def tensors_sha256(tensors: Mapping[str, np.ndarray], dtype_names: Mapping[str, str] | None = None) -> str:
+    """SHA-256 over every (name, dtype, shape, C-order little-endian bytes), names sorted.
+
+    ``dtype_names`` names the dtype of tensors numpy holds as raw bits (bfloat16 as ``uint16``), so their
+    digest is the torch tensor's."""
     h = hashlib.sha256()
     for name in sorted(tensors):
         a = np.ascontiguousarray(tensors[name])
         a = a.astype(a.dtype.newbyteorder("<"), copy=False)  # little-endian bytes on every host
-        update_tensor(h, name, a.dtype.name, a.shape, a.view(np.uint8).reshape(-1) if a.size else b"")
+        dtype = (dtype_names or {}).get(name, a.dtype.name)
+        update_tensor(h, name, dtype, a.shape, a.view(np.uint8).reshape(-1) if a.size else b"")
     return h.hexdigest()
 
 

@@ -10,10 +10,8 @@ block certificate by id.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +31,7 @@ from blockcert.metrics import token_errors
 from blockcert.model.load import LoadedModel, load_model
 from blockcert.pipeline.trace import batches, load_traces, pad_batch, prompt_nll
 from blockcert.plugins import get_plugins
+from blockcert.prompts import probe_items
 
 
 @attrs.frozen
@@ -98,12 +97,6 @@ class StitchResult:
 
 def _norm(token: str) -> str:
     return token.strip().lower()
-
-
-def probe_items() -> list[dict[str, str]]:
-    """The 30 human-written probe prompts with human labels (arithmetic, simple facts, yes/no)."""
-    text = resources.files("blockcert.prompts").joinpath("semantic_probe.jsonl").read_text(encoding="utf-8")
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 class IRsOnDemand(Mapping[int, BlockIR]):

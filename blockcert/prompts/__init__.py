@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from importlib import resources
 
 from blockcert.errors import UserError
@@ -9,6 +10,13 @@ from blockcert.errors import UserError
 
 def names() -> list[str]:
     return sorted(p.name[:-4] for p in resources.files(__name__).iterdir() if p.name.endswith(".txt"))
+
+
+def probe_items() -> list[dict[str, str]]:
+    """The 30 human-written probe prompts of the stitched evaluation, with human labels (arithmetic, simple
+    facts, yes/no): ``prompt``, ``label`` and ``kind`` each."""
+    text = resources.files(__name__).joinpath("semantic_probe.jsonl").read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def builtin(name: str) -> list[str]:

@@ -301,6 +301,48 @@ class Recomputed:
         return [self.loss_band + np.asarray(s, np.float64) for s in self.stitched_bands]
 
 
+def trace_problems(k: int, mine: Any, theirs: dict[str, np.ndarray], band_of: Any, loss_abs: float) -> list[tuple[str, str, str, str]]:
+    """What stored trace file ``k`` gets wrong against the reference model's own trace of the prompt, as
+    (check, claimed, actual, detail): the token ids exactly (nothing else is compared token by token when they
+    differ), the attention patterns and head activity exactly, each residual vector within ``band_of(norms)``
+    of the model's per token (the first layer that is off), each baseline token loss within ``loss_abs``."""
+    where = f"traces/prompt_{k:03d}.safetensors"
+    out = []
+    ids = theirs["input_ids"]
+    if ids.dtype != np.int64 or ids.shape != mine.input_ids.shape or not np.array_equal(ids, mine.input_ids):
+        n = min(ids.size, mine.input_ids.size)
+        first = next((t for t in range(n) if ids[t] != mine.input_ids[t]), n)
+        return [(f"input_ids prompt {k}", f"{ids.size} ids", f"{mine.input_ids.size} ids",
+                 f"{where}: token ids differ from the tokenizer's at position {first}")]
+    for name in ("masks", "head_gates"):
+        if not np.array_equal(np.asarray(theirs[name], bool), getattr(mine, name)):
+            out.append((f"re-captured {name} prompt {k}", "stored", "observed", f"{where}: {name} differ from what the model applied"))
+    res_s, res_m = theirs["residual"], mine.residual
+    for layer in range(res_m.shape[0]):
+        gap = distances(res_s[layer], res_m[layer])
+        band = band_of(norms(res_m[layer]))
+        off = np.flatnonzero(gap > band)
+        if off.size:
+            t = int(off[0])
+            out.append((f"re-captured residual prompt {k}", f"x^({layer}) token {t}", f"|Δ| {gap[t]:.3g} > band {band[t]:.3g}",
+                        f"{where}: the stored residual x^({layer}) differs from the model's at {off.size} token(s)"))
+            break
+    loss_gap = np.abs(np.asarray(theirs["loss"], np.float64) - np.asarray(mine.loss, np.float64))
+    if loss_gap.size and float(loss_gap.max()) > loss_abs:
+        out.append((f"re-computed baseline losses prompt {k}", "stored", f"max |Δ| {float(loss_gap.max()):.3g}",
+                    f"{where}: baseline token losses differ from the model's by more than {loss_abs:g} nats"))
+    return out
+
+
+def record_trace_problems(c: Checker, k: int, problems: list[tuple[str, str, str, str]], source: str) -> None:
+    """Report what :func:`trace_problems` found for prompt ``k``; a bad trace stops the certificate's checks."""
+    for name, claimed, actual, detail in problems:
+        c.record(name, False, claimed, actual, detail)
+    if problems:
+        c.require(f"re-captured trace prompt {k}", False, detail=f"traces/prompt_{k:03d}.safetensors is not what the model gives")
+    c.record(f"re-captured trace prompt {k}", True, "ids, masks, gates, residuals, losses", f"as {source} gives")
+
+
 def check_token_errors(c: Checker, where: str, prompt: int, stored: np.ndarray, mine: np.ndarray, band: np.ndarray) -> None:
     off = np.flatnonzero(np.abs(np.asarray(stored, np.float64) - mine) > band)
     if off.size:

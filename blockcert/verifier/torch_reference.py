@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from blockcert.verifier.metrics import Tolerances, distances, norms
+from blockcert.verifier.metrics import Tolerances, norms, record_trace_problems, trace_problems
 
 #: how far a re-run perplexity may differ, relative to the baseline perplexity (torch re-runs the producer's
 #: float32 arithmetic: the token losses agree to float32 rounding, summed in float64)
@@ -71,42 +71,11 @@ class FullCheck:
         c.require("re-captured prompt count", len(self.traces) == len(stored), len(stored), len(self.traces))
         for k, (mine, theirs) in enumerate(zip(self.traces, stored)):
             key = (k, tau_act)
-            if key not in self._problems:
-                self._problems[key] = self._compare(k, mine, theirs, loaded.dtype, tau_act)
-            for name, claimed, actual, detail in self._problems[key]:
-                c.record(name, False, claimed, actual, detail)
-            if self._problems[key]:
-                c.require(f"re-captured trace prompt {k}", False, detail=f"traces/prompt_{k:03d}.safetensors is not what the model gives")
-            c.record(f"re-captured trace prompt {k}", True, "ids, masks, gates, residuals, losses", "as the model gives")
+            if key not in self._problems:  # the band is capped at a fraction of τ_act: per policy
+                self._problems[key] = trace_problems(k, mine, theirs, lambda n: self.tol.trace_band(n, loaded.dtype, tau_act),
+                                                     self.tol.loss_abs)
+            record_trace_problems(c, k, self._problems[key], "the model")
         return list(self.traces)
-
-    def _compare(self, k: int, mine: Any, theirs: dict[str, np.ndarray], dtype: str, tau_act: float) -> list[tuple[str, str, str, str]]:
-        where = f"traces/prompt_{k:03d}.safetensors"
-        out = []
-        ids = theirs["input_ids"]
-        if ids.dtype != np.int64 or ids.shape != mine.input_ids.shape or not np.array_equal(ids, mine.input_ids):
-            first = next((t for t in range(min(ids.size, mine.input_ids.size)) if ids[t] != mine.input_ids[t]), min(ids.size, mine.input_ids.size))
-            out.append((f"input_ids prompt {k}", f"{ids.size} ids", f"{mine.input_ids.size} ids",
-                        f"{where}: token ids differ from the tokenizer's at position {first}"))
-            return out  # nothing else can be compared token by token
-        for name in ("masks", "head_gates"):
-            if not np.array_equal(np.asarray(theirs[name], bool), getattr(mine, name)):
-                out.append((f"re-captured {name} prompt {k}", "stored", "observed", f"{where}: {name} differ from what the model applied"))
-        res_s, res_m = theirs["residual"], mine.residual
-        for layer in range(res_m.shape[0]):
-            gap = distances(res_s[layer], res_m[layer])
-            band = self.tol.trace_band(norms(res_m[layer]), dtype, tau_act)
-            off = np.flatnonzero(gap > band)
-            if off.size:
-                t = int(off[0])
-                out.append((f"re-captured residual prompt {k}", f"x^({layer}) token {t}", f"|Δ| {gap[t]:.3g} > band {band[t]:.3g}",
-                            f"{where}: the stored residual x^({layer}) differs from the model's at {off.size} token(s)"))
-                break
-        loss_gap = np.abs(np.asarray(theirs["loss"], np.float64) - np.asarray(mine.loss, np.float64))
-        if loss_gap.size and float(loss_gap.max()) > self.tol.loss_abs:
-            out.append((f"re-computed baseline losses prompt {k}", "stored", f"max |Δ| {float(loss_gap.max()):.3g}",
-                        f"{where}: baseline token losses differ from the model's by more than {self.tol.loss_abs:g} nats"))
-        return out
 
     def block_io(self, k: int, ell: int, stored_in: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Block ``ell``'s input and output on prompt ``k`` in the model's re-captured trace."""

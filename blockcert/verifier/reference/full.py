@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from importlib import resources
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -33,7 +32,8 @@ from blockcert.errors import UserError
 from blockcert.interpreter import replay
 from blockcert.ir import BlockIR, from_dict
 from blockcert.model.paths import hf_directory
-from blockcert.verifier.metrics import UNIT_ROUNDOFF, Tolerances, distances, norms, within
+from blockcert.prompts import probe_items
+from blockcert.verifier.metrics import UNIT_ROUNDOFF, Tolerances, distances, norms, record_trace_problems, trace_problems, within
 from blockcert.verifier.reference.model import Model
 
 #: a re-run token loss further than ``loss_abs`` from the stored one is allowed this many times the distance
@@ -46,8 +46,6 @@ SHADOWS = 3
 PROBE_TIE = 1e-3
 #: relative band of a re-measured edit deviation (as the torch reference), plus the dtype's rounding of the norms
 DEVIATION_RTOL = 1e-4
-#: the prompts of the semantic probe (a data file of the package, read as text)
-PROBE_FILE = "semantic_probe.jsonl"
 
 
 class Trace(NamedTuple):
@@ -116,41 +114,10 @@ class FullCheck:
             self.traces = [self._trace(self._tokenize(e["text"])) for e in entries]
         c.require("re-captured prompt count", len(self.traces) == len(stored), len(stored), len(self.traces))
         for k, (mine, theirs) in enumerate(zip(self.traces, stored)):
-            if k not in self._problems:
-                self._problems[k] = self._compare(k, mine, theirs)
-            for name, claimed, actual, detail in self._problems[k]:
-                c.record(name, False, claimed, actual, detail)
-            if self._problems[k]:
-                c.require(f"re-captured trace prompt {k}", False, detail=f"traces/prompt_{k:03d}.safetensors is not what the model gives")
-            c.record(f"re-captured trace prompt {k}", True, "ids, masks, gates, residuals, losses", "as the numpy model gives")
+            if k not in self._problems:  # not capped: the verdict here never rests on the stored residuals' values
+                self._problems[k] = trace_problems(k, mine, theirs, lambda n: self.tol.trace_noise(n, self.dtype), self.tol.loss_abs)
+            record_trace_problems(c, k, self._problems[k], "the numpy model")
         return list(self.traces)
-
-    def _compare(self, k: int, mine: Trace, theirs: dict[str, np.ndarray]) -> list[tuple[str, str, str, str]]:
-        where = f"traces/prompt_{k:03d}.safetensors"
-        out = []
-        ids = theirs["input_ids"]
-        if ids.dtype != np.int64 or ids.shape != mine.input_ids.shape or not np.array_equal(ids, mine.input_ids):
-            n = min(ids.size, mine.input_ids.size)
-            first = next((t for t in range(n) if ids[t] != mine.input_ids[t]), n)
-            return [(f"input_ids prompt {k}", f"{ids.size} ids", f"{mine.input_ids.size} ids",
-                     f"{where}: token ids differ from tokenizer.json's at position {first}")]
-        for name in ("masks", "head_gates"):
-            if not np.array_equal(np.asarray(theirs[name], bool), getattr(mine, name)):
-                out.append((f"re-captured {name} prompt {k}", "stored", "the numpy model's", f"{where}: {name} differ from what the model applies"))
-        for layer in range(mine.residual.shape[0]):
-            gap = distances(theirs["residual"][layer], mine.residual[layer])
-            band = self.tol.trace_noise(norms(mine.residual[layer]), self.dtype)
-            off = np.flatnonzero(gap > band)
-            if off.size:
-                t = int(off[0])
-                out.append((f"re-captured residual prompt {k}", f"x^({layer}) token {t}", f"|Δ| {gap[t]:.3g} > band {band[t]:.3g}",
-                            f"{where}: the stored residual x^({layer}) differs from the model's at {off.size} token(s)"))
-                break
-        gap = np.abs(np.asarray(theirs["loss"], np.float64) - mine.loss)
-        if gap.size and float(gap.max()) > self.tol.loss_abs:
-            out.append((f"re-computed baseline losses prompt {k}", "stored", f"max |Δ| {float(gap.max()):.3g}",
-                        f"{where}: baseline token losses differ from the model's by more than {self.tol.loss_abs:g} nats"))
-        return out
 
     def block_io(self, k: int, ell: int, stored_in: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Block ``ell``'s input, the stored x^(l) (checked to be the model's within its rounding), and the
@@ -224,8 +191,7 @@ class FullCheck:
         m = pred["metrics"]
         xs = [np.asarray(t.residual[0], np.float64) for t in self.traces]
         probe = evaluation["probe"]
-        items = [json.loads(line) for line in resources.files("blockcert.prompts").joinpath(PROBE_FILE).read_text("utf-8").splitlines()
-                 if line.strip()]
+        items = probe_items()
         c.require("probe prompts = the built-in probe", [(i["prompt"], i["label"], i.get("kind", "")) for i in items]
                   == [(p["prompt"], p["label"], p["kind"]) for p in probe], f"{len(items)} prompts", f"{len(probe)} in eval.json")
         probe_ids = [model.encode(i["prompt"]) for i in items]

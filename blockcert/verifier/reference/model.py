@@ -110,6 +110,7 @@ class Model:
         self.arch: Any = (_Llama if self.family == "llama" else _GPT2)(self.config, self.weights, np.float64)
         self.n_blocks, self.d_model, self.n_heads = self.arch.n_blocks, self.arch.d_model, self.arch.n_heads
         self._tokenizer: Any = None
+        self._digests: dict[str, str] = {}
 
     def shadow(self) -> Model:
         """The same model computing in float32 (numpy's own summation order): run next to the float64 forward,
@@ -125,11 +126,12 @@ class Model:
         """The digest of every weight as a model loaded in ``dtype`` holds it (tied weights under both names)."""
         if dtype not in DTYPES:
             raise UserError(f"unknown model dtype {dtype!r}")
-        sources = {name: name for name in self.weights.raw} | self.arch.tied()
-        tensors = {name: self.weights.as_dtype(source, dtype) for name, source in sources.items()}
-        if dtype == "bfloat16":  # the digest names the dtype: hash the bit patterns under torch's name
-            return _digest_with_names(tensors, {n: "bfloat16" for n in tensors})
-        return tensors_sha256(tensors)
+        if dtype not in self._digests:  # once per dtype: every certificate of a run asks
+            sources = {name: name for name in self.weights.raw} | self.arch.tied()
+            tensors = {name: self.weights.as_dtype(source, dtype) for name, source in sources.items()}
+            # bfloat16 is held as its bit patterns (uint16): hash them under torch's dtype name
+            self._digests[dtype] = tensors_sha256(tensors, dtype_names=dict.fromkeys(tensors, "bfloat16") if dtype == "bfloat16" else None)
+        return self._digests[dtype]
 
     # -- tokenizer ------------------------------------------------------------------------------------
     def tokenizer(self) -> Any:
@@ -188,21 +190,6 @@ class Model:
         for i in range(start, self.n_blocks):
             x = self.block(i, x)[0]
         return x
-
-
-def _digest_with_names(tensors: dict[str, np.ndarray], dtype_names: dict[str, str]) -> str:
-    import hashlib
-
-    import rfc8785
-
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        a = np.ascontiguousarray(tensors[name]).astype(np.dtype("<u2"), copy=False)
-        header = rfc8785.dumps([name, dtype_names[name], [int(s) for s in a.shape]])
-        h.update(len(header).to_bytes(8, "little"))
-        h.update(header)
-        h.update(a.view(np.uint8).reshape(-1) if a.size else b"")
-    return h.hexdigest()
 
 
 def _softmax_rows(scores: np.ndarray) -> np.ndarray:
