@@ -43,3 +43,24 @@ class ModelEntry:
     locate: Callable[[], Path] = attrs.field(eq=False)
     aliases: tuple[str, ...] = attrs.field(default=(), converter=tuple)
     default: bool = False
+
+
+@attrs.frozen
+class SyntheticShape:
+    """A named model shape ``blockcert synth`` can fill with seeded random weights (``--shape NAME``).
+
+    ``config(layers, dtype)`` builds the Hugging Face config (a ``PretrainedConfig``) of a model of this
+    shape with ``layers`` layers, whose tokenizer is the synthetic byte-level one (``<s>`` 256, ``</s>``
+    257, ``<unk>`` 258). The writer draws every tensor N(0, 1/fan_in); it scales those whose names end
+    in one of ``residual_writers`` (the projections back into the residual stream) by 1/sqrt(2 layers),
+    draws those ending in one of ``embeddings`` N(0, 1) and those ending in one of ``norms`` 1 + 0.1 N(0, 1).
+    """
+
+    name: str = attrs.field(validator=_name)
+    description: str
+    layers: int
+    max_positions: int
+    config: Callable[[int, str], object] = attrs.field(eq=False)
+    residual_writers: tuple[str, ...] = attrs.field(converter=tuple)
+    embeddings: tuple[str, ...] = attrs.field(converter=tuple)
+    norms: tuple[str, ...] = attrs.field(default=("norm.weight",), converter=tuple)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import pluggy
 
 if TYPE_CHECKING:
-    from blockcert.catalog import Architecture, ModelEntry
+    from blockcert.catalog import Architecture, ModelEntry, SyntheticShape
     from blockcert.interpreter import Replay
     from blockcert.ir import BlockIR
     from blockcert.native import NativeModel
@@ -35,6 +35,11 @@ def blockcert_register_architectures(register: Callable[[Architecture], None]) -
 @hookspec
 def blockcert_register_models(register: Callable[[ModelEntry], None]) -> None:
     """Register each :class:`~blockcert.catalog.ModelEntry` loadable by name; ``locate()`` never downloads."""
+
+
+@hookspec
+def blockcert_register_synthetic_shapes(register: Callable[[SyntheticShape], None]) -> None:
+    """Register each :class:`~blockcert.catalog.SyntheticShape` ``blockcert synth --shape NAME`` can write."""
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from blockcert import hookspecs
 from blockcert.errors import UserError
 
 if TYPE_CHECKING:
-    from blockcert.catalog import Architecture, ModelEntry
+    from blockcert.catalog import Architecture, ModelEntry, SyntheticShape
     from blockcert.interpreter import Replay
     from blockcert.ir import BlockIR
     from blockcert.native import NativeModel
@@ -85,6 +85,15 @@ class Plugins:
                 found.setdefault(key, entry)
 
         self.pm.hook.blockcert_register_models(register=register)
+        return found
+
+    def synthetic_shapes(self) -> dict[str, SyntheticShape]:
+        found: dict[str, SyntheticShape] = {}
+
+        def register(shape: SyntheticShape) -> None:
+            found.setdefault(shape.name, shape)
+
+        self.pm.hook.blockcert_register_synthetic_shapes(register=register)
         return found
 
     def detect_architecture(self, model: Any) -> str:

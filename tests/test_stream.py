@@ -20,11 +20,12 @@ from blockcert.pipeline.executors import LocalExecutor, get_executor
 from blockcert.pipeline.certify import certify_blocks, extract_block, measure_block, plan_groups, run, slice_traces, BlockTask
 from blockcert.pipeline.staircase import suffix_losses
 from blockcert.pipeline.stitch import stitch
-from blockcert.model.synthetic import INDEX_FILE, PROMPTS_FILE, LlamaShape, synthesize
+from blockcert.model.synthetic import INDEX_FILE, PROMPTS_FILE, synthesize
+from blockcert_llama.synthetic import LlamaShape
 from blockcert.pipeline.trace import capture
 from blockcert.verifier.core import verify
 
-SHAPE = LlamaShape(layers=4, hidden=64, intermediate=128, heads=4, kv_heads=2, vocab=300, max_positions=256)
+SHAPE = LlamaShape(layers=4, hidden=64, intermediate=128, heads=4, kv_heads=2, vocab=300, max_positions=256).synthetic("test", "for tests")
 
 
 @pytest.fixture(scope="module")

@@ -25,8 +25,8 @@ def _size(text: str) -> int:
 @app.command("synth")
 def synth_command(
     out: Path = typer.Option(..., "--out", "-o", help="Directory to create (must not exist, or be empty)."),
-    shape: str = typer.Option("tinyllama", "--shape", help="tinyllama (22 layers, d=2048, GQA 32/4), llama2-7b (32 layers, "
-                              "d=4096) or tiny (4 layers, d=256, for tests)."),
+    shape: str = typer.Option("tinyllama", "--shape", help="A shape a plugin registers; built in (Llama): tinyllama (22 layers, "
+                              "d=2048, GQA 32/4), llama2-7b (32 layers, d=4096) or tiny (4 layers, d=256, for tests)."),
     dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16: the stored weights."),
     layers: int = typer.Option(None, "--layers", help="Override the number of layers."),
     seed: int = typer.Option(0, "--seed", help="Weights are a function of (seed, tensor name)."),
@@ -36,7 +36,7 @@ def synth_command(
     force: bool = typer.Option(False, "--force", help="Replace an earlier synthetic checkpoint in --out."),
 ) -> None:
     """Write config.json, sharded model-0000k-of-0000n.safetensors with model.safetensors.index.json, a
-    byte-level tokenizer and prompts.txt: a Llama of a real shape with seeded random weights, written
+    byte-level tokenizer and prompts.txt: a model of a real shape with seeded random weights, written
     shard by shard (never the whole model in memory). Certify it with `blockcert run --model DIR
     --prompts DIR/prompts.txt --stream`."""
     from blockcert.model.synthetic import synthesize

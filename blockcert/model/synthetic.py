@@ -1,20 +1,21 @@
 """Synthetic checkpoints: seeded random weights in real Hugging Face layouts, to measure scale offline.
 
-``synthesize(out, shape="tinyllama")`` writes what ``save_pretrained`` would write for a Llama of that
+``synthesize(out, shape="tinyllama")`` writes what ``save_pretrained`` would write for a model of that
 shape — ``config.json``, sharded ``model-0000k-of-0000n.safetensors`` and ``model.safetensors.index.json``
 — plus a byte-level tokenizer and a prompt file, without ever holding more than one shard in memory
 (a Llama-2-7B-shaped bfloat16 checkpoint is 13.5 GB on disk).
 
-* Shapes: ``tinyllama`` (TinyLlama-1.1B: 22 layers, d=2048, MLP 5632, 32 query / 4 KV heads, vocab 32000),
-  ``llama2-7b`` (Llama-2-7B: 32 layers, d=4096, MLP 11008, 32 / 32 heads, vocab 32000) and ``tiny``
-  (4 layers, d=256, for tests). ``layers`` overrides the depth.
+* Shapes are :class:`~blockcert.catalog.SyntheticShape` records that architecture plugins register
+  (``blockcert_register_synthetic_shapes``): the Llama plugin registers ``tinyllama`` (TinyLlama-1.1B),
+  ``llama2-7b`` (Llama-2-7B) and ``tiny`` (4 layers, d=256, for tests). This module knows no architecture.
+  ``layers`` overrides the depth.
 * Weights: tensor ``name`` is drawn from a generator seeded with SHA-256(seed, name), so a tensor does not
   depend on the sharding or on the other tensors. Gaussian, variance-preserving (std 1/sqrt(fan_in));
-  the projections back into the residual stream (``o_proj``, ``down_proj``) are scaled by 1/sqrt(2L) so
-  the stream stays O(1) over depth; norm weights 1 + 0.1 N(0, 1). Not a trained model: its losses are
-  those of a random network, and its numbers only measure cost.
+  the projections back into the residual stream (the shape's ``residual_writers``) are scaled by
+  1/sqrt(2L) so the stream stays O(1) over depth; embeddings N(0, 1); norm weights 1 + 0.1 N(0, 1).
+  Not a trained model: its losses are those of a random network, and its numbers only measure cost.
 * Tokenizer: byte-level, token id = UTF-8 byte (256 tokens, plus ``<s>``, ``</s>``, ``<unk>``), built with
-  the ``tokenizers`` library (nothing is downloaded). The config keeps the real vocabulary size (32000);
+  the ``tokenizers`` library (nothing is downloaded). The config keeps the shape's vocabulary size;
   ids above 258 are never produced, but their embedding and LM-head rows are stored, read and multiplied
   like the others. ``prompts.txt``: ``n_prompts`` lines of exactly ``prompt_tokens`` ASCII characters,
   so exactly ``prompt_tokens`` tokens each.
@@ -33,8 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import attrs
-
+from blockcert.catalog import SyntheticShape
 from blockcert.errors import UserError
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -43,36 +43,21 @@ PROMPTS_FILE = "prompts.txt"
 SYNTH_FILE = "blockcert-synthetic.json"
 
 
-@attrs.frozen
-class LlamaShape:
-    layers: int
-    hidden: int
-    intermediate: int
-    heads: int
-    kv_heads: int
-    vocab: int = 32000
-    max_positions: int = 2048
-    rope_theta: float = 10000.0
-    rms_eps: float = 1e-5
+def shapes() -> dict[str, SyntheticShape]:
+    """Every registered synthetic shape, by name."""
+    from blockcert.plugins import get_plugins
+
+    return get_plugins().synthetic_shapes()
 
 
-SHAPES = {
-    "tinyllama": LlamaShape(layers=22, hidden=2048, intermediate=5632, heads=32, kv_heads=4),
-    "llama2-7b": LlamaShape(layers=32, hidden=4096, intermediate=11008, heads=32, kv_heads=32, max_positions=4096),
-    "tiny": LlamaShape(layers=4, hidden=256, intermediate=688, heads=8, kv_heads=2, vocab=512, max_positions=512),
-}
-
-
-def config_for(shape: LlamaShape, dtype: str) -> Any:
-    from transformers import LlamaConfig
-
-    return LlamaConfig(
-        vocab_size=shape.vocab, hidden_size=shape.hidden, intermediate_size=shape.intermediate,
-        num_hidden_layers=shape.layers, num_attention_heads=shape.heads, num_key_value_heads=shape.kv_heads,
-        max_position_embeddings=shape.max_positions, rope_theta=shape.rope_theta, rms_norm_eps=shape.rms_eps,
-        hidden_act="silu", tie_word_embeddings=False, bos_token_id=256, eos_token_id=257,
-        architectures=["LlamaForCausalLM"], dtype=dtype,
-    )
+def resolve_shape(shape: str | SyntheticShape) -> SyntheticShape:
+    """The registered shape called ``shape`` (a usage error naming the known ones if there is none)."""
+    if isinstance(shape, SyntheticShape):
+        return shape
+    known = shapes()
+    if shape not in known:
+        raise UserError(f"unknown --shape {shape!r}", f"choose one of: {', '.join(known)}")
+    return known[shape]
 
 
 def tensor_layout(config: Any) -> list[tuple[str, tuple[int, ...]]]:
@@ -92,18 +77,18 @@ def _generator(seed: int, name: str) -> Any:
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
 
 
-def make_tensor(name: str, shape: tuple[int, ...], layers: int, seed: int, dtype: str) -> Any:
+def make_tensor(name: str, shape: tuple[int, ...], kind: SyntheticShape, layers: int, seed: int, dtype: str) -> Any:
     """The synthetic value of checkpoint tensor ``name`` (see the module doc for the distribution)."""
     import torch
 
     gen = _generator(seed, name)
-    if name.endswith("norm.weight"):
+    if name.endswith(kind.norms):
         t = 1.0 + 0.1 * torch.randn(shape, generator=gen)
-    elif name.endswith("embed_tokens.weight"):
+    elif name.endswith(kind.embeddings):
         t = torch.randn(shape, generator=gen)
     else:
         std = 1.0 / math.sqrt(shape[-1])  # torch Linear weights are [out, in]: fan_in is the last dim
-        if name.endswith(("o_proj.weight", "down_proj.weight")):
+        if name.endswith(kind.residual_writers):
             std /= math.sqrt(2 * layers)
         t = torch.randn(shape, generator=gen).mul_(std)
     return t.to(getattr(torch, dtype))
@@ -182,7 +167,7 @@ def cached_checkpoint(cache: str | os.PathLike[str], shape: str = "tinyllama", d
 
 def synthesize(
     out: str | os.PathLike[str],
-    shape: str | LlamaShape = "tinyllama",
+    shape: str | SyntheticShape = "tinyllama",
     *,
     dtype: str = "float32",
     layers: int | None = None,
@@ -200,14 +185,11 @@ def synthesize(
     """
     from safetensors.torch import save_file
 
-    if isinstance(shape, str):
-        if shape not in SHAPES:
-            raise UserError(f"unknown --shape {shape!r}", f"choose one of: {', '.join(SHAPES)}")
-        shape = SHAPES[shape]
-    if layers is not None:
-        if layers < 1:
-            raise UserError(f"--layers must be >= 1, got {layers}")
-        shape = attrs.evolve(shape, layers=layers)
+    shape = resolve_shape(shape)
+    if layers is None:
+        layers = shape.layers
+    elif layers < 1:
+        raise UserError(f"--layers must be >= 1, got {layers}")
     if dtype not in DTYPES:
         raise UserError(f"unknown --dtype {dtype!r}", f"choose one of: {', '.join(DTYPES)}")
     for flag, value in (("--prompts", n_prompts), ("--prompt-tokens", prompt_tokens), ("--shard-size", shard_bytes)):
@@ -220,7 +202,7 @@ def synthesize(
     if occupied and not (force and (target / SYNTH_FILE).is_file()):
         raise UserError(f"{target} exists and is not empty",
                         "choose another --out (--force replaces only an earlier synthetic checkpoint)")
-    config = config_for(shape, dtype)
+    config = shape.config(layers, dtype)
     layout = tensor_layout(config)
     element = {"float32": 4, "bfloat16": 2, "float16": 2}[dtype]
     shards = plan_shards(layout, element, shard_bytes)
@@ -231,7 +213,7 @@ def synthesize(
         weight_map, total = {}, 0
         for k, shard in enumerate(shards, start=1):
             name = f"model-{k:05d}-of-{n:05d}.safetensors"
-            tensors = {t: make_tensor(t, s, shape.layers, seed, dtype) for t, s in shard}
+            tensors = {t: make_tensor(t, s, shape, layers, seed, dtype) for t, s in shard}
             save_file(tensors, tmp / name, metadata={"format": "pt"})
             total += sum(t.numel() * t.element_size() for t in tensors.values())
             weight_map.update({t: name for t in tensors})
@@ -243,7 +225,7 @@ def synthesize(
         config.save_pretrained(tmp)
         write_tokenizer(tmp)
         (tmp / PROMPTS_FILE).write_text("\n".join(synthetic_prompts(n_prompts, prompt_tokens, seed)) + "\n", encoding="utf-8")
-        record = {"generator": "blockcert.model.synthetic", "shape": attrs.asdict(shape), "dtype": dtype, "seed": seed,
+        record = {"generator": "blockcert.model.synthetic", "shape": shape.name, "layers": layers, "dtype": dtype, "seed": seed,
                   "shards": n, "total_size": total}
         (tmp / SYNTH_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         mask = os.umask(0)

@@ -41,3 +41,11 @@ def blockcert_to_ir(native: Any, index: int, n_ctx: int) -> Any:
     from .adapter import to_ir
 
     return to_ir(native, index, n_ctx)
+
+
+@hookimpl(trylast=True)
+def blockcert_register_synthetic_shapes(register: Any) -> None:
+    from .synthetic import SHAPES
+
+    for shape in SHAPES:
+        register(shape)
