@@ -12,16 +12,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from blockcert_llama.synthetic import LlamaShape
 from safetensors import safe_open
 
 import blockcert
 from blockcert.errors import UserError
+from blockcert.model.synthetic import INDEX_FILE, PROMPTS_FILE, synthesize
+from blockcert.pipeline.certify import BlockTask, certify_blocks, extract_block, measure_block, plan_groups, run, slice_traces
 from blockcert.pipeline.executors import LocalExecutor, get_executor
-from blockcert.pipeline.certify import certify_blocks, extract_block, measure_block, plan_groups, run, slice_traces, BlockTask
 from blockcert.pipeline.staircase import suffix_losses
 from blockcert.pipeline.stitch import stitch
-from blockcert.model.synthetic import INDEX_FILE, PROMPTS_FILE, synthesize
-from blockcert_llama.synthetic import LlamaShape
 from blockcert.pipeline.trace import capture
 from blockcert.verifier.core import verify
 
@@ -137,8 +137,8 @@ def test_stream_needs_safetensors(tmp_path):
 
 def test_stream_of_a_tied_checkpoint(tmp_path):
     """SmolLM2-style tied embeddings: the checkpoint stores the embedding once; lm_head reads it."""
-    from transformers import LlamaConfig
     from strategies import seeded_model
+    from transformers import LlamaConfig
 
     config = LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                          num_key_value_heads=2, tie_word_embeddings=True)

@@ -8,7 +8,7 @@ import torch
 
 from blockcert import native as hf
 from blockcert.errors import UserError
-from blockcert.ir import MLP, Attention, BlockIR, SCHEMA_VERSION
+from blockcert.ir import MLP, SCHEMA_VERSION, Attention, BlockIR
 
 
 class GPT2Native(hf.NativeModel):

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from blockcert import native as hf
-from blockcert.ir import MLP, Attention, BlockIR, SCHEMA_VERSION
+from blockcert.ir import MLP, SCHEMA_VERSION, Attention, BlockIR
 
 
 class LlamaNative(hf.NativeModel):
