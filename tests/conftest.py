@@ -50,3 +50,16 @@ def smollm2():
     import blockcert
 
     return blockcert.load_model()
+
+
+@pytest.fixture(scope="session")
+def byte_tokenizer(tmp_path_factory):
+    """The synthetic byte-level tokenizer (token id = UTF-8 byte; ``<s>`` 256, ``</s>`` 257, ``<unk>`` 258):
+    what the small random-init test models use, so that only tests about the real model load SmolLM2."""
+    from transformers import AutoTokenizer
+
+    from blockcert.model.synthetic import write_tokenizer
+
+    path = tmp_path_factory.mktemp("byte-tokenizer")
+    write_tokenizer(path)
+    return AutoTokenizer.from_pretrained(path)

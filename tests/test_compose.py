@@ -21,8 +21,8 @@ from test_run import make_model_dir
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, smollm2) -> Path:
-    return make_model_dir(tmp_path_factory.mktemp("compose") / "model", smollm2.tokenizer, layers=3)
+def model_dir(tmp_path_factory, byte_tokenizer) -> Path:
+    return make_model_dir(tmp_path_factory.mktemp("compose") / "model", byte_tokenizer, layers=3)
 
 
 @pytest.fixture(scope="module")

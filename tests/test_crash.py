@@ -26,9 +26,9 @@ def blockcert_run(model: Path, out: Path, *extra: str, fault: int | None = None)
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory, smollm2):
+def reference(tmp_path_factory, byte_tokenizer):
     base = tmp_path_factory.mktemp("crash")
-    model = make_model_dir(base / "model", smollm2.tokenizer, layers=3)
+    model = make_model_dir(base / "model", byte_tokenizer, layers=3)
     proc = blockcert_run(model, base / "ref")
     assert proc.returncode == 0, proc.stderr
     return model, base / "ref"

@@ -24,8 +24,8 @@ from test_tamper import edit_cert, failures, redigest
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, smollm2) -> Path:
-    return make_model_dir(tmp_path_factory.mktemp("derive") / "model", smollm2.tokenizer, layers=2)
+def model_dir(tmp_path_factory, byte_tokenizer) -> Path:
+    return make_model_dir(tmp_path_factory.mktemp("derive") / "model", byte_tokenizer, layers=2)
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from blockcert.edit.certify import (
     HARMFUL_MARKERS, CorpusItem, Decoding, certify_edit, classify, edit_handle, load_corpus, score, sweep,
 )
 from blockcert.errors import UserError
-from blockcert.edit.human import aggregate
+from blockcert.edit.human import aggregate, export_csv, read_labels
 from blockcert.interpreter import replay
 from blockcert.plugins import get_plugins
 from blockcert.spec import parse_spec
@@ -30,8 +30,8 @@ FAST = Decoding(max_new_tokens=6)
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory, smollm2):
-    path = make_model_dir(tmp_path_factory.mktemp("edits") / "model", smollm2.tokenizer, layers=3)
+def tiny(tmp_path_factory, byte_tokenizer):
+    path = make_model_dir(tmp_path_factory.mktemp("edits") / "model", byte_tokenizer, layers=3)
     return path, blockcert.load_model(path)
 
 
@@ -160,7 +160,7 @@ def test_edit_certificate_contents_and_verification(certified, tiny):
     assert "regenerated refuse-12 edited" in names and "re-measured epsilon_edit" in names
 
 
-def test_edit_certificate_tampering(certified, tiny, tmp_path, smollm2):
+def test_edit_certificate_tampering(certified, tiny, tmp_path, byte_tokenizer):
     def copy(name: str) -> Path:
         shutil.copytree(certified, tmp_path / name)
         return tmp_path / name
@@ -198,8 +198,20 @@ def test_edit_certificate_tampering(certified, tiny, tmp_path, smollm2):
     message = failures(w, level="replay", model=str(tiny[0]))
     assert "regenerated refuse-12 edited" in message and "after accuracy" in message
 
-    other = make_model_dir(tmp_path / "other", smollm2.tokenizer, layers=3, scale=1.01)
+    other = make_model_dir(tmp_path / "other", byte_tokenizer, layers=3, scale=1.01)
     assert "is not the certified model" in failures(certified, level="replay", model=str(other))
+
+
+def test_labelling_sheet_survives_control_characters_in_completions():
+    """A completion of a small model can hold a bare carriage return (or any byte): the sheet must still have
+    one row per completion for every CSV reader, and read back into exactly those keys."""
+    rows = [{"id": "q1", "prompt": "say, \"hi\"", "base": "line\rbreak\x00\x1a", "edited": "two\nlines\r\n,x"}]
+    text = export_csv(rows)
+    parsed = list(csv.DictReader(text.splitlines(keepends=True)))
+    assert [r["key"] for r in parsed] == ["q1:base", "q1:edited"]
+    assert [r["completion"] for r in parsed] == ["line\rbreak\x00\x1a", "two\nlines\r\n,x"]
+    filled = text.replace(',""\n', ',"refuse"\n')
+    assert read_labels(filled, "sheet.csv", rows) == {"q1:base": "refuse", "q1:edited": "refuse"}
 
 
 def test_human_labels_round_trip(certified, tmp_path):

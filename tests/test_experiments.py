@@ -29,8 +29,8 @@ BLOCKS = (0, 1, 2)
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, smollm2) -> Path:
-    return make_model_dir(tmp_path_factory.mktemp("exp") / "model", smollm2.tokenizer)
+def tiny_dir(tmp_path_factory, byte_tokenizer) -> Path:
+    return make_model_dir(tmp_path_factory.mktemp("exp") / "model", byte_tokenizer)
 
 
 @pytest.fixture(scope="module")

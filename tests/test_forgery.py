@@ -22,11 +22,11 @@ from test_run import make_model_dir
 
 
 @pytest.fixture(scope="module")
-def made(tmp_path_factory, smollm2) -> dict:
+def made(tmp_path_factory, byte_tokenizer) -> dict:
     """A 3-layer random Llama (blocks 0 and 1 certified, so x^(3) is used by no certificate), and a run of it
     under a policy that certifies nothing (for the flipped verdict)."""
     base = tmp_path_factory.mktemp("forgery")
-    model = make_model_dir(base / "model", smollm2.tokenizer, layers=3, scale=40.0)
+    model = make_model_dir(base / "model", byte_tokenizer, layers=3, scale=40.0)
     loaded = blockcert.load_model(model)
     run(loaded=loaded, prompts="builtin:default", blocks="0,1", out=base / "run")
     run(loaded=loaded, prompts="builtin:default", blocks="0,1", out=base / "strict", policy=Policy(tau_act=1e-12))
@@ -219,8 +219,17 @@ def test_forged_path_matches_are_caught_at_replay(made, tmp_path):
 @pytest.mark.parametrize("reference", REFERENCES)
 def test_swapped_input_ids_are_caught_at_full(made, tmp_path, reference):
     root = fresh(made, tmp_path)
-    edit_traces(root, lambda k, t: t.update(input_ids=np.full_like(t["input_ids"], 666)))
+    edit_traces(root, lambda k, t: t.update(input_ids=np.full_like(t["input_ids"], 66)))
     recertify_all(root, made["loaded"])
+    assert_caught_at(root, made, "full", "input_ids prompt 0", reference=reference)
+
+
+@pytest.mark.parametrize("reference", ["torch", "numpy"])
+def test_input_ids_outside_the_vocabulary_are_a_failure_not_a_crash(made, tmp_path, reference):
+    root = fresh(made, tmp_path)
+    vocab = made["loaded"].model.config.vocab_size
+    edit_traces(root, lambda k, t: t.update(input_ids=np.full_like(t["input_ids"], vocab + 7)))
+    resummarize(root)
     assert_caught_at(root, made, "full", "input_ids prompt 0", reference=reference)
 
 

@@ -23,9 +23,9 @@ EXAMPLES = {"ci": 500, "fast": 40, "dev": 2000}.get(os.environ.get("HYPOTHESIS_P
 
 
 @pytest.fixture(scope="module")
-def valid_run(tmp_path_factory, smollm2) -> Path:
+def valid_run(tmp_path_factory, byte_tokenizer) -> Path:
     base = tmp_path_factory.mktemp("fuzz")
-    model = make_model_dir(base / "model", smollm2.tokenizer, layers=2)
+    model = make_model_dir(base / "model", byte_tokenizer, layers=2)
     run(model, prompts="builtin:default", out=base / "run")
     assert verify(base / "run").ok
     return base / "run"

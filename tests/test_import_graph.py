@@ -159,7 +159,7 @@ LIVE = textwrap.dedent("""
 
 
 @pytest.fixture(scope="module")
-def numpy_runs(tmp_path_factory, smollm2):
+def numpy_runs(tmp_path_factory, byte_tokenizer):
     """A small random-init Llama run (two blocks, one a surrogate) with a full-model certificate and bounds,
     and an edit certificate, all made by the producer with torch."""
     from test_run import make_model_dir
@@ -168,7 +168,7 @@ def numpy_runs(tmp_path_factory, smollm2):
     from blockcert.pipeline.stitch import stitch
 
     base = tmp_path_factory.mktemp("numpy-path")
-    model = make_model_dir(base / "model", smollm2.tokenizer, layers=3)
+    model = make_model_dir(base / "model", byte_tokenizer, layers=3)
     run(model=str(model), prompts="builtin:stress", blocks="all", out=base / "run", bounds=True, surrogate="lowrank:r=8")
     stitch(base / "run", model=str(model))
     from blockcert.edit.certify import Decoding, certify_edit

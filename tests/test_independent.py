@@ -28,8 +28,8 @@ FAST = Decoding(max_new_tokens=4)
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory, smollm2):
-    path = make_model_dir(tmp_path_factory.mktemp("independent") / "model", smollm2.tokenizer, layers=3)
+def tiny(tmp_path_factory, byte_tokenizer):
+    path = make_model_dir(tmp_path_factory.mktemp("independent") / "model", byte_tokenizer, layers=3)
     return path, blockcert.load_model(path)
 
 

@@ -39,8 +39,8 @@ AttentionInterface.register("blockcert-test-window", windowed_eager)
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, smollm2):
-    return make_model_dir(tmp_path_factory.mktemp("observe") / "model", smollm2.tokenizer, layers=2)
+def model_dir(tmp_path_factory, byte_tokenizer):
+    return make_model_dir(tmp_path_factory.mktemp("observe") / "model", byte_tokenizer, layers=2)
 
 
 def test_plain_model_is_observed_causal_with_every_head_active(model_dir):

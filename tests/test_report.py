@@ -40,11 +40,11 @@ SWEEP = {"edit": "mlp-scale", "model": "tiny", "rows": [
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, smollm2):
-    """A tiny random-init Llama with the real SmolLM2 tokenizer: a plain run with bounds, stitched, and an
+def runs(tmp_path_factory, byte_tokenizer):
+    """A tiny random-init Llama with the byte tokenizer: a plain run with bounds, stitched, and an
     invert-mask ablation of it on the same prompts (which fails), plus an edit-sweep file."""
     base = tmp_path_factory.mktemp("report")
-    model = make_model_dir(base / "model", smollm2.tokenizer, layers=3)
+    model = make_model_dir(base / "model", byte_tokenizer, layers=3)
     prompts = base / "prompts.txt"
     prompts.write_text("\n".join(PROMPTS) + "\n", encoding="utf-8")
     plain, ablated = base / "plain", base / "invert"

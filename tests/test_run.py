@@ -23,7 +23,7 @@ from blockcert.pipeline.certify import run
 from strategies import seeded_model
 
 
-def make_model_dir(path: Path, tokenizer, *, layers: int = 3, max_pos: int = 128, scale: float = 1.0) -> Path:
+def make_model_dir(path: Path, tokenizer, *, layers: int = 3, max_pos: int = 512, scale: float = 1.0) -> Path:
     from transformers import LlamaConfig
 
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
@@ -38,9 +38,9 @@ def make_model_dir(path: Path, tokenizer, *, layers: int = 3, max_pos: int = 128
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, smollm2):
-    """A small random-init Llama with the real SmolLM2 tokenizer, as a local HF directory."""
-    return make_model_dir(tmp_path_factory.mktemp("tiny") / "model", smollm2.tokenizer)
+def tiny_dir(tmp_path_factory, byte_tokenizer):
+    """A small random-init Llama with the byte tokenizer, as a local HF directory."""
+    return make_model_dir(tmp_path_factory.mktemp("tiny") / "model", byte_tokenizer)
 
 
 def test_cov_loss_equals_naive_hooked_forward(tiny_dir, tmp_path):
@@ -191,15 +191,15 @@ def test_force_refuses_to_delete_a_foreign_directory(tiny_dir, tmp_path):
     assert (tmp_path / "mine.txt").read_text() == "precious"
 
 
-def test_prompt_longer_than_context_writes_nothing(smollm2, tmp_path):
-    short = make_model_dir(tmp_path / "short", smollm2.tokenizer, max_pos=16)
+def test_prompt_longer_than_context_writes_nothing(byte_tokenizer, tmp_path):
+    short = make_model_dir(tmp_path / "short", byte_tokenizer, max_pos=16)
     with pytest.raises(UserError, match="prompt 0 has .* tokens, more than the model's context of 16"):
         run(short, prompts="builtin:default", out=tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
-def test_non_finite_activations_are_a_user_error(smollm2, tmp_path):
-    hot = make_model_dir(tmp_path / "hot", smollm2.tokenizer, scale=1e6)
+def test_non_finite_activations_are_a_user_error(byte_tokenizer, tmp_path):
+    hot = make_model_dir(tmp_path / "hot", byte_tokenizer, scale=1e6)
     with pytest.raises(UserError, match="non-finite activations in prompt 0"):
         run(hot, prompts="builtin:default", dtype="float16", out=tmp_path / "out")
     assert not (tmp_path / "out" / "traces").exists()

@@ -18,9 +18,9 @@ from test_run import make_model_dir
 
 
 @pytest.fixture(scope="module")
-def stitched_run(tmp_path_factory, smollm2):
+def stitched_run(tmp_path_factory, byte_tokenizer):
     base = tmp_path_factory.mktemp("stitch")
-    model = make_model_dir(base / "model", smollm2.tokenizer, layers=3)
+    model = make_model_dir(base / "model", byte_tokenizer, layers=3)
     run(model, prompts="builtin:default", out=base / "run")
     result = stitch(base / "run", model=str(model))
     return base, model, result

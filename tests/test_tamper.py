@@ -32,10 +32,10 @@ CERT = "block_000/certificate.json"
 
 
 @pytest.fixture(scope="module")
-def pristine(tmp_path_factory, smollm2) -> Path:
+def pristine(tmp_path_factory, byte_tokenizer) -> Path:
     """A complete, valid run on a small random model (blocks 0 and 1, the default prompts)."""
     base = tmp_path_factory.mktemp("tamper")
-    model = make_model_dir(base / "model", smollm2.tokenizer, layers=2)
+    model = make_model_dir(base / "model", byte_tokenizer, layers=2)
     run(model, prompts="builtin:default", out=base / "run", bounds=True)
     run(model, prompts="builtin:stress", out=base / "other-prompts")
     run(model, prompts="builtin:default", out=base / "strict", policy=Policy(tau_act=1e-12))  # nothing certified
@@ -522,8 +522,8 @@ def test_pristine_run_verifies_at_every_depth(pristine, tmp_path):
     assert verify(root, level="full", model=str(pristine / "model")).ok
 
 
-def test_full_level_rejects_another_model(pristine, tmp_path, smollm2):
-    other = make_model_dir(tmp_path / "other", smollm2.tokenizer, layers=2, scale=1.01)
+def test_full_level_rejects_another_model(pristine, tmp_path, byte_tokenizer):
+    other = make_model_dir(tmp_path / "other", byte_tokenizer, layers=2, scale=1.01)
     assert "is not the certified model" in failures(pristine / "run", level="full", model=str(other))
 
 

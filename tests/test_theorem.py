@@ -134,8 +134,8 @@ def test_lean_proof_compiles(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def bounded_run(tmp_path_factory, smollm2) -> Path:
-    model = make_model_dir(tmp_path_factory.mktemp("theorem") / "model", smollm2.tokenizer, layers=3)
+def bounded_run(tmp_path_factory, byte_tokenizer) -> Path:
+    model = make_model_dir(tmp_path_factory.mktemp("theorem") / "model", byte_tokenizer, layers=3)
     out = tmp_path_factory.mktemp("theorem-run") / "run"
     run(model, prompts="builtin:stress", out=out, bounds=True)
     stitch(out)

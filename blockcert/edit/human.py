@@ -32,7 +32,9 @@ def _keys(rows: Sequence[dict[str, Any]]) -> list[tuple[str, str, str]]:
 
 def export_csv(rows: Sequence[dict[str, Any]]) -> str:
     buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
+    # every field quoted: a completion may hold a bare "\r", which QUOTE_MINIMAL with a "\n" terminator leaves
+    # unquoted and every CSV reader then takes for the end of a row
+    w = csv.writer(buf, lineterminator="\n", quoting=csv.QUOTE_ALL)
     w.writerow(COLUMNS)
     for key, prompt, completion in _keys(rows):
         w.writerow((key, prompt, completion, ""))
