@@ -154,7 +154,7 @@ def _horner(eps: Sequence[Fraction], lips: Sequence[Fraction]) -> list[Fraction]
     return out
 
 
-def _load_blocks(root: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def _load_blocks(root: Path) -> tuple[list[R.BlockPredicate], R.RunManifest]:
     from blockcert.verifier.core import find_certificates, verify
 
     root, certs = find_certificates(root)
@@ -164,7 +164,7 @@ def _load_blocks(root: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         first = next(ch for ch in bad.checks if not ch.ok)
         raise UserError(f"{root}: {bad.path} does not verify ({first.name}{': ' + first.detail if first.detail else ''})",
                         f"run `blockcert verify {root}` for every failed check; `blockcert bound` only reads verified certificates")
-    preds = [json.loads((root / rel).read_text(encoding="utf-8"))["predicate"] for rel in certs]
+    preds = [R.read(R.BlockPredicate, json.loads((root / rel).read_text(encoding="utf-8"))["predicate"], str(root / rel)) for rel in certs]
     manifest = R.read(R.RunManifest, json.loads((root / MANIFEST).read_text(encoding="utf-8")), str(root / MANIFEST))
     return preds, manifest
 
@@ -182,12 +182,12 @@ def bound(out: str | Path, *, blocks: str | Sequence[int] | None = None) -> Boun
         raise UserError(f"{root} is not a directory", "pass the --out directory of a `blockcert run --bounds`")
     preds, manifest = _load_blocks(root)
     L, d = manifest.model.n_blocks, manifest.model.d_model
-    by_index = {p["block"]["index"]: p for p in preds}
+    by_index = {p.block.index: p for p in preds}
     missing = [i for i in range(L) if i not in by_index]
     if missing:
         raise UserError(f"{root} has no certificate for blocks {ranges(missing)} of {L}; Theorem 1 needs every block",
                         f"blockcert run --bounds --resume --blocks all --out {root} (with the run's --model/--prompts)")
-    no_bounds = [i for i in range(L) if by_index[i].get("lipschitz") is None]
+    no_bounds = [i for i in range(L) if by_index[i].lipschitz is None]
     if no_bounds:
         raise UserError(f"the certificates of blocks {ranges(no_bounds)} in {root} log no Lipschitz bounds",
                         f"blockcert run --bounds --resume --out {root} (with the run's --model/--prompts) adds them")
@@ -222,17 +222,19 @@ def _evaluation(root: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def _block_inputs(root: Path, pred: dict[str, Any], stitched: bool) -> BlockInputs:
-    lip = pred["lipschitz"]
-    rec = json.loads((root / lip["bounds"]).read_text(encoding="utf-8"))
-    cert = rec["certified"]
+def _block_inputs(root: Path, pred: R.BlockPredicate, stitched: bool) -> BlockInputs:
+    lip = pred.lipschitz
+    assert lip is not None  # bound() refuses blocks without bounds before this
+    path = root / lip.bounds
+    rec = R.read(R.BoundsRecord, json.loads(path.read_text(encoding="utf-8")), str(path))
+    cert = rec.certified
     return BlockInputs(
-        index=pred["block"]["index"], stitched=stitched,
-        epsilon_token=float(pred["metrics"]["epsilon"]), epsilon_seq=float(lip["epsilon_seq"]),
-        analytic=lip["analytic_upper_bound"], hybrid=lip["hybrid_upper_bound"],
-        hybrid_input_radius=float(lip["hybrid_input_radius"]), empirical_lower=float(lip["empirical_lower_bound"]),
-        min_scale1=float(cert["min_scale1"]), min_scale2=float(cert["min_scale2"]), K_attn=cert["upper"]["K_attn"],
-        margin=float(rec["settings"]["margin"]), seq_len=int(cert["seq_len"]),
+        index=pred.block.index, stitched=stitched,
+        epsilon_token=float(pred.metrics.epsilon), epsilon_seq=float(lip.epsilon_seq),
+        analytic=lip.analytic_upper_bound, hybrid=lip.hybrid_upper_bound,
+        hybrid_input_radius=float(lip.hybrid_input_radius), empirical_lower=float(lip.empirical_lower_bound),
+        min_scale1=float(cert.min_scale1), min_scale2=float(cert.min_scale2), K_attn=cert.upper["K_attn"],
+        margin=float(rec.settings.margin), seq_len=int(cert.seq_len),
     )
 
 

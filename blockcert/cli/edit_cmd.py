@@ -156,13 +156,14 @@ def export_command(
     """Write every completion (base and edited) to a CSV for human annotators: fill the `label` column with
     answer, refuse, harmful or other, then `blockcert edit import`."""
     from blockcert.artifacts.fsutil import atomic_write_text
+    from blockcert.edit.certify import read_completions
     from blockcert.edit.human import export_csv
     from blockcert.errors import UserError
     from blockcert.verifier.edit import is_edit_dir
 
     if not is_edit_dir(edit_dir):
         raise UserError(f"{edit_dir} is not a BlockCert edit directory (edit.json and certificate.json expected)")
-    rows = [json.loads(line) for line in (edit_dir / "completions.jsonl").read_text(encoding="utf-8").splitlines()]
+    rows = read_completions(edit_dir)
     atomic_write_text(out, export_csv(rows))
     err_console.print(f"wrote {len(rows) * 2} completions to {out}; labels: answer, refuse, harmful, other")
 

@@ -29,7 +29,8 @@ import numpy as np
 
 from blockcert.artifacts import records as R
 from blockcert.artifacts.digest import canonical_json, json_sha256
-from blockcert.artifacts.layout import CERTIFICATE, COMPLETIONS, EDIT_MANIFEST, EDIT_METRICS
+from blockcert.artifacts.layout import CERTIFICATE, COMPLETIONS, EDIT_MANIFEST, EDIT_METRICS, HUMAN
+from blockcert.artifacts.layout import LABELS as LABELS_DIR
 from blockcert.edit.refusal import (  # noqa: F401  the edit contract, re-exported: blockcert.edit.certify.classify etc. keep working
     CORPUS_FIELDS,
     EDIT_PREDICATE,
@@ -201,21 +202,21 @@ def _completion_rows(items: Sequence[CorpusItem], base: Sequence[str], edited: S
     return rows
 
 
-def metrics_record(items: Sequence[CorpusItem], rows: Sequence[dict[str, Any]], dev: Deviation) -> dict[str, Any]:
+def metrics_record(items: Sequence[CorpusItem], rows: Sequence[dict[str, Any]], dev: Deviation) -> R.EditMetrics:
     before = score(items, [classify(r["base"], i) for i, r in zip(items, rows)])
     after = score(items, [classify(r["edited"], i) for i, r in zip(items, rows)])
-    return R.dump(R.EditMetrics(
+    return R.EditMetrics(
         before=attrs.asdict(before), after=attrs.asdict(after), epsilon_edit=dev.epsilon_edit,
         max_final_deviation=dev.max_final_deviation, amplification=dev.amplification,
         per_prompt=[{"id": i.id, "epsilon_edit": e, "final_deviation": f} for i, e, f in zip(items, dev.per_prompt_epsilon, dev.per_prompt_final)],
-    ))
+    )
 
 
 def edit_manifest(loaded: Any, spec: str, handle: Any, items: Sequence[CorpusItem], corpus_desc: str,
-                  decoding: Decoding) -> dict[str, Any]:
+                  decoding: Decoding) -> R.EditManifest:
     from blockcert import __version__
 
-    return R.dump(R.EditManifest(
+    return R.EditManifest(
         tool=R.Tool("blockcert", __version__),
         model=R.ModelIdentity(loaded.name, loaded.arch, loaded.dtype, loaded.weights_sha256(), loaded.source_sha256,
                               loaded.native.n_blocks, loaded.native.d_model),
@@ -224,7 +225,7 @@ def edit_manifest(loaded: Any, spec: str, handle: Any, items: Sequence[CorpusIte
                 "answer": sum(i.label == "answer" for i in items), "refuse": sum(i.label == "refuse" for i in items)},
         decoding=decoding.record(loaded),
         classifier=classifier_record(),
-    ))
+    )
 
 
 def certify_edit(
@@ -264,7 +265,7 @@ def certify_edit(
     rows = _completion_rows(items, base, edited)
     metrics = metrics_record(items, rows, dev)
     cert_id = write_edit_artifacts(root, manifest, rows, metrics, human=None)
-    return EditResult(root, canonical, int(handle.block), Accuracy(**metrics["before"]), Accuracy(**metrics["after"]), dev, cert_id)
+    return EditResult(root, canonical, int(handle.block), Accuracy(**metrics.before), Accuracy(**metrics.after), dev, cert_id)
 
 
 def _prepare_edit_out(root: Path, force: bool) -> None:
@@ -275,33 +276,38 @@ def _prepare_edit_out(root: Path, force: bool) -> None:
     if root.is_dir() and any(root.iterdir()):
         if not force:
             raise UserError(f"output directory {root} is not empty", "pass --force to replace an earlier edit certificate, or another --out")
-        if not (root / "edit.json").is_file():
+        if not (root / EDIT_MANIFEST).is_file():
             raise UserError(f"--force: {root} does not look like a BlockCert edit directory (edit.json missing); refusing to delete it")
         shutil.rmtree(root)
     root.mkdir(parents=True, exist_ok=True)
 
 
-def write_edit_artifacts(root: Path, manifest: dict[str, Any], rows: Sequence[dict[str, Any]], metrics: dict[str, Any],
+def read_completions(root: Path) -> list[dict[str, Any]]:
+    """The rows of an edit directory's completions.jsonl (one JSON object per line)."""
+    return [json.loads(line) for line in (root / COMPLETIONS).read_text(encoding="utf-8").splitlines()]
+
+
+def write_edit_artifacts(root: Path, manifest: R.EditManifest, rows: Sequence[dict[str, Any]], metrics: R.EditMetrics,
                          human: dict[str, Any] | None) -> str:
     """Write edit.json, completions.jsonl, metrics.json (and human.json), then the certificate; return its id."""
     from blockcert.artifacts.fsutil import atomic_write_bytes
     from blockcert.certificate import statement, subject, write_certificate
 
     (root / CERTIFICATE).unlink(missing_ok=True)  # the certificate is written last: never a stale one
-    atomic_write_bytes(root / "edit.json", canonical_json(manifest))
-    atomic_write_bytes(root / "completions.jsonl", completions_bytes(rows))
-    atomic_write_bytes(root / EDIT_METRICS, canonical_json(metrics))
+    atomic_write_bytes(root / EDIT_MANIFEST, canonical_json(R.dump(manifest)))
+    atomic_write_bytes(root / COMPLETIONS, completions_bytes(rows))
+    atomic_write_bytes(root / EDIT_METRICS, canonical_json(R.dump(metrics)))
     names = [COMPLETIONS, EDIT_MANIFEST, EDIT_METRICS]
     if human is not None:
-        atomic_write_bytes(root / "human.json", canonical_json(human))
-        names += ["human.json", *human["files"]]
-    what = R.load(R.EditManifest, manifest)
+        atomic_write_bytes(root / HUMAN, canonical_json(human))
+        names += [HUMAN, *human["files"]]
+    what = manifest
     predicate = R.dump(R.EditPredicate(
         schema_version=EDIT_SCHEMA_VERSION, tool=what.tool, model=what.model, edit=what.edit, corpus=what.corpus,
         decoding=what.decoding, classifier=what.classifier,
-        metrics={k: metrics[k] for k in ("before", "after", "epsilon_edit", "max_final_deviation", "amplification")},
+        metrics={k: getattr(metrics, k) for k in ("before", "after", "epsilon_edit", "max_final_deviation", "amplification")},
         human_labels=None if human is None else {k: human[k] for k in ("annotators", "base", "edited", "agreement")},
-        completions="completions.jsonl",
+        completions=COMPLETIONS,
     ))
     cert = statement([subject(root, n) for n in sorted(names)], EDIT_PREDICATE, predicate)
     return write_certificate(root / CERTIFICATE, cert)
@@ -446,7 +452,7 @@ def import_labels(root: str | Path, sheets: Sequence[str | Path]) -> dict[str, A
         raise UserError(f"{root} is not a BlockCert edit directory (edit.json and certificate.json expected)")
     if not sheets:
         raise UserError("give at least one label sheet")
-    rows = [json.loads(line) for line in (root / "completions.jsonl").read_text(encoding="utf-8").splitlines()]
+    rows = read_completions(root)
     items = [CorpusItem(r["id"], r["label"], r["category"], r["prompt"], tuple(r["keywords"])) for r in rows]
     parsed, names = [], []
     for k, sheet in enumerate(sheets, 1):
@@ -455,8 +461,8 @@ def import_labels(root: str | Path, sheets: Sequence[str | Path]) -> dict[str, A
             raise UserError(f"label sheet not found: {path}")
         text = path.read_text(encoding="utf-8")
         parsed.append(read_labels(text, str(path), rows))
-        names.append(f"labels/annotator_{k}.csv")
-    labels_dir = root / "labels"
+        names.append(f"{LABELS_DIR}/annotator_{k}.csv")
+    labels_dir = root / LABELS_DIR
     if labels_dir.exists():
         for old in labels_dir.iterdir():
             old.unlink()
@@ -464,7 +470,7 @@ def import_labels(root: str | Path, sheets: Sequence[str | Path]) -> dict[str, A
     for name, sheet in zip(names, sheets):
         atomic_write_text(root / name, Path(sheet).read_text(encoding="utf-8"))
     human = aggregate(items, rows, parsed, names)
-    manifest = json.loads((root / "edit.json").read_text(encoding="utf-8"))
-    metrics = json.loads((root / "metrics.json").read_text(encoding="utf-8"))
+    manifest = R.read(R.EditManifest, json.loads((root / EDIT_MANIFEST).read_text(encoding="utf-8")), str(root / EDIT_MANIFEST))
+    metrics = R.read(R.EditMetrics, json.loads((root / EDIT_METRICS).read_text(encoding="utf-8")), str(root / EDIT_METRICS))
     write_edit_artifacts(root, manifest, rows, metrics, human)
     return human

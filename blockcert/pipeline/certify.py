@@ -133,6 +133,7 @@ def _prepare_out(out: Path, manifest: dict[str, Any], resume: bool, force: bool)
         if not manifest_path.is_file():
             raise UserError(f"--resume: {out} holds no {MANIFEST}, so it is not a BlockCert run to continue")
         old = json.loads(manifest_path.read_text(encoding="utf-8"))
+        R.read(R.RunManifest, old, str(manifest_path))  # another tool's or version's run.json: a usage error naming it
         if old != manifest:
             diffs = sorted(k for k in set(old) | set(manifest) if old.get(k) != manifest.get(k))
             raise UserError(f"--resume: {out} was produced with different settings ({', '.join(diffs)} differ)",
@@ -180,10 +181,10 @@ def _has_bounds(d: Path, cert: dict[str, Any], bounds: BoundSettings) -> bool:
     if not (cert.get("predicate") or {}).get("lipschitz"):
         return False
     try:
-        record = json.loads((d / BOUNDS).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return record.get("settings") == attrs.asdict(bounds)
+        record = R.load(R.BoundsRecord, json.loads((d / BOUNDS).read_text(encoding="utf-8")))
+    except (OSError, ValueError, KeyError, TypeError, cattrs.BaseValidationError):
+        return False  # damaged by a crash in an older version: redo the bounds
+    return record.settings == bounds
 
 
 @attrs.frozen

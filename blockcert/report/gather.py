@@ -24,7 +24,7 @@ from typing import Any
 import attrs
 import numpy as np
 
-from blockcert.artifacts.layout import ERRORS, FULL_CERTIFICATE, FULL_EVAL, MANIFEST, SUMMARY, TRACE_INDEX
+from blockcert.artifacts.layout import BLOCK_METRICS, ERRORS, FULL_CERTIFICATE, FULL_EVAL, MANIFEST, SUMMARY, TRACE_INDEX
 from blockcert.errors import UserError
 from blockcert.report.views import (
     BlockView,
@@ -44,6 +44,9 @@ SWEEP_FIELDS = ("block", "alpha", "answer_accuracy", "refuse_accuracy")
 
 
 def _read_json(root: Path, rel: str) -> Any:
+    """A run's JSON file as it is. The report reads dicts, not the strict records of blockcert.artifacts.records,
+    on purpose: it must still show a run that fails verification (with its failed checks), where a record
+    loader would stop at the first field out of place."""
     try:
         return json.loads((root / rel).read_bytes())
     except (OSError, ValueError) as exc:
@@ -97,7 +100,7 @@ def collect(out: str | Path, *, compare: Sequence[str | Path] = (), edit_sweep: 
 
     root = Path(out)
     if not (root / MANIFEST).is_file():
-        raise UserError(f"{root} is not a blockcert run directory (no run.json)", "pass the --out directory of `blockcert run`")
+        raise UserError(f"{root} is not a blockcert run directory (no {MANIFEST})", "pass the --out directory of `blockcert run`")
     sweep = load_edit_sweep(edit_sweep) if edit_sweep is not None else None  # a malformed file fails before any work
     root, certs = find_certificates(root)
     manifest = _read_json(root, MANIFEST)
@@ -116,7 +119,7 @@ def collect(out: str | Path, *, compare: Sequence[str | Path] = (), edit_sweep: 
         except (ValueError, KeyError, TypeError) as exc:
             raise UserError(f"{root / rel} is not a certificate: {exc}", f"run `blockcert verify {root}`") from exc
         block_dir = rel.split("/")[0]
-        record = _read_json(root, f"{block_dir}/metrics.json") if (root / block_dir / "metrics.json").is_file() else {}
+        record = _read_json(root, f"{block_dir}/{BLOCK_METRICS}") if (root / block_dir / BLOCK_METRICS).is_file() else {}
         subjects = _subjects(cert)
         shared = shared or tuple(s for s in subjects if not s[0].startswith(block_dir + "/"))
         blocks.append(BlockView(
@@ -141,7 +144,7 @@ def collect(out: str | Path, *, compare: Sequence[str | Path] = (), edit_sweep: 
 def _full(root: Path, by_path: dict[str, Verification]) -> FullView | None:
     if not (root / FULL_EVAL).is_file():
         return None
-    evaluation = _read_json(root, "full/eval.json")
+    evaluation = _read_json(root, FULL_EVAL)
     cert_path = root / FULL_CERTIFICATE
     cert_id, subjects = None, ()
     if cert_path.is_file():
@@ -339,7 +342,7 @@ def _compare(root: Path, manifest: dict[str, Any], blocks: Sequence[BlockView], 
     for other in others:
         path = Path(other)
         if not (path / MANIFEST).is_file():
-            raise UserError(f"--compare {other}: not a blockcert run directory (no run.json)")
+            raise UserError(f"--compare {other}: not a blockcert run directory (no {MANIFEST})")
         theirs = _read_json(path, MANIFEST)
         for key, what in (("model", "weights_sha256"), ("prompts", "sha256")):
             if theirs[key][what] != manifest[key][what]:

@@ -117,8 +117,8 @@ def _check_predicate(pred: Any, c: Checker, policy: Policy) -> None:
 
 
 def _cross_refs(pred: dict[str, Any], contents: dict[str, bytes], block_dirname: str, c: Checker) -> tuple[dict[str, Any], dict[str, Any]]:
-    metrics_record = strict_json(contents[f"{block_dirname}/metrics.json"], f"{block_dirname}/metrics.json")
-    exact_keys(c, "metrics.json", metrics_record, {"block", "metrics", "certified", "policy"})
+    metrics_record = strict_json(contents[f"{block_dirname}/{BLOCK_METRICS}"], f"{block_dirname}/{BLOCK_METRICS}")
+    exact_keys(c, "metrics.json", metrics_record, R.keys(R.BlockMetricsRecord))
     exact_keys(c, "metrics.json metrics", metrics_record["metrics"], set(METRIC_FIELDS) | set(PER_PROMPT_FIELDS))
     for key in METRIC_FIELDS:
         c.require(f"metrics.json {key} = certificate", metrics_record["metrics"].get(key) == pred["metrics"][key],
@@ -341,7 +341,7 @@ def expected_summary(root: Path, certs: Sequence[str]) -> dict[str, Any]:
     for rel in certs:
         raw = read_artifact(root, rel, MAX_JSON_BYTES)
         pred = strict_json(raw, rel)["predicate"]
-        record = strict_json(read_artifact(root, rel.rsplit("/", 1)[0] + "/metrics.json", MAX_JSON_BYTES), "metrics.json")
+        record = strict_json(read_artifact(root, rel.rsplit("/", 1)[0] + "/" + BLOCK_METRICS, MAX_JSON_BYTES), BLOCK_METRICS)
         tokens = pred["prompts"]["tokens"]
         blocks.append({"index": pred["block"]["index"], **record["metrics"], "certified": record["certified"],
                        "certificate": rel, "certificate_id": hashlib.sha256(raw).hexdigest()})
@@ -376,7 +376,7 @@ def verify_summary(root: Path, certs: Sequence[str]) -> CertReport:
             raw = read_artifact(root, SUMMARY, MAX_JSON_BYTES)
         except ArtifactError as exc:
             c.require("run summary metrics.json", False, detail=f"{exc} (an interrupted run has no summary)")
-        summary = strict_json(raw, "metrics.json")
+        summary = strict_json(raw, SUMMARY)
         c.record("metrics.json canonical", rfc8785.dumps(summary) == raw, "RFC 8785 bytes", "" if rfc8785.dumps(summary) == raw else "other bytes")
         expected = expected_summary(root, certs)
         typed(c, "metrics.json", summary, dict)
@@ -400,4 +400,4 @@ def verify_summary(root: Path, certs: Sequence[str]) -> CertReport:
         pass
     except (AttributeError, TypeError, ValueError, KeyError, ArtifactError) as exc:
         c.record("run summary well-formed", False, detail=f"metrics.json: {type(exc).__name__}: {exc}")
-    return CertReport("metrics.json", "summary", None, None, None, tuple(c.checks))
+    return CertReport(SUMMARY, "summary", None, None, None, tuple(c.checks))

@@ -53,21 +53,21 @@ def verify_edit(root: Path, *, level: str, model: str | None, reference: str = "
         exact_keys(c, "predicate", pred, R.keys(R.EditPredicate))
         contents = check_subjects(root, cert, c)
         extra = sorted(p.name for p in root.iterdir() if p.name not in EDIT_FILES and not p.name.startswith("."))
-        if (root / "labels").is_dir():
-            extra += sorted(f"labels/{p.name}" for p in (root / "labels").iterdir() if f"labels/{p.name}" not in contents)
+        if (root / LABELS).is_dir():
+            extra += sorted(f"{LABELS}/{p.name}" for p in (root / LABELS).iterdir() if f"{LABELS}/{p.name}" not in contents)
         c.record("no unexpected files", not extra, "", ", ".join(extra))
-        for name in ("edit.json", "completions.jsonl", "metrics.json"):
+        for name in (EDIT_MANIFEST, COMPLETIONS, EDIT_METRICS):
             c.require(f"{name} referenced", name in contents, name, "")
-        manifest = strict_json(contents["edit.json"], "edit.json")
+        manifest = strict_json(contents[EDIT_MANIFEST], "edit.json")
         exact_keys(c, "edit.json", manifest, set(MANIFEST_FIELDS))
         for key in MANIFEST_FIELDS:
             c.require(f"{key} = edit.json", pred[key] == manifest.get(key), short(pred[key]), short(manifest.get(key)))
         c.require("classifier is this verifier's", pred["classifier"] == E.classifier_record(), pred["classifier"]["sha256"][:16],
                   E.classifier_record()["sha256"][:16], "the markers or rule differ from this version's classifier")
-        rows = [strict_json(line, f"completions.jsonl line {n}") for n, line in enumerate(contents["completions.jsonl"].split(b"\n")[:-1], 1)]
+        rows = [strict_json(line, f"completions.jsonl line {n}") for n, line in enumerate(contents[COMPLETIONS].split(b"\n")[:-1], 1)]
         for n, r in enumerate(rows, 1):
             exact_keys(c, f"completions.jsonl line {n}", r, ROW_FIELDS)
-        c.require("completions.jsonl canonical", E.completions_bytes(rows) == contents["completions.jsonl"], "canonical lines", "")
+        c.require("completions.jsonl canonical", E.completions_bytes(rows) == contents[COMPLETIONS], "canonical lines", "")
         c.require("corpus count", len(rows) == pred["corpus"]["count"], pred["corpus"]["count"], len(rows))
         items = [E.CorpusItem(r["id"], r["label"], r["category"], r["prompt"], tuple(r["keywords"])) for r in rows]
         c.require("corpus digest", E.corpus_sha256(items) == pred["corpus"]["sha256"], pred["corpus"]["sha256"][:16],
@@ -76,7 +76,7 @@ def verify_edit(root: Path, *, level: str, model: str | None, reference: str = "
             for side in ("base", "edited"):
                 mine = E.judgement_dict(E.classify(r[side], item))
                 c.record(f"judgement {r['id']} {side}", r[f"{side}_judgement"] == mine, short(r[f"{side}_judgement"]), short(mine))
-        metrics = strict_json(contents["metrics.json"], "metrics.json")
+        metrics = strict_json(contents[EDIT_METRICS], "metrics.json")
         exact_keys(c, "metrics.json", metrics, METRICS_FIELDS)
         _check_deviation_arithmetic(c, metrics, rows)
         for side, key in (("base", "before"), ("edited", "after")):
@@ -84,7 +84,7 @@ def verify_edit(root: Path, *, level: str, model: str | None, reference: str = "
             c.record(f"{key} accuracy", metrics[key] == acc == pred["metrics"][key], short(pred["metrics"][key]), short(acc))
         for key in ("epsilon_edit", "max_final_deviation", "amplification"):
             c.record(f"metrics.json {key} = certificate", metrics[key] == pred["metrics"][key], pred["metrics"][key], metrics[key])
-        if "human.json" in contents or pred["human_labels"] is not None:
+        if HUMAN in contents or pred["human_labels"] is not None:
             _check_human(c, root, pred, contents, rows, items)
         if level in ("replay", "full"):  # the reference's own model: regenerate (torch) and re-measure
             from blockcert.verifier.backends import backend
@@ -98,8 +98,8 @@ def _check_human(c: Any, root: Path, pred: dict[str, Any], contents: dict[str, b
     from blockcert.artifacts.safeio import strict_json
     from blockcert.edit.human import aggregate, read_labels
 
-    c.require("human.json referenced", "human.json" in contents and pred["human_labels"] is not None, "human.json + predicate", "")
-    human = strict_json(contents["human.json"], "human.json")
+    c.require("human.json referenced", HUMAN in contents and pred["human_labels"] is not None, "human.json + predicate", "")
+    human = strict_json(contents[HUMAN], "human.json")
     files = human["files"]
     c.require("label files referenced", all(f in contents for f in files), ", ".join(files), "")
     sheets = [read_labels(contents[f].decode("utf-8"), f, rows) for f in files]
