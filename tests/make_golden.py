@@ -2,7 +2,8 @@
 
     .venv/bin/python tests/make_golden.py
 
-A small seeded random Llama with the real SmolLM2 tokenizer, two blocks, the default prompts. Every later
+A small seeded random Llama with the synthetic byte tokenizer, two blocks, the default prompts, Lipschitz bounds
+and (from v3) the noise-floor policy, so the floors are part of the golden artifacts. Every later
 version of BlockCert must still verify the committed golden runs (tests/test_golden.py); when the format
 changes, add a migration in blockcert/verifier/subjects.py and a new golden directory instead of rewriting an old one.
 """
@@ -19,16 +20,22 @@ sys.path.insert(0, str(HERE))
 
 
 def main() -> None:
+    from transformers import AutoTokenizer
+
     import blockcert
     from blockcert.certificate import CERT_SCHEMA_VERSION
+    from blockcert.model.synthetic import write_tokenizer
+    from blockcert.policy import Policy
     from test_run import make_model_dir
 
     target = HERE / "data" / f"golden-run-v{CERT_SCHEMA_VERSION}"
     with tempfile.TemporaryDirectory() as tmp:
-        model = make_model_dir(Path(tmp) / "model", blockcert.load_model().tokenizer, layers=2)
+        write_tokenizer(Path(tmp) / "tokenizer")
+        model = make_model_dir(Path(tmp) / "model", AutoTokenizer.from_pretrained(Path(tmp) / "tokenizer"), layers=2)
         if target.exists():
             shutil.rmtree(target)
-        blockcert.run(model, prompts="builtin:default", out=target, bounds=True)  # v2: certificates log Lipschitz bounds
+        # v2: certificates log Lipschitz bounds; v3: the policy is named, and noise-floor stores its floors
+        blockcert.run(model, prompts="builtin:default", out=target, bounds=True, policy=Policy(name="noise-floor"))
     print(f"wrote {target}")
 
 

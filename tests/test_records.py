@@ -15,7 +15,7 @@ import pytest
 from blockcert.artifacts import records as R
 
 ROOT = Path(__file__).resolve().parents[1]
-GOLDEN = ROOT / "tests/data/golden-run-v2"
+GOLDEN = sorted((ROOT / "tests/data").glob("golden-run-v*"), key=lambda p: int(p.name.rsplit("v", 1)[1]))[-1]  # the newest
 
 
 def _nested(cls: type) -> list[type]:

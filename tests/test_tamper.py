@@ -282,7 +282,13 @@ def t_non_canonical_bytes(root: Path) -> str:
 
 
 def t_unknown_schema_major(root: Path) -> str:
-    edit_cert(root, lambda c: c.update(predicateType="https://blockcert.dev/predicate/block-certificate/v3"))
+    edit_cert(root, lambda c: c.update(predicateType="https://blockcert.dev/predicate/block-certificate/v4"))
+    return "predicateType"
+
+
+def t_v3_certificate_posing_as_v2(root: Path) -> str:
+    # a v2 statement whose policy already names its rule is no v2 statement: it is not migrated, and fails
+    edit_cert(root, lambda c: c.update(predicateType="https://blockcert.dev/predicate/block-certificate/v2"))
     return "predicateType"
 
 

@@ -16,6 +16,10 @@ TAU_ACT = typer.Option(1e-2, "--tau-act", help="τ_act: a token is covered if it
 TAU_LOSS = typer.Option(1e-3, "--tau-loss", help="τ_loss: a token's loss is unaffected if |Δℓ| ≤ τ_loss (eq. 7-8).")
 ALPHA_ACT = typer.Option(0.94, "--alpha-act", help="α_act: certified needs cov_act ≥ α_act (eq. 9).")
 ALPHA_LOSS = typer.Option(0.9, "--alpha-loss", help="α_loss: certified needs cov_loss ≥ α_loss (eq. 10).")
+POLICY = typer.Option("paper", "--policy", help="How a token counts as covered: paper (e ≤ τ_act, |Δℓ| ≤ τ_loss), relative "
+                      "(e ≤ τ_act·‖x‖) or noise-floor (e and |Δℓ| within --noise-k × the native block's own precision noise).")
+NOISE_K = typer.Option(4.0, "--noise-k", help="k of --policy noise-floor: a token is covered within k × its floor "
+                       "(default 4: see docs/results.md, 'Choosing k').")
 BATCH_SIZE = typer.Option(8, "--batch-size", help="Prompts per batch (trace capture and loss-coverage suffixes).")
 STREAM = typer.Option(False, "--stream", help="Never load the whole model: read one block at a time from its safetensors shards "
                       "(memory-mapped). Every number is the in-memory model's.")
@@ -33,12 +37,15 @@ def as_json(help: str) -> Any:
     return typer.Option(False, "--json", help=help)
 
 
-def policy(tau_act: float, tau_loss: float, alpha_act: float, alpha_loss: float) -> Any:
-    """The :class:`~blockcert.policy.Policy` of the four flags; a bad value is a usage error naming it."""
+def policy(tau_act: float, tau_loss: float, alpha_act: float, alpha_loss: float, name: str = "paper", k: float = 4.0) -> Any:
+    """The :class:`~blockcert.policy.Policy` of the policy flags; a bad value is a usage error naming it."""
     from blockcert.errors import UserError
-    from blockcert.policy import Policy
+    from blockcert.policy import POLICY_NAMES, Policy
 
+    if name not in POLICY_NAMES:
+        raise UserError(f"unknown --policy {name!r}", f"choose one of: {', '.join(POLICY_NAMES)}")
     try:
-        return Policy(tau_act=tau_act, tau_loss=tau_loss, alpha_act=alpha_act, alpha_loss=alpha_loss)
+        return Policy(tau_act=tau_act, tau_loss=tau_loss, alpha_act=alpha_act, alpha_loss=alpha_loss, name=name, k=k)
     except ValueError as exc:
-        raise UserError(f"invalid threshold: {exc}") from exc
+        flag = "--noise-k" if str(exc).startswith("k ") else "a threshold"
+        raise UserError(f"invalid {flag}: {exc}") from exc

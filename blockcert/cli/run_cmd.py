@@ -22,6 +22,8 @@ def run_command(
     tau_loss: float = opt.TAU_LOSS,
     alpha_act: float = opt.ALPHA_ACT,
     alpha_loss: float = opt.ALPHA_LOSS,
+    policy_name: str = opt.POLICY,
+    noise_k: float = opt.NOISE_K,
     dtype: str = opt.dtype(),
     out: Path = typer.Option(Path("blockcert-out"), "--out", "-o", help="Output directory."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out; finished blocks are kept."),
@@ -58,7 +60,7 @@ def run_command(
     from blockcert.errors import UserError
     from blockcert.pipeline.certify import RunSettings, run
 
-    policy = opt.policy(tau_act, tau_loss, alpha_act, alpha_loss)
+    policy = opt.policy(tau_act, tau_loss, alpha_act, alpha_loss, policy_name, noise_k)
     from blockcert.bounds.record import BoundSettings
     from blockcert.cli import err_console
     from blockcert.model.load import load_model
@@ -105,8 +107,7 @@ def run_command(
     console = out_console()
     console.print(table)
     n_ok = sum(b.certified for b in result.blocks)
-    console.print(f"{n_ok}/{len(result.blocks)} blocks certified at α_act={policy.alpha_act}, α_loss={policy.alpha_loss} "
-                  f"(τ_act={policy.tau_act:g}, τ_loss={policy.tau_loss:g}); written to {result.out}/")
+    console.print(f"{n_ok}/{len(result.blocks)} blocks certified under {policy.describe()}; written to {result.out}/", highlight=False)
     if stitched is not None:
         from blockcert.cli.stitch_cmd import render_stitch
 

@@ -22,6 +22,8 @@ def verify_command(
     tau_loss: float = opt.TAU_LOSS,
     alpha_act: float = opt.ALPHA_ACT,
     alpha_loss: float = opt.ALPHA_LOSS,
+    policy_name: str = opt.POLICY,
+    noise_k: float = opt.NOISE_K,
     tol_replay: float = typer.Option(None, "--tol-replay-units", help="Per-token band on recomputed errors, in float32 roundings of that token's norm (default 64; 128 with --reference numpy)."),
     tol_trace: float = typer.Option(None, "--tol-trace-units", help="With --level full: per-token band on stored vs re-captured residuals, in roundings of the model dtype (default 128, capped at τ_act/8; 512, not capped, with --reference numpy)."),
     tol_loss: float = typer.Option(None, "--tol-loss", help="With --level full: per-token band on stored vs re-run token losses, in nats (default 2e-4)."),
@@ -41,7 +43,7 @@ def verify_command(
     from blockcert.errors import UserError
     from blockcert.verifier.core import Tolerances, verify
 
-    policy = opt.policy(tau_act, tau_loss, alpha_act, alpha_loss)
+    policy = opt.policy(tau_act, tau_loss, alpha_act, alpha_loss, policy_name, noise_k)
     given = {k: v for k, v in (("replay_units", tol_replay), ("trace_units", tol_trace), ("loss_abs", tol_loss), ("tokens", tol_tokens))
              if v is not None}
     bad = [f"--tol-{k.split('_')[0]}{'-units' if k.endswith('units') else ''}" for k, v in given.items() if not v >= 0]
@@ -54,8 +56,7 @@ def verify_command(
         typer.echo(json.dumps(report.as_dict(), indent=2))
     else:
         console = out_console()
-        console.print(f"policy: τ_act={policy.tau_act:g} τ_loss={policy.tau_loss:g} α_act={policy.alpha_act:g} "
-                      f"α_loss={policy.alpha_loss:g}; level {level}, {reference} reference", highlight=False)
+        console.print(f"policy: {policy.describe()}; level {level}, {reference} reference", highlight=False)
         console.print(f"tolerances: {tol.describe(reference)}", highlight=False)
         table = Table(title=f"Certificates in {report.root}")
         for col in ("certificate", "block", "checks", "claims certified", "certified (recomputed)", "verified"):

@@ -51,6 +51,7 @@ from blockcert.metrics import BlockMetrics, Policy, block_metrics, certified, pa
 from blockcert.model.load import LoadedModel, load_model
 from blockcert.pipeline.executors import Executor, get_executor, model_ref
 from blockcert.pipeline.promptsets import load_prompts
+from blockcert.pipeline.floor import act_floors, loss_floors, reference_suffix_losses
 from blockcert.pipeline.staircase import suffix_losses, variant_bytes
 from blockcert.pipeline.trace import PromptTrace, capture, load_traces, prompt_file, prompts_sha256, save_traces
 from blockcert.plugins import get_plugins
@@ -263,6 +264,7 @@ class Extraction:
     norms: list[np.ndarray]
     paths: list[np.ndarray]
     bounds: dict[str, Any] | None  # the bounds.json record, with --bounds
+    floor_act: list[np.ndarray] | None = None  # per prompt [T_p]: the native block's precision noise (noise-floor policy)
 
 
 @attrs.frozen
@@ -278,6 +280,7 @@ class Coverage:
 
     index: int
     stitched: list[np.ndarray]  # per prompt [T_p - 1]
+    floor_loss: list[np.ndarray] | None = None  # per prompt [T_p - 1]: the loss change of the block's own noise
 
 
 @attrs.frozen(eq=False)
@@ -291,6 +294,7 @@ class BlockTask:
     batch_size: int
     derivation: Derivation | None = None
     bounds: BoundSettings | None = None
+    floors: bool = False  # measure the native block's precision floors (the noise-floor policy)
 
 
 @torch.no_grad()
@@ -318,15 +322,25 @@ def certify_blocks(task: BlockTask, emit: Callable[[Any], None]) -> None:
     from blockcert.pipeline.executors import resolve_model
 
     loaded = resolve_model(task.model)
+    references: dict[int, list[np.ndarray]] = {}  # the blocks' reference-precision outputs (noise-floor)
 
     def start(index: int) -> list[np.ndarray]:
         extraction, outputs = extract_block(loaded, task.traces, index, task.n_ctx, task.derivation, task.bounds)
+        if task.floors:  # here, while block ``index`` is in memory
+            floors, references[index] = act_floors(loaded, task.traces, index)
+            extraction = attrs.evolve(extraction, floor_act=floors)
         emit(extraction)
         return outputs
 
-    losses = suffix_losses(loaded, task.traces, task.blocks, start, task.batch_size, step=lambda j: emit(PassStep(j)))
+    step = lambda j: emit(PassStep(j))  # noqa: E731
+    losses = suffix_losses(loaded, task.traces, task.blocks, start, task.batch_size, step=step)
+    floor_loss: dict[int, list[np.ndarray]] = {}
+    if task.floors:  # two more passes: the block's noise through the suffix, and the suffix's own noise
+        block_noise = suffix_losses(loaded, task.traces, task.blocks, references.pop, task.batch_size, step=step)
+        suffix_noise = reference_suffix_losses(loaded, task.traces, task.blocks, task.batch_size, step=step)
+        floor_loss = {i: loss_floors([t.loss for t in task.traces], block_noise[i], suffix_noise[i]) for i in block_noise}
     for index in sorted(losses):
-        emit(Coverage(index, losses[index]))
+        emit(Coverage(index, losses[index], floor_loss.get(index)))
 
 
 def plan_groups(blocks: Sequence[int], per_pass: int, workers: int | None) -> list[tuple[int, ...]]:
@@ -365,7 +379,7 @@ def _write_ir(root: Path, extraction: Extraction) -> Extraction:
 
 def _certify(
     root: Path, ex: Extraction, stitched: list[np.ndarray], traces: Sequence[Any], policy: Policy,
-    shared_subjects: Sequence[dict[str, Any]], manifest: dict[str, Any],
+    shared_subjects: Sequence[dict[str, Any]], manifest: dict[str, Any], floor_loss: list[np.ndarray] | None = None,
 ) -> BlockResult:
     """Metrics, verdict, per-token errors, bounds and the certificate of a block whose IR is written."""
     index = ex.index
@@ -374,17 +388,20 @@ def _certify(
     if ex.surrogate is not None:
         names += [f"{derive.BASE_STEM}.json", f"{derive.BASE_STEM}.safetensors"]
     errors, norms, paths = ex.errors, ex.norms, ex.paths
-    metrics = block_metrics(errors, norms, paths, [t.loss for t in traces], stitched, policy)
+    metrics = block_metrics(errors, norms, paths, [t.loss for t in traces], stitched, policy, ex.floor_act, floor_loss)
     verdict = certified(metrics.cov_act, metrics.cov_loss, policy)
     from safetensors.numpy import save
 
     per_token: dict[str, np.ndarray] = {}
-    for t, e, n, p, s in zip(traces, errors, norms, paths, stitched):
+    for k, (t, e, n, p, s) in enumerate(zip(traces, errors, norms, paths, stitched)):
         key = f"p{t.index:03d}"
         per_token[f"{key}.error"] = e
         per_token[f"{key}.rel_error"] = np.divide(e, n, out=np.zeros_like(e), where=n > 0)
         per_token[f"{key}.path_match"] = np.asarray(p, bool)
         per_token[f"{key}.loss_stitched"] = np.asarray(s, np.float32)
+        if policy.uses_floor:
+            per_token[f"{key}.floor_act"] = np.asarray(ex.floor_act[k], np.float64)
+            per_token[f"{key}.floor_loss"] = np.asarray(floor_loss[k], np.float64)
     atomic_write_bytes(d / ERRORS, save(per_token, metadata={"format": "blockcert-errors"}))
     record = R.BlockMetricsRecord(index, _metrics_dict(metrics), verdict, policy)
     atomic_write_bytes(d / BLOCK_METRICS, canonical_json(R.dump(record)))
@@ -504,10 +521,11 @@ def run(model: str | Path | None = None, *, settings: RunSettings | None = None,
         traces = slice_traces(traces, todo)  # x^(l), x^(l+1), m_l of the blocks to certify: the rest is freed
         per_pass = inflight_bytes // variant_bytes([t.n_tokens for t in traces], batch_size, loaded.native.d_model, loaded.native.dtype)
         groups = plan_groups(todo, per_pass, executor.workers) if todo else []
-        task = bar.add_task("Certifying blocks", total=sum(loaded.native.n_blocks - g[0] for g in groups))
+        passes = 3 if policy.uses_floor else 1  # noise-floor: two more passes measure the loss floor
+        task = bar.add_task("Certifying blocks", total=passes * sum(loaded.native.n_blocks - g[0] for g in groups))
         model_arg = model_ref(loaded) if executor.remote else loaded
         tasks = [BlockTask(model_arg, slice_traces(traces, g) if executor.remote else traces, g, n_ctx, batch_size, derivation,
-                           bound_settings) for g in groups]
+                           bound_settings, policy.uses_floor) for g in groups]
         extracted: dict[int, Extraction] = {}
         done: dict[int, BlockResult] = dict(finished)
 
@@ -517,7 +535,8 @@ def run(model: str | Path | None = None, *, settings: RunSettings | None = None,
             elif isinstance(event, Extraction):  # write its IR now and drop the tensors
                 extracted[event.index] = _write_ir(root, event)
             else:  # its pass is done: metrics, artifacts, certificate
-                done[event.index] = _certify(root, extracted.pop(event.index), event.stitched, traces, policy, shared, manifest)
+                done[event.index] = _certify(root, extracted.pop(event.index), event.stitched, traces, policy, shared, manifest,
+                                             event.floor_loss)
 
         executor.map(certify_blocks, tasks, on_event)
         results = [done[i] for i in selected]

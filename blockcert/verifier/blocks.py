@@ -56,8 +56,9 @@ from blockcert.verifier.metrics import (
     check_trace,
     distances,
     norms,
+    stored_floors,
 )
-from blockcert.verifier.subjects import CertReport, check_subjects, load_certificate
+from blockcert.verifier.subjects import CertReport, check_subjects, load_certificate, migrate_policy
 
 PER_PROMPT_FIELDS = ("per_prompt_cov_act", "per_prompt_mae", "per_prompt_cov_loss")
 # the key sets enforced below are the records' (blockcert/artifacts/records.py): the contract is written once
@@ -71,6 +72,10 @@ VERDICT_FIELDS = R.keys(R.Verdict)
 REPLAY_FIELDS = R.keys(R.Replay)
 TOOL_FIELDS = R.keys(R.Tool)
 RUN_FIELDS = R.keys(R.RunManifest) - {"derivation"}  # + "derivation" in a surrogate/ablation run
+#: the policy numbers each rule uses: a certificate may not loosen those (the others it carries are unused)
+USED_POLICY_FIELDS = {"paper": ("tau_act", "tau_loss", "alpha_act", "alpha_loss"),
+                      "relative": ("tau_act", "tau_loss", "alpha_act", "alpha_loss"),
+                      "noise-floor": ("k", "alpha_act", "alpha_loss")}
 
 
 def _check_block_files(root: Path, block_dirname: str, contents: dict[str, bytes], c: Checker, with_bounds: bool,
@@ -107,12 +112,15 @@ def _check_predicate(pred: Any, c: Checker, policy: Policy) -> None:
     if pred["surrogate"] is not None:
         exact_keys(c, "predicate.surrogate", pred["surrogate"], DERIVATION_FIELDS)
         c.require("surrogate.kind", pred["surrogate"]["kind"] in KINDS, "|".join(KINDS), pred["surrogate"]["kind"])
-    claimed = {k: real(c, f"policy.{k}", pred["policy"][k]) for k in POLICY_FIELDS}
+    name = pred["policy"]["name"]
+    c.require("policy name = the verifier's", name == policy.name, policy.name, short(name),
+              f"the certificate was made under the {name!r} policy; verify with --policy {name} to judge it by that rule deliberately")
+    used = USED_POLICY_FIELDS[name]
+    claimed = {k: real(c, f"policy.{k}", pred["policy"][k]) for k in sorted(POLICY_FIELDS - {"name"})}
     ours = attrs.asdict(policy)
-    looser = [k for k in POLICY_FIELDS if (claimed[k] > ours[k] if k.startswith("tau") else claimed[k] < ours[k])]
+    looser = [k for k in used if (claimed[k] < ours[k] if k.startswith("alpha") else claimed[k] > ours[k])]
     c.require("policy not looser than the verifier's", not looser,
-              ", ".join(f"{k}={ours[k]:g}" for k in sorted(POLICY_FIELDS)),
-              ", ".join(f"{k}={claimed[k]:g}" for k in sorted(POLICY_FIELDS)),
+              ", ".join(f"{k}={ours[k]:g}" for k in used), ", ".join(f"{k}={claimed[k]:g}" for k in used),
               f"certificate loosens {looser}; verify with matching flags to accept it deliberately" if looser else "")
 
 
@@ -125,14 +133,16 @@ def _cross_refs(pred: dict[str, Any], contents: dict[str, bytes], block_dirname:
                   pred["metrics"][key], metrics_record["metrics"].get(key))
     c.require("metrics.json verdict = certificate", metrics_record["certified"] == pred["verdict"]["certified"],
               pred["verdict"]["certified"], metrics_record["certified"])
-    c.require("metrics.json policy = certificate", metrics_record["policy"] == pred["policy"], pred["policy"], metrics_record["policy"])
+    c.require("metrics.json policy = certificate", migrate_policy(metrics_record["policy"]) == pred["policy"], pred["policy"],
+              metrics_record["policy"])
     c.require("block index", metrics_record["block"] == pred["block"]["index"] and block_dirname == f"block_{pred['block']['index']:03d}",
               pred["block"]["index"], f"{metrics_record['block']} in {block_dirname}")
     c.require("run manifest referenced", MANIFEST in contents, MANIFEST, "", f"the certificate must cover {MANIFEST}")
     manifest = strict_json(contents[MANIFEST], MANIFEST)
     exact_keys(c, "run.json", manifest, RUN_FIELDS | ({"derivation"} if isinstance(manifest, dict) and "derivation" in manifest else set()))
     for key in ("tool", "model", "policy", "replay"):
-        c.require(f"{key} = run.json", pred[key] == manifest.get(key), short(pred[key]), short(manifest.get(key)))
+        theirs = migrate_policy(manifest.get(key)) if key == "policy" else manifest.get(key)
+        c.require(f"{key} = run.json", pred[key] == theirs, short(pred[key]), short(manifest.get(key)))
     sur = pred["surrogate"]
     wanted = None if sur is None else {"kind": sur["kind"], "spec": sur["requested"]}
     c.require("derivation = run.json", manifest.get("derivation") == wanted, short(wanted), short(manifest.get("derivation")),
@@ -289,6 +299,9 @@ def _replay_checks(pred: dict[str, Any], entries: Sequence[dict[str, Any]], trac
         losses, loss_bands = full.stitched(ir, ell, [stored[f"p{e['index']:03d}.loss_stitched"] for e in entries], c)
         r.stitched.extend(losses)
         r.stitched_bands = loss_bands
+    r.floor_act, r.floor_loss = stored_floors(stored, [f"p{e['index']:03d}" for e in entries])
+    if model_traces is not None and r.floor_act is not None:  # the verdict rests on the model's own floors
+        r.floor_act, r.floor_loss = full.floors(ell, r.floor_act, r.floor_loss, c)
     return check_recomputed(c, pred, record, r, policy, tol)
 
 
@@ -316,7 +329,8 @@ def verify_certificate(root: Path, rel: str, *, level: str, reference: str, poli
         traces = [check_trace(c, e["file"], parsed[e["file"]], e["tokens"], L, d) for e in entries]
         for stem in ("ir", BASE_STEM) if pred["surrogate"] is not None else ("ir",):
             _check_ir_record(c, contents, parsed, block_dirname, stem)
-        stored = check_errors_file(c, f"{block_dirname}/errors.safetensors", parsed[f"{block_dirname}/errors.safetensors"], entries)
+        stored = check_errors_file(c, f"{block_dirname}/errors.safetensors", parsed[f"{block_dirname}/errors.safetensors"], entries,
+                                   floors=pred["policy"]["name"] == "noise-floor")
         check_stored(c, pred, metrics_record, entries, traces, stored, policy)
         bounds = check_lipschitz(c, pred, contents, block_dirname, exact_keys=exact_keys)
         if pred["surrogate"] is not None:

@@ -31,6 +31,9 @@ UNIT_ROUNDOFF = {"float64": 2.0 ** -53, "float32": 2.0 ** -24, "float16": 2.0 **
 TRACE_DTYPES = {"input_ids": "I64", "residual": "F32", "masks": "BOOL", "head_gates": "BOOL", "loss": "F32"}
 #: errors.safetensors holds, per prompt p, ``p<ppp>.<kind>`` of these dtypes
 ERROR_DTYPES = {"error": "F64", "rel_error": "F64", "path_match": "BOOL", "loss_stitched": "F32"}
+#: the per-token floors a noise-floor certificate adds to errors.safetensors
+FLOOR_DTYPES = {"floor_act": "F64", "floor_loss": "F64"}
+LOSS_KINDS = ("loss_stitched", "floor_loss")  # one value per target token (T - 1), not per token
 #: two float64 reductions of the same numbers in another order differ by a few ulps: the only slack between
 #: a stored per-token array and the metric claimed from it
 SUM_RTOL = 1e-12
@@ -124,19 +127,22 @@ def check_trace(c: Checker, name: str, memo: dict[str, Any], tokens: int, L: int
     return t
 
 
-def check_errors_file(c: Checker, name: str, memo: dict[str, Any], entries: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
-    """errors.safetensors: one array of each kind per prompt, of its dtype and length, errors >= 0."""
+def check_errors_file(c: Checker, name: str, memo: dict[str, Any], entries: Sequence[dict[str, Any]],
+                      floors: bool = False) -> dict[str, np.ndarray]:
+    """errors.safetensors: one array of each kind per prompt (the floors too under noise-floor), of its dtype and
+    length; errors and floors >= 0."""
     t, dtypes = memo["tensors"], memo["dtypes"]
-    expected = {f"p{e['index']:03d}.{kind}" for e in entries for kind in ERROR_DTYPES}
+    kinds = {**ERROR_DTYPES, **FLOOR_DTYPES} if floors else ERROR_DTYPES
+    expected = {f"p{e['index']:03d}.{kind}" for e in entries for kind in kinds}
     c.require(f"{name} tensors", set(t) == expected, f"{len(expected)} named arrays", ", ".join(sorted(set(t) ^ expected))[:80])
     for e in entries:
         n = e["tokens"]
-        for kind, code in ERROR_DTYPES.items():
+        for kind, code in kinds.items():
             key = f"p{e['index']:03d}.{kind}"
-            length = n - 1 if kind == "loss_stitched" else n
+            length = n - 1 if kind in LOSS_KINDS else n
             c.require(f"{name} {key}", dtypes[key] == code and list(t[key].shape) == [length], f"{code} [{length}]",
                       f"{dtypes[key]} {list(t[key].shape)}")
-        for kind in ("error", "rel_error"):
+        for kind in ("error", "rel_error", *(FLOOR_DTYPES if floors else ())):
             key = f"p{e['index']:03d}.{kind}"
             c.require(f"{name} {key} >= 0", bool(np.all(t[key] >= 0)), ">= 0", f"{float(t[key].min()):.6g}" if t[key].size else "")
     return t
@@ -147,8 +153,29 @@ def check_errors_file(c: Checker, name: str, memo: dict[str, Any], entries: Sequ
 # ---------------------------------------------------------------------------------------------------
 
 
-def loss_share(base: np.ndarray, stitched: np.ndarray, tau_loss: float, band: Any = 0.0, weight_band: float = 0.0) -> tuple[float, float]:
-    """cov_loss bounds (lo, hi): the share of the baseline loss on tokens whose loss moves by at most τ_loss.
+def thresholds(rule: Any, out_norms: Sequence[np.ndarray], loss_sizes: Sequence[int], floor_act: Sequence[np.ndarray] | None,
+               floor_loss: Sequence[np.ndarray] | None) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per prompt: up to which error each token counts as covered, and up to which loss change each target token
+    counts as unaffected, under ``rule`` (a policy: a dict or the verifier's own record). paper: τ_act and τ_loss;
+    relative: τ_act·||x^(l+1)_t|| and τ_loss; noise-floor: k × the token's floors."""
+    rule = rule if isinstance(rule, dict) else attrs.asdict(rule)
+    name = rule["name"]
+    if name == "noise-floor":
+        if floor_act is None or floor_loss is None:
+            raise ValueError("a noise-floor policy needs the floors")
+        k = float(rule["k"])
+        return [k * np.asarray(f, np.float64) for f in floor_act], [k * np.asarray(f, np.float64) for f in floor_loss]
+    tau_act, tau_loss = float(rule["tau_act"]), float(rule["tau_loss"])
+    if name == "relative":
+        act = [tau_act * np.asarray(n, np.float64) for n in out_norms]
+    else:
+        act = [np.full(np.shape(n), tau_act) for n in out_norms]
+    return act, [np.full(n, tau_loss) for n in loss_sizes]
+
+
+def loss_share(base: np.ndarray, stitched: np.ndarray, tau_loss: Any, band: Any = 0.0, weight_band: float = 0.0) -> tuple[float, float]:
+    """cov_loss bounds (lo, hi): the share of the baseline loss on tokens whose loss moves by at most τ_loss (a
+    number or one per token).
     A token within ``band`` (a number or one per token) of τ_loss counts as uncovered for lo and as covered
     for hi; each baseline loss, the token's weight, is known to ±``weight_band``. 1 if the loss is 0."""
     base = np.asarray(base, np.float64)
@@ -179,16 +206,18 @@ class Intervals:
     per_prompt_mae: tuple[tuple[float, float], ...]
 
     @classmethod
-    def of(cls, errors: Sequence[np.ndarray], bands: Sequence[np.ndarray], out_norms: Sequence[np.ndarray], tau_act: float) -> Intervals:
-        e, b, n = (np.concatenate([np.asarray(a, np.float64) for a in arrays]) for arrays in (errors, bands, out_norms))
+    def of(cls, errors: Sequence[np.ndarray], bands: Sequence[np.ndarray], out_norms: Sequence[np.ndarray],
+           limits: Sequence[np.ndarray]) -> Intervals:
+        """``limits``: per prompt, the error up to which each token counts as covered (:func:`thresholds`)."""
+        e, b, n, tau_act = (np.concatenate([np.asarray(a, np.float64) for a in arrays]) for arrays in (errors, bands, out_norms, limits))
         lo, hi = np.maximum(e - b, 0.0), e + b
         rlo, rhi = (np.divide(v, n, out=np.zeros_like(v), where=n > 0) for v in (lo, hi))
         return cls(
             epsilon=(float(lo.max()), float(hi.max())), mae=(float(lo.mean()), float(hi.mean())),
             rel_max=(float(rlo.max()), float(rhi.max())), rel_mean=(float(rlo.mean()), float(rhi.mean())),
             cov_act=(float(np.mean(hi <= tau_act)), float(np.mean(lo <= tau_act))),
-            per_prompt_cov_act=tuple((float(np.mean(x + y <= tau_act)), float(np.mean(np.maximum(x - y, 0) <= tau_act)))
-                                     for x, y in zip(errors, bands)),
+            per_prompt_cov_act=tuple((float(np.mean(x + y <= t)), float(np.mean(np.maximum(x - y, 0) <= t)))
+                                     for x, y, t in zip(errors, bands, limits)),
             per_prompt_mae=tuple((float(np.mean(np.maximum(x - y, 0))), float(np.mean(x + y))) for x, y in zip(errors, bands)),
         )
 
@@ -222,11 +251,18 @@ def best_prompt_ok(best: Any, iv: Intervals) -> bool:
 # ---------------------------------------------------------------------------------------------------
 
 
+def stored_floors(stored: dict[str, np.ndarray], keys: Sequence[str]) -> tuple[list[np.ndarray] | None, list[np.ndarray] | None]:
+    """The per-prompt floors of a noise-floor certificate's errors.safetensors (None, None for another policy)."""
+    if not keys or f"{keys[0]}.floor_act" not in stored:
+        return None, None
+    return ([np.asarray(stored[f"{k}.floor_act"], np.float64) for k in keys],
+            [np.asarray(stored[f"{k}.floor_loss"], np.float64) for k in keys])
+
+
 def check_stored(c: Checker, pred: dict[str, Any], record: dict[str, Any], entries: Sequence[dict[str, Any]],
                  traces: Sequence[dict[str, np.ndarray]], stored: dict[str, np.ndarray], policy: Any) -> None:
     """Every claimed metric, per-prompt list and the verdict, from errors.safetensors and the traces."""
     ell = pred["block"]["index"]
-    tau_act, tau_loss = float(pred["policy"]["tau_act"]), float(pred["policy"]["tau_loss"])
     keys = [f"p{e['index']:03d}" for e in entries]
     errors = [np.asarray(stored[f"{k}.error"], np.float64) for k in keys]
     rel = [np.asarray(stored[f"{k}.rel_error"], np.float64) for k in keys]
@@ -238,6 +274,10 @@ def check_stored(c: Checker, pred: dict[str, Any], record: dict[str, Any], entri
         want = np.divide(e, n, out=np.zeros_like(e), where=n > 0)
         c.require(f"stored {k}.rel_error = error / ||x||", bool(np.all(np.abs(r - want) <= SUM_RTOL * np.maximum(want, 1e-300))),
                   "e / ||x^(l+1)||", "differs", "errors.safetensors: relative errors are not the errors over the stored output norms")
+    floor_act, floor_loss = stored_floors(stored, keys)
+    out_norms = [norms(t["residual"][ell + 1]) for t in traces]
+    act_thr, loss_thr = thresholds(pred["policy"], out_norms, [b.size for b in base], floor_act, floor_loss)
+    tau_act, tau_loss = np.concatenate(act_thr), np.concatenate(loss_thr)
     e_all, r_all, p_all = np.concatenate(errors), np.concatenate(rel), np.concatenate(paths)
     mine = {
         "epsilon": float(e_all.max()), "mae": float(e_all.mean()), "rel_max": float(r_all.max()), "rel_mean": float(r_all.mean()),
@@ -245,11 +285,11 @@ def check_stored(c: Checker, pred: dict[str, Any], record: dict[str, Any], entri
         "cov_loss": loss_share(np.concatenate(base), np.concatenate(stitched), tau_loss)[0],
         "tokens": int(e_all.size), "loss_tokens": int(sum(b.size for b in base)),
     }
-    per_cov = [float(np.mean(e <= tau_act)) for e in errors]
+    per_cov = [float(np.mean(e <= t)) for e, t in zip(errors, act_thr)]
     per_mae = [float(e.mean()) for e in errors]
     mine["best_prompt"] = min(range(len(errors)), key=lambda p: (-per_cov[p], per_mae[p], p))
     per = {"per_prompt_cov_act": per_cov, "per_prompt_mae": per_mae,
-           "per_prompt_cov_loss": [loss_share(b, s, tau_loss)[0] for b, s in zip(base, stitched)]}
+           "per_prompt_cov_loss": [loss_share(b, s, t)[0] for b, s, t in zip(base, stitched, loss_thr)]}
     claimed = pred["metrics"]
     for key, value in mine.items():
         ok = claimed[key] == value if isinstance(value, int) else abs(claimed[key] - value) <= SUM_RTOL * max(1.0, abs(value))
@@ -266,9 +306,10 @@ def check_stored(c: Checker, pred: dict[str, Any], record: dict[str, Any], entri
     c.record("verdict consistent with its metrics", consistent, short(verdict),
              f"cov_act={claimed['cov_act']:.6g}, cov_loss={claimed['cov_loss']:.6g}",
              "" if consistent else "the claimed verdict does not follow from the claimed metrics under the certificate's policy")
-    # under the verifier's own policy, from the stored values (its tau may be stricter than the certificate's)
-    ours_act = float(np.mean(e_all <= policy.tau_act))
-    ours_loss = loss_share(np.concatenate(base), np.concatenate(stitched), policy.tau_loss)[0]
+    # under the verifier's own policy, from the stored values (its tau or k may be stricter than the certificate's)
+    our_act, our_loss = thresholds(policy, out_norms, [b.size for b in base], floor_act, floor_loss)
+    ours_act = float(np.mean(e_all <= np.concatenate(our_act)))
+    ours_loss = loss_share(np.concatenate(base), np.concatenate(stitched), np.concatenate(our_loss))[0]
     holds = ours_act >= policy.alpha_act and ours_loss >= policy.alpha_loss
     c.record("verdict under the verifier's policy (stored values)", holds or not verdict["certified"], verdict["certified"], holds,
              "" if holds or not verdict["certified"] else
@@ -293,6 +334,13 @@ class Recomputed:
     loss_band: float  # how far each baseline token loss may sit from the truth (0: the stored ones are the inputs)
     #: per prompt, how far each stitched token loss may sit from the producer's (None: ``loss_band`` each)
     stitched_bands: list[np.ndarray] | None = None
+    #: per prompt, the noise-floor policy's floors (stored at level replay, the model's own at level full)
+    floor_act: list[np.ndarray] | None = None
+    floor_loss: list[np.ndarray] | None = None
+
+    def limits(self, rule: Any) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Per prompt: the act and loss thresholds of ``rule`` on these values (:func:`thresholds`)."""
+        return thresholds(rule, self.out_norms, [np.size(b) for b in self.base], self.floor_act, self.floor_loss)
 
     def decision_bands(self) -> list[np.ndarray]:
         """Per prompt: how far |l_stitched - l_base| may sit from the producer's, per token."""
@@ -358,8 +406,9 @@ def check_recomputed(c: Checker, pred: dict[str, Any], record: dict[str, Any], r
     verifier's verdict under its own policy (None when rounding leaves it undecided: then a claimed
     verdict either way is accepted, and the report says so)."""
     claimed = pred["metrics"]
-    tau_act, tau_loss = float(pred["policy"]["tau_act"]), float(pred["policy"]["tau_loss"])
-    iv = Intervals.of(r.errors, r.bands, r.out_norms, tau_act)
+    act_thr, loss_thr = r.limits(pred["policy"])
+    tau_loss = np.concatenate(loss_thr)
+    iv = Intervals.of(r.errors, r.bands, r.out_norms, act_thr)
     n_tokens = sum(e.size for e in r.errors)
     slack = tol.tokens / n_tokens
     for key in ("epsilon", "mae", "rel_max", "rel_mean"):
@@ -381,13 +430,14 @@ def check_recomputed(c: Checker, pred: dict[str, Any], record: dict[str, Any], r
     c.record("per_prompt_mae", len(pm["per_prompt_mae"]) == len(r.errors) and all(
         within(v, i) for v, i in zip(pm["per_prompt_mae"], iv.per_prompt_mae)), short(pm["per_prompt_mae"]),
         short([list(i) for i in iv.per_prompt_mae]))
-    per_loss = [loss_share(b, s, tau_loss, d, r.loss_band) for b, s, d in zip(r.base, r.stitched, decision)]
+    per_loss = [loss_share(b, s, t, d, r.loss_band) for b, s, t, d in zip(r.base, r.stitched, loss_thr, decision)]
     c.record("per_prompt_cov_loss", len(pm["per_prompt_cov_loss"]) == len(per_loss) and all(
         within(v, i) for v, i in zip(pm["per_prompt_cov_loss"], per_loss)), short(pm["per_prompt_cov_loss"]), short([list(i) for i in per_loss]))
     c.record("metric best_prompt", best_prompt_ok(claimed["best_prompt"], iv), claimed["best_prompt"], "an argmax within rounding")
     # the verdict under the verifier's own policy, from its own numbers, bounded from both sides
-    ours = Intervals.of(r.errors, r.bands, r.out_norms, policy.tau_act).cov_act
-    ours_loss = loss_share(base, stitched, policy.tau_loss, np.concatenate(decision), r.loss_band)
+    our_act, our_loss = r.limits(policy)
+    ours = Intervals.of(r.errors, r.bands, r.out_norms, our_act).cov_act
+    ours_loss = loss_share(base, stitched, np.concatenate(our_loss), np.concatenate(decision), r.loss_band)
     surely = ours[0] >= policy.alpha_act and ours_loss[0] >= policy.alpha_loss
     maybe = ours[1] >= policy.alpha_act and ours_loss[1] >= policy.alpha_loss
     verdict = surely if surely == maybe else None

@@ -35,12 +35,40 @@ def migrate_v1_to_v2(cert: dict[str, Any]) -> dict[str, Any]:
     """Schema v1 -> v2: v2 added ``predicate.lipschitz`` (null when a run computed no bounds, as v1 runs never did)."""
     pred = cert.get("predicate")
     if not isinstance(pred, dict) or pred.get("schema_version") != 1 or "lipschitz" in pred:
-        return cert  # not a well-formed v1 predicate: let the v2 checks report what is wrong
-    return {**cert, "predicateType": BLOCK_PREDICATE, "predicate": {**pred, "schema_version": 2, "lipschitz": None}}
+        return cert  # not a well-formed v1 predicate: let the later checks report what is wrong
+    return {**cert, "predicateType": V2, "predicate": {**pred, "schema_version": 2, "lipschitz": None}}
 
 
+#: what a policy written before schema v3 was: the paper's absolute thresholds (k unused)
+PAPER_POLICY = {"name": "paper", "k": 4.0}
+
+
+def migrate_policy(policy: Any) -> Any:
+    """A policy object of a run written before schema v3 (no ``name``, no ``k``: the paper's) in the v3 form;
+    anything else unchanged. Used for the policy copies in run.json, metrics.json and the run summary."""
+    if isinstance(policy, dict) and not (set(PAPER_POLICY) & set(policy)):
+        return {**policy, **PAPER_POLICY}
+    return policy
+
+
+def migrate_v2_to_v3(cert: dict[str, Any]) -> dict[str, Any]:
+    """Schema v2 -> v3: v3 names the policy (``paper``, ``relative``, ``noise-floor``) and records its k; every
+    earlier certificate was made under the paper's absolute thresholds."""
+    pred = cert.get("predicate")
+    if not isinstance(pred, dict) or pred.get("schema_version") != 2 or not isinstance(pred.get("policy"), dict) \
+            or set(PAPER_POLICY) & set(pred["policy"]):
+        return cert  # not a well-formed v2 predicate: let the later checks report what is wrong
+    return {**cert, "predicateType": BLOCK_PREDICATE,
+            "predicate": {**pred, "schema_version": 3, "policy": migrate_policy(pred["policy"])}}
+
+
+V1 = "https://blockcert.dev/predicate/block-certificate/v1"
+V2 = "https://blockcert.dev/predicate/block-certificate/v2"
+
+#: applied in turn while the statement's predicate type has one (v1 -> v2 -> v3)
 MIGRATIONS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
-    "https://blockcert.dev/predicate/block-certificate/v1": migrate_v1_to_v2,
+    V1: migrate_v1_to_v2,
+    V2: migrate_v2_to_v3,
 }
 
 
@@ -73,7 +101,9 @@ def load_certificate(root: Path, rel: str, c: Checker, predicate_type: str = BLO
     c.require("canonical JSON (RFC 8785)", canonical == raw, f"{len(canonical)} canonical bytes", f"{len(raw)} bytes",
               "" if canonical == raw else f"{rel} is not in canonical form (re-serialised or edited by hand)")
     exact_keys(c, "statement", cert, {"_type", "subject", "predicateType", "predicate"})
-    if cert["predicateType"] in MIGRATIONS:
+    seen = set()
+    while cert["predicateType"] in MIGRATIONS and cert["predicateType"] not in seen:
+        seen.add(cert["predicateType"])
         cert = MIGRATIONS[cert["predicateType"]](cert)
     c.require("statement _type", cert["_type"] == STATEMENT_TYPE, STATEMENT_TYPE, cert["_type"])
     c.require("predicateType", cert["predicateType"] == predicate_type, predicate_type, cert["predicateType"],

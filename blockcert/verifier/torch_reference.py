@@ -127,6 +127,30 @@ class FullCheck:
             out.append(np.asarray(new, np.float64))
         return out, [np.full(o.shape, self.tol.loss_abs) for o in out]
 
+    def floors(self, ell: int, stored_act: Sequence[np.ndarray], stored_loss: Sequence[np.ndarray],
+               c: Any) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """The noise-floor policy's floors of block ``ell``, re-measured on the model's traces (the native block in
+        the model's dtype against itself in the reference precision, and the suffix's own loss noise).
+        Each stored floor must be within the rounding band of the model's dtype (activations) or ``loss_abs``
+        (losses) of the re-measured one; the verdict then rests on the re-measured floors."""
+        from blockcert.pipeline.floor import act_floors, loss_floors, reference_suffix_losses
+        from blockcert.pipeline.staircase import suffix_losses
+
+        act, references = act_floors(self.loaded, self.traces, ell)
+        block_noise = suffix_losses(self.loaded, self.traces, [ell], lambda _: references, batch_size=8)[ell]
+        suffix_noise = reference_suffix_losses(self.loaded, self.traces, [ell], 8)[ell]
+        loss = loss_floors([t.loss for t in self.traces], block_noise, suffix_noise)
+        for k, (mine, theirs, t) in enumerate(zip(act, stored_act, self.traces)):
+            band = self.tol.trace_noise(norms(t.residual[ell + 1]), self.loaded.dtype)
+            off = np.flatnonzero(np.abs(np.asarray(theirs, np.float64) - mine) > band)
+            c.record(f"re-measured floor_act prompt {k}", not off.size, "stored floors", f"{off.size} token(s) off",
+                     "" if not off.size else f"block_{ell:03d}/errors.safetensors: the activation floors of prompt {k} are not the model's")
+        for k, (mine, theirs) in enumerate(zip(loss, stored_loss)):
+            gap = float(np.abs(np.asarray(theirs, np.float64) - mine).max()) if mine.size else 0.0
+            c.record(f"re-measured floor_loss prompt {k}", gap <= 2 * self.tol.loss_abs, "stored floors", f"max |Δ| {gap:.3g}",
+                     "" if gap <= 2 * self.tol.loss_abs else f"block_{ell:03d}/errors.safetensors: the loss floors of prompt {k} are not the model's")
+        return act, loss
+
 
 #: relative band of a re-measured edit deviation
 DEVIATION_RTOL = 1e-4

@@ -139,6 +139,14 @@ class FullCheck:
             band = band + self.tol.replay_units * UNIT_ROUNDOFF.get(self.dtype, UNIT_ROUNDOFF["bfloat16"]) * n_out
         return band
 
+    def floors(self, ell: int, stored_act: Any, stored_loss: Any, c: Any) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """A noise-floor certificate's floors need the native block run in the model's own dtype (bfloat16, float16
+        or float32 kernels), which a float64 numpy reference does not have: say so and stop."""
+        c.require("noise-floor floors re-measured", False, "the model's own floors", "not with --reference numpy",
+                  f"block_{ell:03d}: the noise-floor policy's floors are the native block's rounding in the model's dtype, "
+                  "which the float64 numpy reference cannot run; verify at --level full with --reference torch")
+        raise AssertionError("unreachable")  # c.require(False) stops the certificate's checks
+
     def stitched(self, ir: BlockIR, ell: int, stored: Sequence[np.ndarray], c: Any) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Block ``ell`` replaced by ``ir`` on the stored x^(l) (the model's within its rounding): the float64
         suffix token losses and each one's band, every stored one within its band.
