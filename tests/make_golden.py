@@ -20,13 +20,13 @@ sys.path.insert(0, str(HERE))
 
 
 def main() -> None:
+    from test_run import make_model_dir
     from transformers import AutoTokenizer
 
     import blockcert
     from blockcert.certificate import CERT_SCHEMA_VERSION
     from blockcert.model.synthetic import write_tokenizer
     from blockcert.policy import Policy
-    from test_run import make_model_dir
 
     target = HERE / "data" / f"golden-run-v{CERT_SCHEMA_VERSION}"
     with tempfile.TemporaryDirectory() as tmp:

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from safetensors.numpy import load_file
-
 from adversary import redigest, resummarize
+from safetensors.numpy import load_file
+from test_run import make_model_dir
+
 from blockcert.certificate import subject
 from blockcert.ir import load_ir
 from blockcert.metrics import act_thresholds, loss_thresholds
@@ -22,7 +23,6 @@ from blockcert.pipeline.trace import load_traces, prompt_file
 from blockcert.policy import NOISE_K, Policy
 from blockcert.verifier.core import verify
 from blockcert.verifier.metrics import thresholds
-from test_run import make_model_dir
 
 NOISE = Policy(name="noise-floor")
 

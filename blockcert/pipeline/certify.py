@@ -50,8 +50,8 @@ from blockcert.ir import save_ir
 from blockcert.metrics import BlockMetrics, Policy, block_metrics, certified, path_matches, token_errors, token_norms
 from blockcert.model.load import LoadedModel, load_model
 from blockcert.pipeline.executors import Executor, get_executor, model_ref
-from blockcert.pipeline.promptsets import load_prompts
 from blockcert.pipeline.floor import act_floors, loss_floors, reference_suffix_losses
+from blockcert.pipeline.promptsets import load_prompts
 from blockcert.pipeline.staircase import suffix_losses, variant_bytes
 from blockcert.pipeline.trace import PromptTrace, capture, load_traces, prompt_file, prompts_sha256, save_traces
 from blockcert.plugins import get_plugins
