@@ -82,6 +82,11 @@ class NativeModel(abc.ABC):
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 
+    @property
+    def device(self) -> torch.device:
+        """Where the model's weights are (``--device``); every tensor handed to it must be there too."""
+        return next(self.model.parameters()).device
+
     @torch.no_grad()
     def residual_stream(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None) -> list[torch.Tensor]:
         """[x^(0), ..., x^(L)] for input ids [B, T]: L+1 snapshots, each [B, T, d]."""
@@ -155,8 +160,9 @@ def rope_from_rotary_embedding(rotary_emb: torch.nn.Module, n_ctx: int, rotary_d
     The tables come from the model's own module, so RoPE scaling variants (linear, llama3, yarn, ...)
     and ``attention_scaling`` are captured exactly as the model computes them, in float32.
     """
-    positions = torch.arange(n_ctx)[None, :]  # [1, n_ctx]
-    probe = torch.zeros(1, dtype=torch.float32)
+    device = next(iter(rotary_emb.buffers()), torch.zeros(())).device  # the model's device (--device)
+    positions = torch.arange(n_ctx, device=device)[None, :]  # [1, n_ctx]
+    probe = torch.zeros(1, dtype=torch.float32, device=device)
     with torch.no_grad():
         cos, sin = rotary_emb(probe, position_ids=positions)  # [1, n_ctx, rotary_dim] each
     cos, sin = cos[0].float(), sin[0].float()

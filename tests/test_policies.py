@@ -171,3 +171,48 @@ def test_bad_policy_flags_are_one_line_and_exit_2(command, args, message, tmp_pa
     proc = subprocess.run([sys.executable, "-m", "blockcert", command, *target, *args], capture_output=True, text=True)
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------------
+# --device: the plumbing on a CPU-only machine (a GPU run is benchmarks/gpu_costs.py's and docs/performance.md's)
+# ---------------------------------------------------------------------------------------------------
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "blockcert", *args], capture_output=True, text=True)
+
+
+def test_device_cpu_and_auto_run_and_are_recorded(made, tmp_path):
+    import torch
+
+    if torch.cuda.is_available() or getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        pytest.skip("this machine has an accelerator: auto would not fall back")
+    for device in ("cpu", "auto"):
+        out = tmp_path / device
+        proc = cli("run", "--model", made["model"], "--prompts", "builtin:default", "--blocks", "1", "--device", device, "--out", str(out))
+        assert proc.returncode == 0, proc.stderr
+        assert ("no CUDA or MPS device here; running on the CPU" in proc.stderr) == (device == "auto")
+        cert = json.loads((out / "block_001/certificate.json").read_text())
+        assert cert["predicate"]["replay"]["device"] == "cpu"
+        assert json.loads((out / "run.json").read_text())["replay"]["device"] == "cpu"
+    same = [(tmp_path / d / "block_001/certificate.json").read_bytes() for d in ("cpu", "auto")]
+    assert same[0] == same[1]  # auto on this machine is the CPU, bit for bit
+    proc = cli("verify", str(tmp_path / "auto"), "--level", "full", "--model", made["model"], "--device", "auto")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("command", [
+    ["run", "--blocks", "0"], ["verify", "."], ["stitch", "."], ["edit", "--mlp-scale", "0.5", "--block", "0"],
+    ["experiment", "table2"],
+])
+@pytest.mark.parametrize("device, message", [("tpu", "unknown --device 'tpu'"), ("cuda", "--device cuda: this machine has no CUDA")])
+def test_a_device_this_machine_lacks_is_one_line_and_exit_2(command, device, message, tmp_path):
+    import torch
+
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    proc = subprocess.run([sys.executable, "-m", "blockcert", *command, "--device", device, "--out", str(tmp_path / "o")]
+                          if command[0] not in ("verify", "stitch") else
+                          [sys.executable, "-m", "blockcert", *command, "--device", device], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr

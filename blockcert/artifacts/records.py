@@ -52,6 +52,7 @@ class Replay:
     backend: str
     dtype: str
     interpreter_sha256: str
+    device: str = "cpu"  # where the model and the replay ran (--device); schema v3
 
 
 # -- run.json --------------------------------------------------------------------------------------------------

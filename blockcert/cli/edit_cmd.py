@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from blockcert.cli import app, err_console, out_console
+from blockcert.cli import options as opt
 
 edit_app = typer.Typer(
     help="Certified local edits (paper §7): apply an edit, measure it on the refusal/safety corpus, write an edit certificate.",
@@ -54,6 +55,7 @@ def edit_command(
     batch_size: int = typer.Option(24, "--batch-size", help="Prompts per generation batch (recorded: verification regenerates the same way)."),
     no_chat_template: bool = typer.Option(False, "--no-chat-template", help="Feed the raw prompt instead of the model's chat template."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+    device: str = opt.DEVICE,
 ) -> None:
     """Apply one edit, generate greedy completions of the corpus before and after, judge them with the §7.1
     classifier, measure ε_edit and the final-state deviation, and write an edit certificate to --out.
@@ -67,7 +69,7 @@ def edit_command(
     text = _spec(spec, block, mlp_scale)
     decoding = _decoding(max_new_tokens, batch_size, no_chat_template)
     with err_console.status("Loading model"):
-        loaded = load_model(model)
+        loaded = load_model(model, device=device)
     result = certify_edit(loaded=loaded, spec=text, out=out, corpus=corpus, decoding=decoding, force=force, progress=True)
     d = result.deviation
     if as_json:
@@ -115,6 +117,7 @@ def sweep_command(
     batch_size: int = typer.Option(24, "--batch-size", help="Prompts per generation batch."),
     no_chat_template: bool = typer.Option(False, "--no-chat-template", help="Feed the raw prompt instead of the chat template."),
     as_json: bool = typer.Option(False, "--json", help="Print results.json on stdout."),
+    device: str = opt.DEVICE,
 ) -> None:
     """Answer and refuse accuracy for mlp-scale at every block × α (the analog of the paper's Table 7 and its
     Llama-2 block sweep); writes results.json, a plot (sweep.png) and every completion."""
@@ -125,7 +128,7 @@ def sweep_command(
     alpha_values = _floats(alphas, "--alphas")
     decoding = _decoding(max_new_tokens, batch_size, no_chat_template)
     with err_console.status("Loading model"):
-        loaded = load_model(model)
+        loaded = load_model(model, device=device)
     chosen = parse_blocks(blocks, loaded.native.n_blocks)
     result = sweep(loaded=loaded, blocks=chosen, alphas=alpha_values, out=out, corpus=corpus, decoding=decoding, progress=True)
     if as_json:

@@ -37,7 +37,7 @@ FORCE = typer.Option(False, "--force", help="Redo every run instead of reusing t
 AS_JSON = opt.as_json("Print results.json on stdout instead of the table (progress still goes to stderr).")
 COMMON = [("model", str, opt.MODEL), ("blocks", str, BLOCKS), ("dtype", str, DTYPE), ("prompts", str, PROMPTS),
           ("tau_act", float, opt.TAU_ACT), ("tau_loss", float, opt.TAU_LOSS), ("alpha_act", float, opt.ALPHA_ACT),
-          ("alpha_loss", float, opt.ALPHA_LOSS), ("policy_name", str, opt.POLICY), ("noise_k", float, opt.NOISE_K),
+          ("alpha_loss", float, opt.ALPHA_LOSS), ("policy_name", str, opt.POLICY), ("noise_k", float, opt.NOISE_K), ("device", str, opt.DEVICE),
           ("batch_size", int, opt.BATCH_SIZE), ("out", Path, OUT), ("force", bool, FORCE),
           ("as_json", bool, AS_JSON)]
 RANKS = typer.Option("16,32,64", "--ranks", help="Ranks r of the lowrank:r=R rows (truncated SVD of W_Q, W_K, W_V, W_O).")
@@ -76,7 +76,8 @@ class Common:
 
     @classmethod
     def of(cls, model: str | None, blocks: str, dtype: str, prompts: str, tau_act: float, tau_loss: float, alpha_act: float,
-           alpha_loss: float, policy_name: str, noise_k: float, batch_size: int, out: Path | None, force: bool, as_json: bool) -> Common:
+           alpha_loss: float, policy_name: str, noise_k: float, device: str, batch_size: int, out: Path | None, force: bool,
+           as_json: bool) -> Common:
         from blockcert.errors import UserError
         from blockcert.model.load import DTYPES
         from blockcert.pipeline.experiments import Settings
@@ -86,7 +87,11 @@ class Common:
             raise UserError(f"unknown --dtype {dtype!r}", f"choose one of: {', '.join(DTYPES)}")
         if batch_size < 1:
             raise UserError(f"--batch-size must be >= 1, got {batch_size}")
-        settings = Settings(model=model, blocks=blocks, dtype=dtype, prompts=prompts, policy=policy, batch_size=batch_size, force=force)
+        from blockcert.model.device import resolve_device
+
+        resolve_device(device)  # a device this machine lacks fails before any work
+        settings = Settings(model=model, blocks=blocks, dtype=dtype, prompts=prompts, policy=policy, batch_size=batch_size, force=force,
+                            device=device)
         return cls(settings, out, as_json)
 
 

@@ -20,6 +20,8 @@ POLICY = typer.Option("paper", "--policy", help="How a token counts as covered: 
                       "(e ≤ τ_act·‖x‖) or noise-floor (e and |Δℓ| within --noise-k × the native block's own precision noise).")
 NOISE_K = typer.Option(4.0, "--noise-k", help="k of --policy noise-floor: a token is covered within k × its floor "
                        "(default 4: see docs/results.md, 'Choosing k').")
+DEVICE = typer.Option("cpu", "--device", help="Where the model and the IR replay run: cpu, cuda, mps, or auto (CUDA, then MPS, "
+                      "else the CPU, with a note). Traces and artifacts stay on the CPU; the numpy reference always runs there.")
 BATCH_SIZE = typer.Option(8, "--batch-size", help="Prompts per batch (trace capture and loss-coverage suffixes).")
 STREAM = typer.Option(False, "--stream", help="Never load the whole model: read one block at a time from its safetensors shards "
                       "(memory-mapped). Every number is the in-memory model's.")

@@ -24,6 +24,7 @@ def run_command(
     alpha_loss: float = opt.ALPHA_LOSS,
     policy_name: str = opt.POLICY,
     noise_k: float = opt.NOISE_K,
+    device: str = opt.DEVICE,
     dtype: str = opt.dtype(),
     out: Path = typer.Option(Path("blockcert-out"), "--out", "-o", help="Output directory."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out; finished blocks are kept."),
@@ -77,8 +78,8 @@ def run_command(
         raise UserError(f"--inflight-mb must be >= 1, got {inflight_mb}")
     chosen = get_executor(executor, address=ray_address, workers=workers, cpus_per_task=cpus_per_task)  # a bad --executor fails before the model loads
     with err_console.status("Loading model"):
-        loaded = load_model(model, arch=arch, dtype=dtype, stream=stream)
-    options = RunSettings(arch=arch, prompts=prompts, blocks=blocks, policy=policy, dtype=dtype, out=out, resume=resume, force=force,
+        loaded = load_model(model, arch=arch, dtype=dtype, stream=stream, device=device)
+    options = RunSettings(device=loaded.device, arch=arch, prompts=prompts, blocks=blocks, policy=policy, dtype=dtype, out=out, resume=resume, force=force,
                           batch_size=batch_size, bounds=settings, surrogate=surrogate, ablate=ablate, executor=chosen,
                           inflight_bytes=inflight_mb << 20)
     result = run(loaded=loaded, settings=options, progress=True)

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from blockcert.cli import app, err_console, out_console
+from blockcert.cli import options as opt
 
 
 def render_stitch(result) -> None:
@@ -39,17 +40,20 @@ def stitch_command(
     blocks: str = typer.Option("all", "--blocks", "-b", help="Blocks to replace by their IR: all (every certified block), 0,5,10 or 0-4."),
     model: str = typer.Option(None, "--model", "-m", help="The run's model (default: the name recorded in run.json)."),
     stream: bool = typer.Option(False, "--stream", help="Read the model one block at a time from its safetensors shards."),
+    device: str = opt.DEVICE,
     as_json: bool = typer.Option(False, "--json", help="Print the evaluation as JSON on stdout."),
 ) -> None:
     """Replay the whole model with the chosen blocks replaced by their IR: per-layer MAE, max residual
     error, perplexity baseline vs stitched, a 30-prompt semantic probe; writes a full-model certificate
     (full/certificate.json) that references every block certificate by id."""
+    from blockcert.model.device import resolve_device
     from blockcert.pipeline.stitch import stitch
     from blockcert.spec import parse_blocks
 
+    device = resolve_device(device, announce=lambda m: err_console.print(m, highlight=False))  # before any work
     chosen = None if blocks.strip() == "all" else parse_blocks(blocks, 10**6)
     with err_console.status("Stitching"):
-        result = stitch(out, blocks=chosen, model=model, stream=stream)
+        result = stitch(out, blocks=chosen, model=model, stream=stream, device=device)
     if as_json:
         typer.echo(json.dumps({"stitched_blocks": list(result.stitched_blocks), **result.metrics(),
                                "certificate": result.certificate, "certificate_id": result.certificate_id}, indent=2))

@@ -24,6 +24,7 @@ def verify_command(
     alpha_loss: float = opt.ALPHA_LOSS,
     policy_name: str = opt.POLICY,
     noise_k: float = opt.NOISE_K,
+    device: str = opt.DEVICE,
     tol_replay: float = typer.Option(None, "--tol-replay-units", help="Per-token band on recomputed errors, in float32 roundings of that token's norm (default 64; 128 with --reference numpy)."),
     tol_trace: float = typer.Option(None, "--tol-trace-units", help="With --level full: per-token band on stored vs re-captured residuals, in roundings of the model dtype (default 128, capped at τ_act/8; 512, not capped, with --reference numpy)."),
     tol_loss: float = typer.Option(None, "--tol-loss", help="With --level full: per-token band on stored vs re-run token losses, in nats (default 2e-4)."),
@@ -44,6 +45,9 @@ def verify_command(
     from blockcert.verifier.core import Tolerances, verify
 
     policy = opt.policy(tau_act, tau_loss, alpha_act, alpha_loss, policy_name, noise_k)
+    from blockcert.model.device import resolve_device
+
+    device = resolve_device(device, announce=lambda m: err_console.print(m, highlight=False))  # before any work
     given = {k: v for k, v in (("replay_units", tol_replay), ("trace_units", tol_trace), ("loss_abs", tol_loss), ("tokens", tol_tokens))
              if v is not None}
     bad = [f"--tol-{k.split('_')[0]}{'-units' if k.endswith('units') else ''}" for k, v in given.items() if not v >= 0]
@@ -51,7 +55,7 @@ def verify_command(
         raise UserError(f"{', '.join(bad)} must be a number >= 0")
     tol = attrs.evolve(Tolerances.for_reference(reference), **given)
     with err_console.status(f"Verifying {path} (level {level}, {reference} reference)"):
-        report = verify(path, level=level, reference=reference, policy=policy, tolerances=tol, model=model, stream=stream)
+        report = verify(path, level=level, reference=reference, policy=policy, tolerances=tol, model=model, stream=stream, device=device)
     if as_json:
         typer.echo(json.dumps(report.as_dict(), indent=2))
     else:

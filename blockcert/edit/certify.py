@@ -102,12 +102,13 @@ def generate(loaded: Any, items: Sequence[CorpusItem], decoding: Decoding, progr
     try:
         for start in range(0, len(texts), decoding.batch_size):
             enc = tok(texts[start : start + decoding.batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+            enc = {k: v.to(loaded.native.device) for k, v in enc.items()}
             torch.manual_seed(decoding.seed)
             with torch.no_grad():
                 ids = loaded.model.generate(**enc, max_new_tokens=decoding.max_new_tokens, do_sample=False,
                                             pad_token_id=tok.pad_token_id, num_beams=1)
             new = ids[:, enc["input_ids"].shape[1]:]
-            out.extend(tok.decode(row, skip_special_tokens=True) for row in new)
+            out.extend(tok.decode(row.cpu(), skip_special_tokens=True) for row in new)
             if progress is not None:
                 progress(len(new))
     finally:
@@ -142,8 +143,8 @@ def deviation(loaded: Any, handle: Any, items: Sequence[CorpusItem], decoding: D
     eps, fin = [], []
     for start in range(0, len(ids), decoding.batch_size):
         part = ids[start : start + decoding.batch_size]
-        batch = pad_batch(part)
-        positions = torch.arange(batch.shape[1])[None].expand_as(batch)
+        batch = pad_batch(part).to(native.device)
+        positions = torch.arange(batch.shape[1], device=batch.device)[None].expand_as(batch)
         with torch.no_grad():
             base = native.residual_stream(batch, positions)
             with handle:
@@ -238,6 +239,7 @@ def certify_edit(
     force: bool = False,
     loaded: Any = None,
     progress: bool = False,
+    device: str = "cpu",
 ) -> EditResult:
     """Apply edit ``spec`` to ``model``, measure it on ``corpus``, and write an edit certificate to ``out``."""
     from rich.console import Console
@@ -249,7 +251,7 @@ def certify_edit(
     items, corpus_desc = load_corpus(corpus)
     root = Path(out)
     _prepare_edit_out(root, force)
-    loaded = loaded or load_model(model)
+    loaded = loaded or load_model(model, device=device)
     handle = edit_handle(loaded, spec)
     canonical = str(getattr(handle, "spec", spec))
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -355,6 +357,7 @@ def sweep(
     decoding: Decoding | None = None,
     loaded: Any = None,
     progress: bool = False,
+    device: str = "cpu",
 ) -> SweepResult:
     """``mlp-scale`` at every (block, α): answer and refuse accuracy of greedy completions of the corpus.
 
@@ -373,7 +376,7 @@ def sweep(
     items, corpus_desc = load_corpus(corpus)
     if not blocks or not alphas:
         raise UserError("a sweep needs at least one block and one alpha")
-    loaded = loaded or load_model(model)
+    loaded = loaded or load_model(model, device=device)
     handles = {(b, a): edit_handle(loaded, f"mlp-scale:block={b},alpha={a!r}") for b in blocks for a in alphas}  # validates all first
     root = Path(out)
     (root / "completions").mkdir(parents=True, exist_ok=True)

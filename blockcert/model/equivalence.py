@@ -62,8 +62,8 @@ def check_blocks(
             err = max(err, float((y - x_out).abs().max()))
             peak = max(peak, float(x_out.abs().max()))
             if numpy_reference:
-                y64 = plugins.replay(ir, x_in.double().numpy()).output
-                err_np = max(err_np, float(np.abs(y64 - x_out.double().numpy()).max()))
+                y64 = plugins.replay(ir, x_in.double().cpu().numpy()).output
+                err_np = max(err_np, float(np.abs(y64 - x_out.double().cpu().numpy()).max()))
         results.append(
             BlockCheck(
                 index=index,

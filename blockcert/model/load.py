@@ -48,6 +48,7 @@ class LoadedModel:
     source_sha256: str | None = None  # SHA-256 of the GGUF file the weights came from, if any
     streamed: Any = None  # a blockcert.model.stream.StreamedModel when loaded with stream=True (weights stay on disk)
     spec: str | None = None  # what load_model was given (resolved), so a worker process can load it again
+    device: str = "cpu"  # where the model runs (--device); traces and artifacts are always on the CPU
     _weights_sha256: str | None = attrs.field(default=None, init=False, repr=False)
 
     def weights_sha256(self) -> str:
@@ -153,15 +154,28 @@ def gguf_cache_dir(gguf: Path, sha256: str | None = None) -> Path:
     return target
 
 
+def _announce(message: str) -> None:
+    """A note for the user on stderr (not an error): e.g. ``--device auto`` falling back to the CPU."""
+    print(message, file=sys.stderr)
+
+
 def load_model(
-    spec: str | os.PathLike[str] | None = None, *, arch: str | None = None, dtype: str = "float32", stream: bool = False
+    spec: str | os.PathLike[str] | None = None, *, arch: str | None = None, dtype: str = "float32", stream: bool = False,
+    device: str = "cpu",
 ) -> LoadedModel:
-    """Load a model for tracing. ``arch`` overrides architecture detection; ``dtype`` is the native precision.
+    """Load a model for tracing. ``arch`` overrides architecture detection; ``dtype`` is the native precision;
+    ``device`` (cpu, cuda, mps or auto: :func:`blockcert.model.device.resolve_device`) is where it runs.
 
     ``stream=True`` never materialises the model: the weights stay in the safetensors shards and one
     block at a time is read in when used (:mod:`blockcert.model.stream`). Every number computed with it, the
     weights digest included, equals the in-memory model's.
     """
+    from blockcert.model.device import resolve_device
+
+    device = resolve_device(device, announce=_announce)
+    if stream and device != "cpu":
+        raise UserError(f"--stream installs each block's weights on the CPU as it is used; it cannot run on --device {device}",
+                        "drop --stream (the model then has to fit on the device), or use --device cpu")
     name, path = resolve(spec)
     torch_dtype = _torch_dtype(dtype)
     source_sha256 = None
@@ -180,7 +194,7 @@ def load_model(
         model, tokenizer = streamed.model, _load_tokenizer(directory)
     else:
         model, tokenizer = _load_hf_dir(directory, dtype)
-        model = model.to(torch_dtype).eval()
+        model = model.to(device=device, dtype=torch_dtype).eval()
     plugins = get_plugins()
     arch = arch or plugins.detect_architecture(model)
     if arch not in plugins.architectures():
@@ -190,7 +204,7 @@ def load_model(
         streamed.attach(native.blocks)
     return LoadedModel(
         name=name, path=path, arch=arch, model=model, tokenizer=tokenizer, native=native, dtype=dtype, source_sha256=source_sha256,
-        streamed=streamed, spec=str(path),
+        streamed=streamed, spec=str(path), device=device,
     )
 
 

@@ -61,7 +61,8 @@ def _wrap(original: Callable[..., Any], records: list[Observation]) -> Callable[
         out = original(module, query, key, value, attention_mask, *args, **kwargs)
         output, weights = (out[0], out[1]) if isinstance(out, tuple) else (out, None)
         # output: [B, T, H, hd] (every HF attention function returns heads in the third axis)
-        rows = (output != 0).any(dim=-1) if output.dim() == 4 else torch.ones(output.shape[:2] + (query.shape[1],), dtype=torch.bool)
+        rows = (output != 0).any(dim=-1) if output.dim() == 4 else torch.ones(output.shape[:2] + (query.shape[1],), dtype=torch.bool,
+                                                                               device=output.device)
         allowed = _allowed(query, key, attention_mask, kwargs, module, weights)
         if allowed is not None:  # otherwise nothing is recorded and the caller falls back to the declared pattern
             records.append(Observation(allowed, rows.detach().clone()))

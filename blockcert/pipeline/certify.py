@@ -116,7 +116,7 @@ def _manifest(loaded: LoadedModel, prompts_desc: str, prompts: Sequence[str], po
                               loaded.native.n_blocks, loaded.native.d_model),
         prompts=R.PromptSet(prompts_desc, len(prompts), prompts_sha256(prompts)),
         policy=policy,
-        replay=R.Replay("torch", "float32", _interpreter_sha256()),
+        replay=R.Replay("torch", "float32", _interpreter_sha256(), loaded.device),
         n_ctx=n_ctx,
     ))
 
@@ -199,24 +199,25 @@ class Measurement:
     stitched: list[np.ndarray]  # [T_p - 1] token losses with block l replaced by its replay
 
 
-def _replay_all(ir: Any, traces: Sequence[Any], index: int) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
-    """Replay ``ir`` on every prompt's recorded x^(l), unpadded, exactly as a verifier replays it:
-    (outputs [T_p, d], errors, norms, path matches) per prompt."""
+def _replay_all(ir: Any, traces: Sequence[Any], index: int,
+                device: Any = "cpu") -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """Replay ``ir`` on every prompt's recorded x^(l), unpadded, exactly as a verifier replays it, on ``device``:
+    (outputs [T_p, d], errors, norms, path matches) per prompt, on the CPU."""
     plugins = get_plugins()
     outputs, errors, norms, paths = [], [], [], []
     for t in traces:
-        rep = plugins.replay(ir, torch.from_numpy(t.residual[index])[None])  # [1, T_p, d]
-        outputs.append(rep.output[0].numpy())
+        rep = plugins.replay(ir, torch.from_numpy(t.residual[index])[None].to(device))  # [1, T_p, d], on the model's device
+        outputs.append(rep.output[0].cpu().numpy())
         errors.append(token_errors(outputs[-1], t.residual[index + 1]))
         norms.append(token_norms(t.residual[index + 1]))
-        paths.append(path_matches(rep.mask[0].numpy(), t.masks[index], rep.head_active.numpy(), t.head_gates[index]))
+        paths.append(path_matches(rep.mask[0].cpu().numpy(), t.masks[index], rep.head_active.cpu().numpy(), t.head_gates[index]))
     return outputs, errors, norms, paths
 
 
 @torch.no_grad()
 def measure_block(loaded: LoadedModel, traces: Sequence[PromptTrace], ir: Any, index: int, batch_size: int) -> Measurement:
     """Replay ``ir`` on the recorded x^(l) of every prompt and re-run the native suffix from its output."""
-    outputs, errors, norms, paths = _replay_all(ir, traces, index)
+    outputs, errors, norms, paths = _replay_all(ir, traces, index, loaded.native.device)
     stitched = suffix_losses(loaded, traces, [index], lambda _: outputs, batch_size)[index]
     return Measurement(errors, norms, paths, [t.loss for t in traces], stitched)
 
@@ -310,7 +311,7 @@ def extract_block(loaded: LoadedModel, traces: Sequence[Any], index: int, n_ctx:
         base = ir
         ir = derive.apply(derivation, base, [t.residual[index] for t in traces])
         surrogate = derive.predicate(derivation, ir, block_dir(index), tensors_sha256(to_dict(base)[1]))
-    outputs, errors, norms, paths = _replay_all(ir, traces, index)
+    outputs, errors, norms, paths = _replay_all(ir, traces, index, loaded.native.device)
     record = None if bounds is None else block_record(ir, [t.residual[index] for t in traces], errors, bounds)
     return Extraction(index, ir.arch, ir.n_ctx, ir, base, surrogate, errors, norms, paths, record), outputs
 
@@ -450,6 +451,7 @@ class RunSettings:
     stream: bool = False
     executor: str | Executor = "local"
     inflight_bytes: int = DEFAULT_INFLIGHT_BYTES
+    device: str = "cpu"  # cpu, cuda, mps or auto: where the model and the replay run (traces stay on the CPU)
 
 
 def run(model: str | Path | None = None, *, settings: RunSettings | None = None, loaded: LoadedModel | None = None,
@@ -493,7 +495,7 @@ def run(model: str | Path | None = None, *, settings: RunSettings | None = None,
     with ExitStack() as stack:
         if progress:
             stack.enter_context(console.status("Loading model"))
-        loaded = loaded or load_model(model, arch=arch, dtype=dtype, stream=stream)
+        loaded = loaded or load_model(model, arch=arch, dtype=dtype, stream=stream, device=s.device)
     selected = parse_blocks(blocks, loaded.native.n_blocks)
     root = Path(out)
     from blockcert.pipeline.trace import tokenize_prompts

@@ -118,13 +118,14 @@ def get_executor(name: str | Executor, *, address: str | None = None, workers: i
 
 @attrs.frozen
 class ModelRef:
-    """How a worker loads the run's model: ``load_model(spec, arch=, dtype=, stream=)``, then checks its digest."""
+    """How a worker loads the run's model: ``load_model(spec, arch=, dtype=, stream=, device=)``, then checks its digest."""
 
     spec: str
     arch: str
     dtype: str
     stream: bool
     weights_sha256: str
+    device: str = "cpu"
 
 
 _LOADED: dict[ModelRef, Any] = {}  # per worker process: a worker that runs several tasks loads once
@@ -134,7 +135,7 @@ def model_ref(loaded: Any) -> ModelRef:
     if loaded.spec is None:
         raise UserError(f"model {loaded.name} was wrapped in memory, so another process cannot load it",
                         "use --executor local, or load the model by path (blockcert.load_model)")
-    return ModelRef(loaded.spec, loaded.arch, loaded.dtype, loaded.streamed is not None, loaded.weights_sha256())
+    return ModelRef(loaded.spec, loaded.arch, loaded.dtype, loaded.streamed is not None, loaded.weights_sha256(), loaded.device)
 
 
 def resolve_model(model: Any) -> Any:
@@ -144,7 +145,7 @@ def resolve_model(model: Any) -> Any:
     if model not in _LOADED:
         from blockcert.model.load import load_model
 
-        loaded = load_model(model.spec, arch=model.arch, dtype=model.dtype, stream=model.stream)
+        loaded = load_model(model.spec, arch=model.arch, dtype=model.dtype, stream=model.stream, device=model.device)
         if loaded.weights_sha256() != model.weights_sha256:
             raise UserError(f"the model at {model.spec} on this worker is not the run's model (weights digest differs)",
                             "every node needs the same checkpoint at the same path")

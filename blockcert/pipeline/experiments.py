@@ -85,6 +85,7 @@ class Settings:
     policy: Policy = attrs.field(factory=Policy)
     batch_size: int = 8
     force: bool = False  # redo every run instead of reusing a finished one
+    device: str = "cpu"  # where the model and the replay run (--device)
 
 
 # -- results -------------------------------------------------------------------------------------------
@@ -330,7 +331,7 @@ class _Session:
             from blockcert.model.load import load_model
 
             with self.console.status("Loading model"):
-                loaded = load_model(settings.model, dtype=settings.dtype)
+                loaded = load_model(settings.model, dtype=settings.dtype, device=settings.device)
         self.loaded = loaded
         self.blocks = tuple(parse_blocks(settings.blocks, loaded.native.n_blocks))
         self._check_derivations(needs)

@@ -77,11 +77,11 @@ def act_floors(loaded: Any, traces: Sequence[Any], index: int) -> tuple[list[np.
     precision output [T_p, d] (float32: the start of the block-noise suffix of the loss floor)."""
     native = loaded.native
     ref = REFERENCE[loaded.dtype]
-    inputs = [torch.from_numpy(np.ascontiguousarray(t.residual[index]))[None] for t in traces]
-    positions = [torch.arange(x.shape[1])[None] for x in inputs]
-    low = [native.call_block(index, x.to(native.dtype), pos)[0].to(torch.float64).numpy() for x, pos in zip(inputs, positions)]
-    with block_in(native, index, ref):
-        high = [native.call_block(index, x.to(ref), pos)[0].to(torch.float64).numpy() for x, pos in zip(inputs, positions)]
+    inputs = [torch.from_numpy(np.ascontiguousarray(t.residual[index]))[None].to(native.device) for t in traces]
+    positions = [torch.arange(x.shape[1], device=native.device)[None] for x in inputs]
+    low = [native.call_block(index, x.to(native.dtype), pos)[0].to(torch.float64).cpu().numpy() for x, pos in zip(inputs, positions)]
+    with block_in(native, index, ref):  # float64 on an MPS device does not exist: there, floors need --device cpu
+        high = [native.call_block(index, x.to(ref), pos)[0].to(torch.float64).cpu().numpy() for x, pos in zip(inputs, positions)]
     return [token_errors(a, b) for a, b in zip(low, high)], [h.astype(np.float32) for h in high]
 
 

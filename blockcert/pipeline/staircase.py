@@ -58,7 +58,7 @@ def suffix_losses(
     native = loaded.native
     groups = batches(len(traces), batch_size)
     lengths = [[traces[k].n_tokens for k in group] for group in groups]
-    positions = [torch.arange(max(n))[None].expand(len(n), max(n)) for n in lengths]  # one per batch, shared
+    positions = [torch.arange(max(n), device=native.device)[None].expand(len(n), max(n)) for n in lengths]  # one per batch, shared
     chosen = set(blocks)
     inflight: dict[int, list[torch.Tensor]] = {}  # variant l -> its batches, [B, T, d] native dtype
     for j in range(min(chosen), native.n_blocks):
@@ -67,11 +67,11 @@ def suffix_losses(
                 xs[g] = native.call_block(j, xs[g], positions[g])
         if j in chosen:
             outputs = start(j)
-            inflight[j] = [pad_rows([outputs[k] for k in group]).to(native.dtype) for group in groups]
+            inflight[j] = [pad_rows([outputs[k] for k in group]).to(device=native.device, dtype=native.dtype) for group in groups]
         if step is not None:
             step(j)
     losses: dict[int, list[np.ndarray]] = {}
-    ids = [pad_batch([traces[k].input_ids for k in group]) for group in groups]
+    ids = [pad_batch([traces[k].input_ids for k in group]).to(native.device) for group in groups]
     for ell in sorted(inflight):
         xs = inflight.pop(ell)
         losses[ell] = [nll for g in range(len(groups)) for nll in prompt_nll(native, xs[g], ids[g], lengths[g])]

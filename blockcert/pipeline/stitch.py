@@ -147,12 +147,13 @@ def run_streams(loaded: LoadedModel, jobs: Sequence[StreamJob],
     for all jobs; ``on_layer(l, job, x)`` sees every x_hat^(l), l = 1..L, as float32 [B, T, d]."""
     plugins = get_plugins()
     native = loaded.native
-    positions = [torch.arange(job.x0.shape[1])[None].expand(job.x0.shape[:2]) for job in jobs]
-    xs = [job.x0.to(native.dtype) for job in jobs]
+    device = native.device
+    positions = [torch.arange(job.x0.shape[1], device=device)[None].expand(job.x0.shape[:2]) for job in jobs]
+    xs = [job.x0.to(device=device, dtype=native.dtype) for job in jobs]
     for index in range(native.n_blocks):
         for k, job in enumerate(jobs):
             if index in job.irs:
-                y = torch.zeros(xs[k].shape, dtype=torch.float32)
+                y = torch.zeros(xs[k].shape, dtype=torch.float32, device=device)
                 for b, n in enumerate(job.lengths):
                     y[b, :n] = plugins.replay(job.irs[index], xs[k][b : b + 1, :n].float()).output[0]
                 xs[k] = y.to(native.dtype)
@@ -171,7 +172,7 @@ def _check_model(loaded: LoadedModel, manifest: R.RunManifest) -> None:
 
 @torch.no_grad()
 def stitch(out: str | Path, *, blocks: Sequence[int] | None = None, model: str | None = None, loaded: LoadedModel | None = None,
-           batch_size: int = 8, stream: bool = False) -> StitchResult:
+           batch_size: int = 8, stream: bool = False, device: str = "cpu") -> StitchResult:
     """Stitch ``blocks`` (default: every certified block) of the run in ``out``; write ``full/``.
 
     ``stream=True`` loads the model block by block (:mod:`blockcert.model.stream`): one pass reads each block once."""
@@ -189,7 +190,8 @@ def stitch(out: str | Path, *, blocks: Sequence[int] | None = None, model: str |
     missing = [i for i in chosen if i not in available]
     if missing:
         raise UserError(f"blocks {missing} have no certificate in {root}", f"certified blocks: {sorted(available)}")
-    loaded = loaded or load_model(model or manifest.model.name, arch=manifest.model.arch, dtype=manifest.model.dtype, stream=stream)
+    loaded = loaded or load_model(model or manifest.model.name, arch=manifest.model.arch, dtype=manifest.model.dtype, stream=stream,
+                                 device=device)
     _check_model(loaded, manifest)
     result = _evaluate(root, loaded, chosen, batch_size)
     return _write(root, manifest, summary, result)
@@ -210,8 +212,8 @@ def _evaluate(root: Path, loaded: LoadedModel, chosen: list[int], batch_size: in
             x0[b, : t.n_tokens] = torch.from_numpy(t.residual[0])
         jobs.append(StreamJob(x0, lengths, irs))
     items, probe_ids = _probe_inputs(loaded, irs.n_ctx())
-    batch = pad_batch(probe_ids)
-    x0 = loaded.native.embed(batch, torch.arange(batch.shape[1])[None].expand_as(batch)).float()
+    batch = pad_batch(probe_ids).to(loaded.native.device)
+    x0 = loaded.native.embed(batch, torch.arange(batch.shape[1], device=batch.device)[None].expand_as(batch)).float()
     lengths = [a.size for a in probe_ids]
     jobs += [StreamJob(x0, lengths, irs), StreamJob(x0, lengths, {})]  # the probe: stitched, baseline
     errs: list[list[np.ndarray]] = [[] for _ in range(L)]
@@ -219,12 +221,12 @@ def _evaluate(root: Path, loaded: LoadedModel, chosen: list[int], batch_size: in
     def on_layer(layer: int, k: int, x: torch.Tensor) -> None:
         if k < len(groups):
             for b, t in enumerate(groups[k]):
-                errs[layer - 1].append(token_errors(x[b, : t.n_tokens].numpy(), t.residual[layer]))
+                errs[layer - 1].append(token_errors(x[b, : t.n_tokens].cpu().numpy(), t.residual[layer]))
 
     finals = run_streams(loaded, jobs, on_layer)
     nll_base, nll_stitched = [], []
     for k, part in enumerate(groups):
-        ids = pad_batch([t.input_ids for t in part])
+        ids = pad_batch([t.input_ids for t in part]).to(loaded.native.device)
         nll = prompt_nll(loaded.native, finals[k], ids, [t.n_tokens for t in part])
         for b, t in enumerate(part):
             nll_stitched.append(nll[b].astype(np.float64))
@@ -250,8 +252,8 @@ def _probe_inputs(loaded: LoadedModel, n_ctx: int | None) -> tuple[list[dict[str
 def _probe_answers(loaded: LoadedModel, items: list[dict[str, str]], ids: list[np.ndarray], stitched: torch.Tensor,
                    base: torch.Tensor) -> list[ProbeItem]:
     """Greedy next token of the baseline and the stitched model on each probe prompt."""
-    last = torch.tensor([a.size for a in ids]) - 1
-    rows = torch.arange(len(ids))
+    last = torch.tensor([a.size for a in ids], device=stitched.device) - 1
+    rows = torch.arange(len(ids), device=stitched.device)
 
     def decode(x: torch.Tensor) -> list[str]:
         best = loaded.native.head(x)[rows, last].argmax(-1)
@@ -292,10 +294,11 @@ def _write(root: Path, manifest: R.RunManifest, summary: dict[str, Any], result:
 
 @torch.no_grad()
 def recompute(root: Path, model: str | None, blocks: Sequence[int], stream: bool = False,
-              loaded: LoadedModel | None = None) -> dict[str, Any]:
+              loaded: LoadedModel | None = None, device: str = "cpu") -> dict[str, Any]:
     """The full-model metrics of ``root`` re-derived with ``model`` (or ``loaded``, already loaded; for
     ``verify --level full``), nothing written. The model must be the run's (its weights digest is checked)."""
     manifest = R.read(R.RunManifest, strict_json((root / MANIFEST).read_bytes(), MANIFEST), MANIFEST)
-    loaded = loaded or load_model(model or manifest.model.name, arch=manifest.model.arch, dtype=manifest.model.dtype, stream=stream)
+    loaded = loaded or load_model(model or manifest.model.name, arch=manifest.model.arch, dtype=manifest.model.dtype, stream=stream,
+                                 device=device)
     _check_model(loaded, manifest)
     return _evaluate(root, loaded, list(blocks), batch_size=8).metrics()

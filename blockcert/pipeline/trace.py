@@ -113,7 +113,7 @@ def prompt_nll(native: Any, x: torch.Tensor, input_ids: torch.Tensor, lengths: S
     Every token loss of BlockCert (baseline, stitched, re-verified) goes through this one function.
     """
     B, T = input_ids.shape
-    sel = torch.arange(T - 1)[None, :] < (torch.as_tensor(list(lengths))[:, None] - 1)  # [B, T-1]
+    sel = torch.arange(T - 1, device=x.device)[None, :] < (torch.as_tensor(list(lengths), device=x.device)[:, None] - 1)  # [B, T-1]
     rows = x[:, :-1][sel]  # [N, d]
     targets = input_ids[:, 1:][sel]  # [N]
     # In chunks of NLL_ROWS rows: never an [N, V] logits matrix (2040 x 32000 float32 is 261 MB for ten
@@ -121,7 +121,7 @@ def prompt_nll(native: Any, x: torch.Tensor, input_ids: torch.Tensor, lengths: S
     nll = torch.cat([torch.nn.functional.cross_entropy(native.head(rows[i : i + NLL_ROWS]).float(), targets[i : i + NLL_ROWS],
                                                        reduction="none")
                      for i in range(0, rows.shape[0], NLL_ROWS)])
-    return [part.numpy() for part in torch.split(nll, [n - 1 for n in lengths])]
+    return [part.cpu().numpy() for part in torch.split(nll, [n - 1 for n in lengths])]
 
 
 @torch.no_grad()
@@ -145,14 +145,14 @@ def capture(
     masks = [np.empty((L, a.size, a.size), bool) for a in ids]
     gates = [np.ones((L, H), bool) for _ in ids]
     groups = batches(len(ids), batch_size)
-    input_ids = [pad_batch([ids[k] for k in group]) for group in groups]
-    positions = [torch.arange(b.shape[1])[None].expand(b.shape) for b in input_ids]
+    input_ids = [pad_batch([ids[k] for k in group]).to(native.device) for group in groups]
+    positions = [torch.arange(b.shape[1], device=native.device)[None].expand(b.shape) for b in input_ids]
     xs = [native.embed(b, pos) for b, pos in zip(input_ids, positions)]
 
     def keep(layer: int, g: int, x: torch.Tensor) -> None:
         x = x.float()
         for b, k in enumerate(groups[g]):
-            residual[k][layer] = x[b, : ids[k].size].numpy()
+            residual[k][layer] = x[b, : ids[k].size].cpu().numpy()  # traces are stored on the CPU
 
     for g, x in enumerate(xs):
         keep(0, g, x)

@@ -58,7 +58,7 @@ from blockcert.verifier.metrics import (
     norms,
     stored_floors,
 )
-from blockcert.verifier.subjects import CertReport, check_subjects, load_certificate, migrate_policy
+from blockcert.verifier.subjects import CertReport, check_subjects, load_certificate, migrate_policy, migrate_replay
 
 PER_PROMPT_FIELDS = ("per_prompt_cov_act", "per_prompt_mae", "per_prompt_cov_loss")
 # the key sets enforced below are the records' (blockcert/artifacts/records.py): the contract is written once
@@ -109,6 +109,7 @@ def _check_predicate(pred: Any, c: Checker, policy: Policy) -> None:
     for key in VERDICT_FIELDS:
         typed(c, f"verdict.{key}", pred["verdict"][key], bool)
     exact_keys(c, "predicate.replay", pred["replay"], REPLAY_FIELDS)
+    c.require("replay.device", pred["replay"]["device"] in ("cpu", "cuda", "mps"), "cpu|cuda|mps", short(pred["replay"]["device"]))
     if pred["surrogate"] is not None:
         exact_keys(c, "predicate.surrogate", pred["surrogate"], DERIVATION_FIELDS)
         c.require("surrogate.kind", pred["surrogate"]["kind"] in KINDS, "|".join(KINDS), pred["surrogate"]["kind"])
@@ -141,7 +142,7 @@ def _cross_refs(pred: dict[str, Any], contents: dict[str, bytes], block_dirname:
     manifest = strict_json(contents[MANIFEST], MANIFEST)
     exact_keys(c, "run.json", manifest, RUN_FIELDS | ({"derivation"} if isinstance(manifest, dict) and "derivation" in manifest else set()))
     for key in ("tool", "model", "policy", "replay"):
-        theirs = migrate_policy(manifest.get(key)) if key == "policy" else manifest.get(key)
+        theirs = {"policy": migrate_policy, "replay": migrate_replay}.get(key, lambda v: v)(manifest.get(key))
         c.require(f"{key} = run.json", pred[key] == theirs, short(pred[key]), short(manifest.get(key)))
     sur = pred["surrogate"]
     wanted = None if sur is None else {"kind": sur["kind"], "spec": sur["requested"]}

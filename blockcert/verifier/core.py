@@ -75,10 +75,12 @@ def find_certificates(path: Path) -> tuple[Path, list[str]]:
 
 def verify(path: str | Path, *, level: str = "replay", reference: str = "torch", policy: Policy | None = None,
            tolerances: Tolerances | None = None, model: str | None = None, progress: Callable[[str], None] | None = None,
-           stream: bool = False) -> VerifyReport:
+           stream: bool = False, device: str = "cpu") -> VerifyReport:
     """Verify every certificate under ``path`` (a run directory) or one certificate file.
 
-    ``stream=True``: at level full, load ``model`` block by block (:mod:`blockcert.model.stream`)."""
+    ``stream=True``: at level full, load ``model`` block by block (:mod:`blockcert.model.stream`).
+    ``device``: where the torch reference runs the model (levels replay of an edit, and full); the replay of
+    the IR and the numpy reference always run on the CPU."""
     if level not in LEVELS:
         raise UserError(f"unknown --level {level!r}", f"choose one of {', '.join(LEVELS)}")
     if reference not in REFERENCES:
@@ -90,7 +92,7 @@ def verify(path: str | Path, *, level: str = "replay", reference: str = "torch",
     target = Path(path)
     edit_root = target if is_edit_dir(target) else target.parent if target.name == CERTIFICATE and is_edit_dir(target.parent) else None
     if edit_root is not None:  # an edit certificate (blockcert edit): regenerated with the model at levels replay/full
-        report = verify_edit(edit_root, level=level, model=model, reference=reference, tol=tol)
+        report = verify_edit(edit_root, level=level, model=model, reference=reference, tol=tol, device=device)
         return VerifyReport(str(edit_root), level, reference, policy, tol, (report,))
     if level == "full" and model is None:
         raise UserError("--level full needs --model (the model the certificates claim to certify)")
@@ -98,7 +100,7 @@ def verify(path: str | Path, *, level: str = "replay", reference: str = "torch",
         raise UserError("--stream reads the model block by block in torch; the numpy reference reads it whole",
                         "verify a model larger than memory with --reference torch --stream (and at --level replay with numpy)")
     root, certs = find_certificates(Path(path))
-    full = backend(reference).FullCheck(root, model, tol, stream=stream) if level == "full" else None
+    full = backend(reference).FullCheck(root, model, tol, stream=stream, device=device) if level == "full" else None
     reports = []
     cache: dict[Any, Any] = {}
     for rel in certs:

@@ -31,7 +31,7 @@ def is_edit_dir(path: Path) -> bool:
     return path.is_dir() and (path / EDIT_MANIFEST).is_file() and (path / CERTIFICATE).is_file()
 
 
-def verify_edit(root: Path, *, level: str, model: str | None, reference: str = "torch", tol: Any = None) -> Any:
+def verify_edit(root: Path, *, level: str, model: str | None, reference: str = "torch", tol: Any = None, device: str = "cpu") -> Any:
     from blockcert.artifacts.safeio import MAX_JSON_BYTES, read_artifact, strict_json
     from blockcert.edit import refusal as E
     from blockcert.verifier.checks import Checker, exact_keys, guard, short
@@ -90,7 +90,7 @@ def verify_edit(root: Path, *, level: str, model: str | None, reference: str = "
             from blockcert.verifier.backends import backend
             from blockcert.verifier.metrics import Tolerances
 
-            backend(reference).remeasure_edit(c, pred, rows, metrics, model, tol or Tolerances.for_reference(reference))
+            backend(reference).remeasure_edit(c, pred, rows, metrics, model, tol or Tolerances.for_reference(reference), device)
     return CertReport(rel, "edit", block, None, None, tuple(c.checks))
 
 

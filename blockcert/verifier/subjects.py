@@ -51,15 +51,24 @@ def migrate_policy(policy: Any) -> Any:
     return policy
 
 
+def migrate_replay(replay: Any) -> Any:
+    """A replay record of a run written before schema v3 (no ``device``: every such run ran on the CPU) in the
+    v3 form; anything else unchanged. Used for the copy in run.json too."""
+    if isinstance(replay, dict) and "device" not in replay:
+        return {**replay, "device": "cpu"}
+    return replay
+
+
 def migrate_v2_to_v3(cert: dict[str, Any]) -> dict[str, Any]:
-    """Schema v2 -> v3: v3 names the policy (``paper``, ``relative``, ``noise-floor``) and records its k; every
-    earlier certificate was made under the paper's absolute thresholds."""
+    """Schema v2 -> v3: v3 names the policy (``paper``, ``relative``, ``noise-floor``) and records its k, and
+    the replay record says on which device the run ran; every earlier certificate was made under the paper's
+    absolute thresholds, on the CPU."""
     pred = cert.get("predicate")
     if not isinstance(pred, dict) or pred.get("schema_version") != 2 or not isinstance(pred.get("policy"), dict) \
-            or set(PAPER_POLICY) & set(pred["policy"]):
+            or set(PAPER_POLICY) & set(pred["policy"]) or not isinstance(pred.get("replay"), dict) or "device" in pred["replay"]:
         return cert  # not a well-formed v2 predicate: let the later checks report what is wrong
     return {**cert, "predicateType": BLOCK_PREDICATE,
-            "predicate": {**pred, "schema_version": 3, "policy": migrate_policy(pred["policy"])}}
+            "predicate": {**pred, "schema_version": 3, "policy": migrate_policy(pred["policy"]), "replay": migrate_replay(pred["replay"])}}
 
 
 V1 = "https://blockcert.dev/predicate/block-certificate/v1"

@@ -43,8 +43,9 @@ def recheck_bounds(c: Any, rec: dict[str, Any], ir: Any, inputs: list[np.ndarray
 class FullCheck:
     """Loads the model once; compares the stored traces with re-captured ones; re-runs suffix losses."""
 
-    def __init__(self, root: Path, model: str | None, tol: Tolerances, stream: bool = False, loaded: Any = None) -> None:
-        self.root, self.model_spec, self.tol, self.stream = root, model, tol, stream
+    def __init__(self, root: Path, model: str | None, tol: Tolerances, stream: bool = False, loaded: Any = None,
+                 device: str = "cpu") -> None:
+        self.root, self.model_spec, self.tol, self.stream, self.device = root, model, tol, stream, device
         self.loaded: Any = loaded
         self.traces: Any = None
         self._problems: dict[tuple[int, float], list[tuple[str, str, str, str]]] = {}
@@ -53,7 +54,8 @@ class FullCheck:
         if self.loaded is None:
             from blockcert.model.load import load_model
 
-            self.loaded = load_model(self.model_spec, arch=pred["model"]["arch"], dtype=pred["model"]["dtype"], stream=self.stream)
+            self.loaded = load_model(self.model_spec, arch=pred["model"]["arch"], dtype=pred["model"]["dtype"], stream=self.stream,
+                                     device=self.device)
         digest = self.loaded.weights_sha256()
         c.require("model weights digest", digest == pred["model"]["weights_sha256"], pred["model"]["weights_sha256"][:16],
                   digest[:16], f"{self.model_spec} is not the certified model")
@@ -156,7 +158,8 @@ class FullCheck:
 DEVIATION_RTOL = 1e-4
 
 
-def remeasure_edit(c: Any, pred: dict[str, Any], rows: list[dict[str, Any]], metrics: dict[str, Any], model: str | None, tol: Any) -> None:
+def remeasure_edit(c: Any, pred: dict[str, Any], rows: list[dict[str, Any]], metrics: dict[str, Any], model: str | None, tol: Any,
+                   device: str = "cpu") -> None:
     """An edit certificate at level replay/full: load the model, check its digest, regenerate both sets of
     completions with the recorded decoding policy (identical, or the check fails), re-measure the deviations."""
     from blockcert.edit import certify as E
@@ -168,7 +171,7 @@ def remeasure_edit(c: Any, pred: dict[str, Any], rows: list[dict[str, Any]], met
 
     spec_model = model or pred["model"]["name"]
     try:
-        loaded = load_model(spec_model, arch=pred["model"]["arch"], dtype=pred["model"]["dtype"])
+        loaded = load_model(spec_model, arch=pred["model"]["arch"], dtype=pred["model"]["dtype"], device=device)
     except UserError as exc:
         c.require("model available to regenerate", False, spec_model, "", f"{exc.message}; pass --model")
     digest = loaded.weights_sha256()

@@ -73,7 +73,8 @@ def _clean_up(text: str) -> str:
 class FullCheck:
     """Opens the model once (numpy), compares the stored traces with its own, re-runs what the certificates claim."""
 
-    def __init__(self, root: Path, model: str | None, tol: Tolerances, stream: bool = False, loaded: Any = None) -> None:
+    def __init__(self, root: Path, model: str | None, tol: Tolerances, stream: bool = False, loaded: Any = None,
+                 device: str = "cpu") -> None:  # ``device``: the numpy reference always runs on the CPU
         self.root, self.model_spec, self.tol = root, model, tol
         self.model: Model | None = None
         self.dtype = "float32"
@@ -278,7 +279,7 @@ def recheck_bounds(c: Any, rec: dict[str, Any], ir: BlockIR, inputs: list[np.nda
 
 
 def remeasure_edit(c: Any, pred: dict[str, Any], rows: list[dict[str, Any]], metrics: dict[str, Any], model: str | None,
-                   tol: Tolerances) -> None:
+                   tol: Tolerances, device: str = "cpu") -> None:
     """An edit certificate at level replay/full with the numpy reference (see :meth:`FullCheck.remeasure_edit`)."""
     FullCheck(Path("."), model, tol).remeasure_edit(c, pred, rows, metrics)
 
