@@ -216,3 +216,14 @@ def test_a_device_this_machine_lacks_is_one_line_and_exit_2(command, device, mes
                           [sys.executable, "-m", "blockcert", *command, "--device", device], capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_gpu_benchmark_refuses_without_cuda_in_one_line():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the benchmark would measure")
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, str(root / "benchmarks/gpu_costs.py")], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and "needs a CUDA GPU" in proc.stderr and "nothing measured" in proc.stderr
