@@ -84,8 +84,10 @@ class NativeModel(abc.ABC):
 
     @property
     def device(self) -> torch.device:
-        """Where the model's weights are (``--device``); every tensor handed to it must be there too."""
-        return next(self.model.parameters()).device
+        """Where the model's weights are (``--device``); every tensor handed to it must be there too. A streamed
+        model keeps its parameters on the meta device until a block is installed, on the CPU."""
+        device = next(self.model.parameters()).device
+        return torch.device("cpu") if device.type == "meta" else device
 
     @torch.no_grad()
     def residual_stream(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None) -> list[torch.Tensor]:

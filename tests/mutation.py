@@ -31,6 +31,7 @@ VERIFY = ["tests/test_forgery.py", "tests/test_tamper.py", "tests/test_golden.py
 FULL = ["tests/test_forgery.py", "tests/test_observe.py", "tests/test_tamper.py"]
 REFERENCE_BOUNDS = ["tests/test_reference_bounds.py"]
 NUMPY_FULL = ["tests/test_reference_model.py", "tests/test_forgery.py", "tests/test_import_graph.py"]
+POLICIES = ["tests/test_policies.py"]
 
 # (id, what the bug is, file, the exact text, its replacement, the tests that must fail)
 MUTANTS: list[tuple[str, str, str, str, str, list[str]]] = [
@@ -116,6 +117,19 @@ MUTANTS: list[tuple[str, str, str, str, str, list[str]]] = [
      "claimed[side] in answers, claimed[side]", "True, claimed[side]", NUMPY_FULL),
     ("M34", "numpy reference: the edit's α never applied when re-measuring deviations", "blockcert/verifier/reference/full.py",
      "local = model.block(block, res[block], alpha)[0]", "local = model.block(block, res[block])[0]", NUMPY_FULL),
+    ("M35", "noise-floor: the producer's threshold ignores k (one floor, not k floors)", "blockcert/metrics.py",
+     "        return policy.k * np.asarray(floor, np.float64)", "        return np.asarray(floor, np.float64)", POLICIES),
+    ("M36", "noise-floor: the verifier judges the verdict at level full on the stored floors, not the model's",
+     "blockcert/verifier/blocks.py",
+     "        r.floor_act, r.floor_loss = full.floors(ell, r.floor_act, r.floor_loss, c)",
+     "        full.floors(ell, r.floor_act, r.floor_loss, c)", POLICIES),
+    ("M37", "noise-floor: the re-measured activation floors are never compared with the stored ones",
+     "blockcert/verifier/torch_reference.py", "            off = np.flatnonzero(np.abs(np.asarray(theirs, np.float64) - mine) > band)",
+     "            off = np.flatnonzero(np.abs(np.asarray(theirs, np.float64) - mine) > 1e300)", POLICIES),
+    ("M38", "policy: a certificate made under another rule is judged by the verifier's rule", "blockcert/verifier/blocks.py",
+     'c.require("policy name = the verifier\'s", name == policy.name,', 'c.require("policy name = the verifier\'s", True,', POLICIES),
+    ("M39", "the loss floor forgets the suffix's own noise", "blockcert/pipeline/floor.py",
+     "np.abs(np.asarray(q, np.float64) - b64))", "0 * np.abs(np.asarray(q, np.float64) - b64))", POLICIES),
 ]
 
 

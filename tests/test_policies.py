@@ -152,6 +152,14 @@ def test_model_in_restores_every_tensor_exactly(made):
     assert all(b.dtype == buffers[n][0] and torch.equal(b, buffers[n][1]) for n, b in loaded.model.named_buffers())
 
 
+def test_loss_floor_is_the_larger_of_the_block_noise_and_the_suffix_noise():
+    from blockcert.pipeline.floor import loss_floors
+
+    base = np.array([2.0, 3.0], np.float32)
+    block, suffix = base + np.array([0.1, 0.5], np.float32), base - np.array([0.3, 0.2], np.float32)
+    np.testing.assert_allclose(loss_floors([base], [block], [suffix])[0], [0.3, 0.5], rtol=1e-6)
+
+
 def test_loss_floor_is_never_below_the_float32_resolution_of_the_loss():
     from blockcert.pipeline.floor import loss_floors
 
@@ -227,3 +235,14 @@ def test_gpu_benchmark_refuses_without_cuda_in_one_line():
     proc = subprocess.run([sys.executable, str(root / "benchmarks/gpu_costs.py")], capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.count("\n") == 1 and "needs a CUDA GPU" in proc.stderr and "nothing measured" in proc.stderr
+
+
+def test_report_and_bound_judge_a_run_by_its_own_rule(made, tmp_path):
+    from blockcert.bounds.compose import bound
+    from blockcert.report.gather import collect
+
+    out = tmp_path / "nf"
+    run(made["model"], prompts="builtin:default", blocks="all", dtype="bfloat16", policy=NOISE, out=out, bounds=True)
+    view = collect(out, tokenizer="none")
+    assert view.verified  # at level hashes, under the noise-floor rule the run names
+    assert bound(out).blocks  # Theorem 1 reads the run's certificates after the same check

@@ -140,7 +140,7 @@ def test_default_model_identity_ir_is_certified(tmp_path):
         assert pred["block"]["index"] == b["index"] and pred["verdict"]["certified"] is True
         assert pred["metrics"]["epsilon"] == b["epsilon"]
         assert pred["model"]["weights_sha256"] and pred["model"]["source_sha256"]
-        assert pred["policy"] == {"tau_act": 0.01, "tau_loss": 0.001, "alpha_act": 0.94, "alpha_loss": 0.9}
+        assert pred["policy"] == {"tau_act": 0.01, "tau_loss": 0.001, "alpha_act": 0.94, "alpha_loss": 0.9, "name": "paper", "k": 4}
         errors = load_file(out / f"block_{b['index']:03d}" / "errors.safetensors")
         assert max(float(v.max()) for k, v in errors.items() if k.endswith(".error")) == pytest.approx(b["epsilon"])
     assert not list(out.rglob(".*.tmp"))

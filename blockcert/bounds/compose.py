@@ -155,10 +155,10 @@ def _horner(eps: Sequence[Fraction], lips: Sequence[Fraction]) -> list[Fraction]
 
 
 def _load_blocks(root: Path) -> tuple[list[R.BlockPredicate], R.RunManifest]:
-    from blockcert.verifier.core import find_certificates, verify
+    from blockcert.verifier.core import find_certificates, recorded_rule, verify
 
     root, certs = find_certificates(root)
-    report = verify(root, level="hashes")
+    report = verify(root, level="hashes", policy=recorded_rule(root))
     if not report.ok:
         bad = next(c for c in report.certificates if not c.ok)
         first = next(ch for ch in bad.checks if not ch.ok)

@@ -96,7 +96,7 @@ def _load_trace_ids(root: Path, index: dict[str, Any]) -> tuple[list[np.ndarray]
 def collect(out: str | Path, *, compare: Sequence[str | Path] = (), edit_sweep: str | Path | None = None,
             tokenizer: str | None = None, token_blocks: str = "auto") -> RunView:
     """Read and verify (level ``hashes``) the run in ``out`` and everything the report shows about it."""
-    from blockcert.verifier.core import find_certificates, verify
+    from blockcert.verifier.core import find_certificates, recorded_rule, verify
 
     root = Path(out)
     if not (root / MANIFEST).is_file():
@@ -105,7 +105,7 @@ def collect(out: str | Path, *, compare: Sequence[str | Path] = (), edit_sweep: 
     root, certs = find_certificates(root)
     manifest = _read_json(root, MANIFEST)
     index = _read_json(root, TRACE_INDEX)
-    report = verify(root, level="hashes")
+    report = verify(root, level="hashes", policy=recorded_rule(root))
     by_path = {c.path: _verification(c) for c in report.certificates}
     ids, base_loss = _load_trace_ids(root, index)
     texts = [e["text"] for e in index["entries"]]
@@ -335,7 +335,7 @@ def _compare(root: Path, manifest: dict[str, Any], blocks: Sequence[BlockView], 
     """This run and each ``--compare`` run on the blocks they all have: mean cov_act, cov_loss, MAE, ε."""
     if not others:
         return ()
-    from blockcert.verifier.core import find_certificates, verify
+    from blockcert.verifier.core import find_certificates, recorded_rule, verify
 
     runs: list[tuple[str, dict[str, Any], dict[int, dict[str, Any]], bool]] = [
         (f"{root} (this run)", manifest, {b.index: b.predicate for b in blocks}, verified)]
@@ -353,7 +353,7 @@ def _compare(root: Path, manifest: dict[str, Any], blocks: Sequence[BlockView], 
         for rel in certs:
             pred = _read_json(path, rel)["predicate"]
             preds[int(pred["block"]["index"])] = pred
-        runs.append((str(other), theirs, preds, verify(path, level="hashes").ok))
+        runs.append((str(other), theirs, preds, verify(path, level="hashes", policy=recorded_rule(path)).ok))
     common = sorted(set.intersection(*(set(p) for _, _, p, _ in runs)))
     if not common:
         raise UserError("--compare: the runs have no block in common", "certify the same --blocks in every run")

@@ -21,13 +21,14 @@ run summary) and :mod:`.full_model`; this module is the entry point.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
 
-from blockcert.artifacts.layout import CERTIFICATE, FULL_CERTIFICATE
+from blockcert.artifacts.layout import CERTIFICATE, FULL_CERTIFICATE, MANIFEST
 from blockcert.errors import UserError
 from blockcert.policy import Policy
 from blockcert.verifier.backends import REFERENCES, backend
@@ -71,6 +72,17 @@ def find_certificates(path: Path) -> tuple[Path, list[str]]:
         root = path.parent.parent
         return root, [path.relative_to(root).as_posix()]
     raise UserError(f"{path} is neither a run directory nor a certificate file")
+
+
+def recorded_rule(root: Path) -> Policy:
+    """The paper's numbers under the coverage rule the run at ``root`` names in its run.json (the paper's when it
+    names none, or cannot be read): how ``report`` and ``bound``, which check a run's consistency at level
+    hashes, judge a noise-floor or relative run by its own rule without loosening any number."""
+    try:
+        name = json.loads((Path(root) / MANIFEST).read_text(encoding="utf-8"))["policy"].get("name", "paper")
+        return Policy(name=name)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return Policy()
 
 
 def verify(path: str | Path, *, level: str = "replay", reference: str = "torch", policy: Policy | None = None,
