@@ -19,8 +19,8 @@ from blockcert.artifacts.fsutil import atomic_write_bytes
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 BLOCK_PREDICATE = "https://blockcert.dev/predicate/block-certificate/v3"
 CERT_SCHEMA_VERSION = 3
-FULL_PREDICATE = "https://blockcert.dev/predicate/full-model-certificate/v1"
-FULL_SCHEMA_VERSION = 1
+FULL_PREDICATE = "https://blockcert.dev/predicate/full-model-certificate/v2"
+FULL_SCHEMA_VERSION = 2
 TENSOR_ANNOTATION = "blockcert.tensors_sha256"
 
 

@@ -13,18 +13,26 @@ import attrs
 import numpy as np
 import pytest
 import torch
+from test_run import make_model_dir
 
 import blockcert
 from blockcert.edit.certify import (
-    HARMFUL_MARKERS, CorpusItem, Decoding, certify_edit, classify, edit_handle, load_corpus, score, sweep,
+    HARMFUL_MARKERS,
+    CorpusItem,
+    Decoding,
+    certify_edit,
+    classify,
+    edit_handle,
+    load_corpus,
+    score,
+    sweep,
 )
-from blockcert.errors import UserError
 from blockcert.edit.human import aggregate, export_csv, read_labels
+from blockcert.errors import UserError
 from blockcert.interpreter import replay
 from blockcert.plugins import get_plugins
 from blockcert.spec import parse_spec
 from blockcert.verifier.core import verify
-from test_run import make_model_dir
 
 FAST = Decoding(max_new_tokens=6)
 
@@ -312,3 +320,29 @@ def test_documented_third_party_edit_works(tiny, tmp_path):
         result = certify_edit(loaded=loaded, spec="head-scale:block=1,head=2,alpha=0", out=tmp_path / "H", decoding=FAST)
         assert result.spec == "head-scale:block=1,head=2,alpha=0.0" and result.deviation.epsilon_edit > 0  # canonical
         assert verify(tmp_path / "H", level="hashes").ok
+
+
+def test_a_schema_v1_edit_certificate_still_verifies(certified, tmp_path):
+    """v2 added ``device``; a v1 edit certificate (no device in the predicate or edit.json) is read as made on
+    the CPU. Made here by writing this version's certificate back in the v1 form, digests recomputed."""
+    import hashlib
+
+    import rfc8785
+
+    root = tmp_path / "E"
+    shutil.copytree(certified, root)
+    manifest = json.loads((root / "edit.json").read_text())
+    del manifest["device"]
+    (root / "edit.json").write_bytes(rfc8785.dumps(manifest))
+    cert = json.loads((root / "certificate.json").read_text())
+    del cert["predicate"]["device"]
+    cert["predicate"]["schema_version"] = 1
+    cert["predicateType"] = "https://blockcert.dev/predicate/edit-certificate/v1"
+    for s in cert["subject"]:
+        s["digest"]["sha256"] = hashlib.sha256((root / s["name"]).read_bytes()).hexdigest()
+    (root / "certificate.json").write_bytes(rfc8785.dumps(cert))
+    report = verify(root, level="hashes")
+    assert report.ok, [(ch.name, ch.detail) for c in report.certificates for ch in c.checks if not ch.ok]
+    cert["predicate"]["device"] = "tpu"  # a v1 statement that already has the v2 field is not v1: refused
+    (root / "certificate.json").write_bytes(rfc8785.dumps(cert))
+    assert not verify(root, level="hashes").ok

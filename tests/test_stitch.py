@@ -10,11 +10,11 @@ from fractions import Fraction
 
 import pytest
 import rfc8785
+from test_run import make_model_dir
 
 from blockcert.pipeline.certify import run
 from blockcert.pipeline.stitch import probe_items, stitch
 from blockcert.verifier.core import verify
-from test_run import make_model_dir
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def test_full_model_certificate_verifies_at_every_level(stitched_run):
     base, model, _ = stitched_run
     root = base / "run"
     cert = json.loads((root / "full/certificate.json").read_bytes())
-    assert cert["predicateType"].endswith("full-model-certificate/v1")
+    assert cert["predicateType"].endswith("full-model-certificate/v2")
     assert [r["index"] for r in cert["predicate"]["block_certificates"]] == [0, 1, 2]
     for kwargs in ({"level": "hashes"}, {"level": "replay"}, {"level": "replay", "reference": "numpy"},
                    {"level": "full", "model": str(model)}):
@@ -162,3 +162,24 @@ def test_full_certificate_alone_reads_only_covered_bytes(stitched_run, tmp_path)
     data[-1] ^= 0x01
     p.write_bytes(bytes(data))
     assert "sha256 traces/prompt_001.safetensors" in _failures(root / "full/certificate.json", level="hashes")
+
+
+def test_a_schema_v1_full_model_certificate_still_verifies(stitched_run, tmp_path):
+    """Full-model schema v2 added ``device``; a v1 certificate (without it) is read as made on the CPU."""
+    import shutil
+
+    import rfc8785
+
+    from blockcert.verifier.core import verify
+
+    base, _, _ = stitched_run
+    root = tmp_path / "run"
+    shutil.copytree(base / "run", root)
+    cert = json.loads((root / "full/certificate.json").read_text())
+    assert cert["predicate"]["device"] == "cpu"
+    del cert["predicate"]["device"]
+    cert["predicate"]["schema_version"] = 1
+    cert["predicateType"] = "https://blockcert.dev/predicate/full-model-certificate/v1"
+    (root / "full/certificate.json").write_bytes(rfc8785.dumps(cert))
+    report = verify(root, level="hashes")
+    assert report.ok, [(c.path, ch.name, ch.detail) for c in report.certificates for ch in c.checks if not ch.ok]

@@ -217,6 +217,7 @@ class FullPredicate:
     block_certificates: list[BlockCertificateRef]
     metrics: FullMetrics
     evaluation: str
+    device: str = "cpu"  # where the stitched evaluation ran (--device); full-model schema v2
 
 
 # -- an edit certificate ---------------------------------------------------------------------------------------------
@@ -242,6 +243,7 @@ class EditManifest:
     corpus: dict[str, Any]
     decoding: dict[str, Any]
     classifier: dict[str, Any]
+    device: str = "cpu"  # where the completions and deviations were computed (--device); edit schema v2
 
 
 @attrs.frozen
@@ -256,6 +258,7 @@ class EditPredicate:
     metrics: dict[str, Any]
     human_labels: dict[str, Any] | None
     completions: str
+    device: str = "cpu"  # edit schema v2
 
 
 RECORDS = (RunManifest, BlockPredicate, BlockMetricsRecord, BoundsRecord, FullPredicate, EditManifest, EditPredicate, EditMetrics)

@@ -226,6 +226,7 @@ def edit_manifest(loaded: Any, spec: str, handle: Any, items: Sequence[CorpusIte
                 "answer": sum(i.label == "answer" for i in items), "refuse": sum(i.label == "refuse" for i in items)},
         decoding=decoding.record(loaded),
         classifier=classifier_record(),
+        device=loaded.device,
     )
 
 
@@ -310,6 +311,7 @@ def write_edit_artifacts(root: Path, manifest: R.EditManifest, rows: Sequence[di
         metrics={k: getattr(metrics, k) for k in ("before", "after", "epsilon_edit", "max_final_deviation", "amplification")},
         human_labels=None if human is None else {k: human[k] for k in ("annotators", "base", "edited", "agreement")},
         completions=COMPLETIONS,
+        device=what.device,
     ))
     cert = statement([subject(root, n) for n in sorted(names)], EDIT_PREDICATE, predicate)
     return write_certificate(root / CERTIFICATE, cert)

@@ -194,7 +194,7 @@ def stitch(out: str | Path, *, blocks: Sequence[int] | None = None, model: str |
                                  device=device)
     _check_model(loaded, manifest)
     result = _evaluate(root, loaded, chosen, batch_size)
-    return _write(root, manifest, summary, result)
+    return _write(root, manifest, summary, result, loaded.device)
 
 
 def _evaluate(root: Path, loaded: LoadedModel, chosen: list[int], batch_size: int) -> StitchResult:
@@ -263,7 +263,7 @@ def _probe_answers(loaded: LoadedModel, items: list[dict[str, str]], ids: list[n
             for item, b, s_ in zip(items, decode(base), decode(stitched))]
 
 
-def _write(root: Path, manifest: R.RunManifest, summary: dict[str, Any], result: StitchResult) -> StitchResult:
+def _write(root: Path, manifest: R.RunManifest, summary: dict[str, Any], result: StitchResult, device: str = "cpu") -> StitchResult:
     d = root / FULL
     evaluation = {
         "stitched_blocks": list(result.stitched_blocks),
@@ -284,6 +284,7 @@ def _write(root: Path, manifest: R.RunManifest, summary: dict[str, Any], result:
         block_certificates=[R.BlockCertificateRef(**r) for r in refs],
         metrics=R.load(R.FullMetrics, result.metrics()),
         evaluation=FULL_EVAL,
+        device=device,
     ))
     subjects = [subject(root, FULL_EVAL), subject(root, MANIFEST), subject(root, TRACE_INDEX),
                 *(subject(root, r["certificate"]) for r in refs)]

@@ -23,6 +23,7 @@ from blockcert.artifacts.layout import CERTIFICATE, COMPLETIONS, EDIT_MANIFEST, 
 
 EDIT_FILES = {EDIT_MANIFEST, COMPLETIONS, EDIT_METRICS, HUMAN, CERTIFICATE, LABELS}
 MANIFEST_FIELDS = tuple(a.name for a in attrs.fields(R.EditManifest))
+EDIT_V1 = "https://blockcert.dev/predicate/edit-certificate/v1"
 ROW_FIELDS = {"id", "label", "category", "prompt", "keywords", "base", "edited", "base_judgement", "edited_judgement"}
 METRICS_FIELDS = R.keys(R.EditMetrics)
 
@@ -47,10 +48,15 @@ def verify_edit(root: Path, *, level: str, model: str | None, reference: str = "
 
         c.require("canonical JSON (RFC 8785)", rfc8785.dumps(cert) == raw, "canonical", "not canonical")
         exact_keys(c, "statement", cert, {"_type", "subject", "predicateType", "predicate"})
+        old = cert["predicateType"] == EDIT_V1  # schema v1: no device (every v1 edit ran on the CPU)
+        if old and isinstance(cert.get("predicate"), dict) and cert["predicate"].get("schema_version") == 1 \
+                and "device" not in cert["predicate"]:
+            cert = {**cert, "predicateType": E.EDIT_PREDICATE, "predicate": {**cert["predicate"], "schema_version": 2, "device": "cpu"}}
         c.require("predicateType", cert["predicateType"] == E.EDIT_PREDICATE, E.EDIT_PREDICATE, cert["predicateType"])
         pred = cert["predicate"]
         block = (pred.get("edit") or {}).get("block") if isinstance(pred, dict) else None
         exact_keys(c, "predicate", pred, R.keys(R.EditPredicate))
+        c.require("device", pred["device"] in ("cpu", "cuda", "mps"), "cpu|cuda|mps", short(pred["device"]))
         contents = check_subjects(root, cert, c)
         extra = sorted(p.name for p in root.iterdir() if p.name not in EDIT_FILES and not p.name.startswith("."))
         if (root / LABELS).is_dir():
@@ -59,6 +65,8 @@ def verify_edit(root: Path, *, level: str, model: str | None, reference: str = "
         for name in (EDIT_MANIFEST, COMPLETIONS, EDIT_METRICS):
             c.require(f"{name} referenced", name in contents, name, "")
         manifest = strict_json(contents[EDIT_MANIFEST], "edit.json")
+        if old and isinstance(manifest, dict) and "device" not in manifest:
+            manifest = {**manifest, "device": "cpu"}
         exact_keys(c, "edit.json", manifest, set(MANIFEST_FIELDS))
         for key in MANIFEST_FIELDS:
             c.require(f"{key} = edit.json", pred[key] == manifest.get(key), short(pred[key]), short(manifest.get(key)))

@@ -81,6 +81,7 @@ def verify_full_model(root: Path, rel: str, *, level: str, reference: str, tol: 
         cert, _ = load_certificate(root, rel, c, FULL_PREDICATE)
         pred = cert["predicate"]
         exact_keys(c, "predicate", pred, FULL_FIELDS)
+        c.require("device", pred["device"] in ("cpu", "cuda", "mps"), "cpu|cuda|mps", short(pred["device"]))
         c.require("predicate schema_version", pred["schema_version"] == FULL_SCHEMA_VERSION, FULL_SCHEMA_VERSION, pred["schema_version"])
         exact_keys(c, "predicate.metrics", pred["metrics"], FULL_METRICS)
         m = pred["metrics"]

@@ -25,7 +25,7 @@ from blockcert.artifacts.safeio import (
     resolve_inside,
     strict_json,
 )
-from blockcert.certificate import BLOCK_PREDICATE, STATEMENT_TYPE, TENSOR_ANNOTATION
+from blockcert.certificate import BLOCK_PREDICATE, FULL_PREDICATE, STATEMENT_TYPE, TENSOR_ANNOTATION
 from blockcert.verifier.checks import Check, Checker, exact_keys, typed
 
 
@@ -71,6 +71,14 @@ def migrate_v2_to_v3(cert: dict[str, Any]) -> dict[str, Any]:
             "predicate": {**pred, "schema_version": 3, "policy": migrate_policy(pred["policy"]), "replay": migrate_replay(pred["replay"])}}
 
 
+def migrate_full_v1_to_v2(cert: dict[str, Any]) -> dict[str, Any]:
+    """Full-model schema v1 -> v2: v2 records the device the stitched evaluation ran on; v1 runs all ran on the CPU."""
+    pred = cert.get("predicate")
+    if not isinstance(pred, dict) or pred.get("schema_version") != 1 or "device" in pred:
+        return cert
+    return {**cert, "predicateType": FULL_PREDICATE, "predicate": {**pred, "schema_version": 2, "device": "cpu"}}
+
+
 V1 = "https://blockcert.dev/predicate/block-certificate/v1"
 V2 = "https://blockcert.dev/predicate/block-certificate/v2"
 
@@ -78,6 +86,7 @@ V2 = "https://blockcert.dev/predicate/block-certificate/v2"
 MIGRATIONS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     V1: migrate_v1_to_v2,
     V2: migrate_v2_to_v3,
+    "https://blockcert.dev/predicate/full-model-certificate/v1": migrate_full_v1_to_v2,
 }
 
 
