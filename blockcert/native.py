@@ -148,6 +148,49 @@ def from_conv1d(weight: torch.Tensor, bias: torch.Tensor | None) -> Linear:
     return Linear(weight=_numpy(weight), bias=_numpy(bias))
 
 
+def linear_from_tensors(weight: torch.Tensor, bias: torch.Tensor | None = None, *, layout: str = "out_in") -> Linear:
+    """A Linear from raw tensors: ``layout="out_in"`` for a torch ``nn.Linear``-style weight [out, in] (x @ W.T),
+    ``"in_out"`` for a Conv1D-style one [in, out] (x @ W). ``bias`` [out] or None."""
+    if layout not in ("out_in", "in_out"):
+        raise ValueError(f"layout must be 'out_in' or 'in_out', got {layout!r}")
+    w = _numpy(weight)
+    if w is None or w.ndim != 2:
+        raise ValueError(f"a Linear weight is a matrix, got shape {None if w is None else w.shape}")
+    w = np.ascontiguousarray(w.T) if layout == "out_in" else w
+    b = _numpy(bias)
+    if b is not None and b.shape != (w.shape[1],):
+        raise ValueError(f"bias of shape {b.shape} for a Linear with {w.shape[1]} outputs")
+    return Linear(weight=w, bias=b)
+
+
+def split_fused_qkv(weight: torch.Tensor, bias: torch.Tensor | None, sizes: Sequence[int], *, layout: str = "out_in",
+                    interleaved_heads: int | None = None) -> tuple[Linear, ...]:
+    """Split a fused projection (e.g. GPT-NeoX ``query_key_value``, Phi-3 ``qkv_proj``) into one Linear per part.
+
+    ``sizes``: the output width of each part, in order (q, k, v: ``[H*hd, H_kv*hd, H_kv*hd]``); they must sum
+    to the fused output width. ``interleaved_heads=H``: the outputs are laid out head by head, each head's
+    q, k, v slices of ``sizes[i] // H`` in turn (GPT-NeoX's layout), instead of all q, then all k, then all v.
+    """
+    fused = linear_from_tensors(weight, bias, layout=layout)  # weight [in, out_total]
+    total = fused.weight.shape[1]
+    if sum(sizes) != total:
+        raise ValueError(f"the parts' widths {list(sizes)} sum to {sum(sizes)}, not the fused width {total}")
+    columns = np.arange(total)
+    if interleaved_heads is None:
+        bounds = np.cumsum([0, *sizes])
+        parts = [columns[bounds[i] : bounds[i + 1]] for i in range(len(sizes))]
+    else:
+        H = interleaved_heads
+        if any(n % H for n in sizes):
+            raise ValueError(f"interleaved_heads={H} does not divide the parts' widths {list(sizes)}")
+        per_head = [n // H for n in sizes]
+        grid = columns.reshape(H, sum(per_head))  # [H, q_hd + k_hd + v_hd]
+        bounds = np.cumsum([0, *per_head])
+        parts = [grid[:, bounds[i] : bounds[i + 1]].reshape(-1) for i in range(len(sizes))]
+    return tuple(Linear(weight=np.ascontiguousarray(fused.weight[:, idx]),
+                        bias=None if fused.bias is None else np.ascontiguousarray(fused.bias[idx])) for idx in parts)
+
+
 def rms_norm(weight: torch.Tensor, eps: float) -> Norm:
     return Norm(kind="rmsnorm", weight=_numpy(weight), eps=float(eps))
 
@@ -170,6 +213,11 @@ def rope_from_rotary_embedding(rotary_emb: torch.nn.Module, n_ctx: int, rotary_d
     cos, sin = cos[0].float(), sin[0].float()
     if rotary_dim is not None:
         cos, sin = cos[:, :rotary_dim], sin[:, :rotary_dim]
+    scale = float(cos[0].abs().max())  # position 0 rotates by 0: cos = attention_scaling (1 unless a scaled RoPE), sin = 0
+    if not (scale > 0 and torch.allclose(cos[0], torch.full_like(cos[0], scale)) and float(sin[0].abs().max()) == 0.0):
+        raise UserError(f"{type(rotary_emb).__name__} gave no rotation table (cos at position 0 is {cos[0][:4].tolist()}..., "
+                        "not constant and non-zero): it is not an HF rotary embedding returning (cos, sin) for the positions",
+                        "build the Rope tables directly (docs/plugins.md, 'RoPE tables') instead of rope_from_rotary_embedding")
     return Rope(cos=_numpy(cos), sin=_numpy(sin), style="half")
 
 

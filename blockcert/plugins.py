@@ -112,7 +112,18 @@ class Plugins:
     # -- dispatch ----------------------------------------------------------------------------------
 
     def trace(self, model: Any, arch: str) -> NativeModel:
-        native = self.pm.hook.blockcert_trace(model=model, arch=arch)
+        try:
+            native = self.pm.hook.blockcert_trace(model=model, arch=arch)
+            if native is not None:  # adapters find their parts lazily: ask for them now, while a misfit is explainable
+                native.n_blocks, native.d_model, native.blocks[0]
+        except (AttributeError, KeyError, IndexError, TypeError) as exc:  # an adapter given a model of another layout
+            model_type = getattr(getattr(model, "config", None), "model_type", None)
+            try:
+                hint = f"the detected architecture is {self.detect_architecture(model)!r}: drop --arch"
+            except UserError:
+                hint = "no registered architecture fits it; see docs/plugins.md to write one"
+            raise UserError(f"--arch {arch}: the {arch} adapter cannot read this model ({type(model).__name__}, model_type "
+                            f"{model_type!r}): {type(exc).__name__}: {exc}", hint) from None
         if native is None:
             known = ", ".join(sorted(self.architectures()))
             raise UserError(f"no plugin can trace architecture {arch!r} (known: {known})", "check --arch")

@@ -33,13 +33,29 @@ def synth_command(
     shard_size: str = typer.Option("2GB", "--shard-size", help="Largest shard file (e.g. 2GB, 500MB)."),
     prompts: int = typer.Option(10, "--prompts", help="Lines in DIR/prompts.txt."),
     prompt_tokens: int = typer.Option(256, "--prompt-tokens", help="Tokens per prompt (the tokenizer is byte-level)."),
-    force: bool = typer.Option(False, "--force", help="Replace an earlier synthetic checkpoint in --out."),
+    force: bool = typer.Option(False, "--force", help="Replace an earlier synthetic checkpoint in --out (with --tokenizer-only: "
+                               "an earlier tokenizer)."),
+    tokenizer_only: bool = typer.Option(False, "--tokenizer-only", help="Write only the byte-level tokenizer into --out (which may be "
+                                        "an existing model directory): a local HF model needs one to be traced on text prompts."),
 ) -> None:
     """Write config.json, sharded model-0000k-of-0000n.safetensors with model.safetensors.index.json, a
     byte-level tokenizer and prompts.txt: a model of a real shape with seeded random weights, written
     shard by shard (never the whole model in memory). Certify it with `blockcert run --model DIR
     --prompts DIR/prompts.txt --stream`."""
-    from blockcert.model.synthetic import synthesize
+    from blockcert.model.synthetic import synthesize, write_tokenizer
+
+    if tokenizer_only:
+        from blockcert.errors import UserError
+
+        if out.exists() and not out.is_dir():
+            raise UserError(f"--out {out} is a file", "give a directory (an existing model directory is fine)")
+        if (out / "tokenizer.json").exists() and not force:
+            raise UserError(f"{out}/tokenizer.json exists", "pass --force to replace it")
+        out.mkdir(parents=True, exist_ok=True)
+        write_tokenizer(out)
+        out_console().print(f"byte-level tokenizer (ids 0-255 = bytes, <s> 256, </s> 257, <unk> 258) written to {out}/; "
+                            "the model's vocabulary must have at least 259 rows", highlight=False)
+        return
 
     with err_console.status("Writing shards") as status:
         path = synthesize(out, shape, dtype=dtype, layers=layers, seed=seed, shard_bytes=_size(shard_size), n_prompts=prompts,

@@ -59,7 +59,8 @@ class PromptTrace:
 def tokenize_prompts(loaded: LoadedModel, prompts: Sequence[str]) -> list[np.ndarray]:
     if loaded.tokenizer is None:
         raise UserError(f"model {loaded.name} has no tokenizer, so text prompts cannot be traced",
-                        "use a model directory that includes tokenizer files")
+                        "use a model directory that includes tokenizer files, or add a byte-level one: "
+                        "blockcert synth --tokenizer-only --out MODEL_DIR (the vocabulary needs >= 259 rows)")
     max_len = context_length(loaded)
     out = []
     for k, text in enumerate(prompts):
