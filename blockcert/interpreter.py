@@ -123,6 +123,10 @@ def attention(xp: Any, x: Array, a: Attention, positions: Array, key_mask: Array
     scores = xp.matmul(q, xp.permute_dims(k, (0, 1, 3, 2))[:, :, None]) * a.scale  # [B,K,G,T,T]
     neg_inf = xp.asarray(-math.inf, dtype=x.dtype, device=_device(x))
     scores = xp.where(allowed[:, None, None], scores, neg_inf)  # [B,K,G,T,T]
+    # a query that may attend to no key (a padding query): HF's additive mask gives every key the same score
+    # (dtype-min), so the row is a uniform average of all values, not NaN; do the same
+    empty = xp.logical_not(xp.any(allowed, axis=-1))  # [B,T]
+    scores = xp.where(empty[:, None, None, :, None], xp.zeros_like(scores), scores)  # [B,K,G,T,T]
     probs = softmax(xp, scores)  # [B,K,G,T,T]
     heads = xp.matmul(probs, v[:, :, None])  # [B,K,G,T,hd]
     heads = xp.reshape(heads, (B, H, T, hd)) * xp.reshape(_param(xp, x, a.head_gate), (1, H, 1, 1))  # gate

@@ -103,3 +103,28 @@ print(json.dumps({{"torch": "torch" in sys.modules, "dtype": str(y.dtype)}}))
     assert report == {"torch": False, "dtype": "float64"}
     y = np.load(tmp_path / "y.npy")
     assert np.abs(y - x_out.double().numpy()).max() / float(x_out.abs().max()) <= TOL
+
+
+@pytest.mark.parametrize("backend", ["torch", "numpy"])
+def test_a_query_that_may_attend_to_no_key_replays_as_hf_gives_it(backend):
+    """Left padding with a key mask: the padding queries at the start may attend to no key. HF's additive mask
+    gives every key the same score there (a uniform average of all values); the replay must too, not NaN."""
+    from transformers import LlamaConfig
+
+    config = LlamaConfig(vocab_size=64, hidden_size=24, intermediate_size=40, num_hidden_layers=1,
+                         num_attention_heads=6, num_key_value_heads=2, head_dim=8, max_position_embeddings=64)
+    config._attn_implementation = "eager"
+    loaded = blockcert.wrap_model(seeded_model(config, 3))
+    x = torch.randn(2, 7, 24, generator=torch.Generator().manual_seed(1))
+    positions = torch.arange(7)[None].expand(2, 7)
+    key_mask = torch.ones(2, 7, dtype=torch.bool)
+    key_mask[0, :3] = False  # prompt 0 is left-padded by 3: its queries 0..2 may attend to nothing
+    with torch.no_grad():
+        native = loaded.native.call_block(0, x, positions, key_mask)
+    ir = blockcert.get_plugins().to_ir(loaded.native, 0, 8)
+    if backend == "torch":
+        got = replay(ir, x, positions, key_mask).output
+    else:
+        got = torch.from_numpy(replay(ir, x.double().numpy(), positions.numpy(), key_mask.numpy()).output).float()
+    assert torch.isfinite(got).all()
+    assert float((got - native).abs().max() / native.abs().max()) <= 1e-5
