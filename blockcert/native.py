@@ -26,6 +26,10 @@ class NativeModel(abc.ABC):
 
     arch: str = ""
 
+    #: parameter name -> another name a checkpoint may store it under, for ``--stream`` (which reads tensors by
+    #: name); e.g. ``{"lm_head.weight": "embed_out.weight"}`` for GPT-NeoX checkpoints saved by transformers 5
+    checkpoint_aliases: dict[str, str] = {}
+
     def __init__(self, model: Any) -> None:
         self.model = model.eval()
 

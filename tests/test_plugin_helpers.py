@@ -117,3 +117,30 @@ def test_a_model_directory_without_a_tokenizer_gets_one_from_synth(tmp_path):
     again = cli("run", "--model", str(model), "--prompts", "builtin:default", "--out", str(tmp_path / "o"))
     assert again.returncode == 0, again.stderr
     assert cli("synth", "--tokenizer-only", "--out", str(model)).returncode == 2  # it would replace one: --force
+
+
+def test_an_adapter_maps_checkpoint_names_for_stream(tmp_path, byte_tokenizer, monkeypatch):
+    """A checkpoint that stores a parameter under another name (GPT-NeoX saved by transformers 5 stores
+    lm_head.weight as embed_out.weight): --stream says which parameter and where to declare the alias, and
+    with the alias declared it reads the same weights as the in-memory model."""
+    import shutil
+
+    from blockcert_llama.adapter import LlamaNative
+    from safetensors.numpy import load_file, save_file
+    from test_run import make_model_dir
+
+    import blockcert
+
+    model = make_model_dir(tmp_path / "m", byte_tokenizer, layers=1)
+    renamed = tmp_path / "renamed"
+    shutil.copytree(model, renamed)
+    tensors = load_file(renamed / "model.safetensors")
+    tensors["output_head.weight"] = tensors.pop("lm_head.weight")
+    save_file(tensors, renamed / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(UserError) as info:
+        blockcert.load_model(str(renamed), stream=True)
+    assert "no checkpoint tensor holds the model's parameter lm_head.weight" in info.value.message
+    assert "checkpoint_aliases" in str(info.value)
+    monkeypatch.setattr(LlamaNative, "checkpoint_aliases", {"lm_head.weight": "output_head.weight"})
+    streamed = blockcert.load_model(str(renamed), stream=True)
+    assert streamed.weights_sha256() == blockcert.load_model(str(model)).weights_sha256()

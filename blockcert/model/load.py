@@ -201,7 +201,7 @@ def load_model(
         raise UserError(f"unknown --arch {arch!r}", f"known: {', '.join(sorted(plugins.architectures()))}")
     native = plugins.trace(model, arch)
     if streamed is not None:
-        streamed.attach(native.blocks)
+        streamed.attach(native.blocks, getattr(native, "checkpoint_aliases", None), arch)
     return LoadedModel(
         name=name, path=path, arch=arch, model=model, tokenizer=tokenizer, native=native, dtype=dtype, source_sha256=source_sha256,
         streamed=streamed, spec=str(path), device=device,

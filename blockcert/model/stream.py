@@ -142,14 +142,17 @@ class StreamedModel:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="blockcert-prefetch")
         self._pending: tuple[_Unit, Future[dict[str, torch.Tensor]]] | None = None
         self.reads = 0  # units read from the checkpoint (prefetched ones included): for tests and benchmarks
-        self._sources = self._checkpoint_names()
+        self._sources, self._missing = self._checkpoint_names()
         self._load_buffers()
 
     # -- setup ---------------------------------------------------------------------------------------
 
-    def _checkpoint_names(self) -> dict[str, str]:
-        """State-dict parameter name -> the checkpoint tensor holding it (tied weights share one)."""
+    def _checkpoint_names(self, aliases: dict[str, str] | None = None) -> tuple[dict[str, str], list[str]]:
+        """State-dict parameter name -> the checkpoint tensor holding it (tied weights share one), and the names
+        found nowhere. ``aliases``: parameter name -> another name a checkpoint may store it under (an
+        architecture adapter's ``checkpoint_aliases``)."""
         groups: dict[int, list[str]] = {}
+        missing: list[str] = []
         for name, p in self.model.named_parameters(remove_duplicate=False):
             groups.setdefault(id(p), []).append(name)
         prefix = f"{getattr(self.model, 'base_model_prefix', '')}."
@@ -157,12 +160,13 @@ class StreamedModel:
         for names in groups.values():
             candidates = [n for n in names if n in self.checkpoint]
             candidates += [n.removeprefix(prefix) for n in names if n.startswith(prefix) and n.removeprefix(prefix) in self.checkpoint]
+            candidates += [(aliases or {})[n] for n in names if (aliases or {}).get(n) in self.checkpoint]
             if not candidates:
-                raise UserError(f"{self.checkpoint.path}: the checkpoint has no tensor {names[0]}",
-                                "is this checkpoint of the architecture its config.json names?")
+                missing.append(names[0])
+                continue
             for n in names:
                 sources[n] = candidates[0]
-        return sources
+        return sources, missing
 
     def _load_buffers(self) -> None:
         """Persistent buffers the checkpoint stores (rare: most are computed from the config)."""
@@ -173,8 +177,18 @@ class StreamedModel:
                 owner = self.model.get_submodule(module)
                 owner._buffers[attr] = self.checkpoint.read({name: name}, buf.dtype)[name]
 
-    def attach(self, blocks: torch.nn.ModuleList) -> None:
-        """Split the model into units around ``blocks`` (the architecture adapter's block list)."""
+    def attach(self, blocks: torch.nn.ModuleList, aliases: dict[str, str] | None = None, arch: str = "") -> None:
+        """Split the model into units around ``blocks`` (the architecture adapter's block list). ``aliases``: the
+        adapter's ``checkpoint_aliases``, for parameters a checkpoint stores under another name."""
+        if self._missing:
+            self._sources, self._missing = self._checkpoint_names(aliases)
+        if self._missing:
+            name = self._missing[0]
+            raise UserError(f"{self.checkpoint.path}: no checkpoint tensor holds the model's parameter {name} "
+                            f"({len(self._missing)} parameter(s) unmatched; the {arch or 'architecture'} adapter declares "
+                            f"aliases for {sorted(aliases or {}) or 'none'})",
+                            "if the checkpoint stores it under another name (e.g. GPT-NeoX's embed_out.weight for lm_head.weight), "
+                            "declare it in the adapter's NativeModel.checkpoint_aliases (docs/plugins.md)")
         names = {id(m): n for n, m in self.model.named_modules()}
         if id(blocks) not in names or not isinstance(blocks, torch.nn.ModuleList):
             raise UserError("--stream: the architecture's blocks are not a ModuleList of the model")
