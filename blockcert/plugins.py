@@ -35,6 +35,7 @@ BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
     ("core", "blockcert.builtin"),
     ("gpt2", "blockcert_gpt2"),
     ("llama", "blockcert_llama"),
+    ("qwen", "blockcert_qwen"),
     ("surrogates", "blockcert_surrogates"),
     ("edits", "blockcert_edits"),
 )
@@ -114,20 +115,29 @@ class Plugins:
     def trace(self, model: Any, arch: str) -> NativeModel:
         try:
             native = self.pm.hook.blockcert_trace(model=model, arch=arch)
-            if native is not None:  # adapters find their parts lazily: ask for them now, while a misfit is explainable
-                native.n_blocks, native.d_model, native.blocks[0]
         except (AttributeError, KeyError, IndexError, TypeError) as exc:  # an adapter given a model of another layout
-            model_type = getattr(getattr(model, "config", None), "model_type", None)
-            try:
-                hint = f"the detected architecture is {self.detect_architecture(model)!r}: drop --arch"
-            except UserError:
-                hint = "no registered architecture fits it; see docs/plugins.md to write one"
-            raise UserError(f"--arch {arch}: the {arch} adapter cannot read this model ({type(model).__name__}, model_type "
-                            f"{model_type!r}): {type(exc).__name__}: {exc}", hint) from None
+            raise self._misfit(model, arch, exc) from None
         if native is None:
             known = ", ".join(sorted(self.architectures()))
             raise UserError(f"no plugin can trace architecture {arch!r} (known: {known})", "check --arch")
         return native
+
+    def check_fits(self, native: NativeModel, model: Any, arch: str) -> None:
+        """Ask the adapter for the model's parts now (adapters find them lazily), so that an ``--arch`` that does
+        not fit the model is one usage error naming both, not an AttributeError later."""
+        try:
+            native.n_blocks, native.d_model, native.blocks[0]
+        except (AttributeError, KeyError, IndexError, TypeError) as exc:
+            raise self._misfit(model, arch, exc) from None
+
+    def _misfit(self, model: Any, arch: str, exc: Exception) -> UserError:
+        model_type = getattr(getattr(model, "config", None), "model_type", None)
+        try:
+            hint = f"the detected architecture is {self.detect_architecture(model)!r}: drop --arch"
+        except (UserError, AttributeError):
+            hint = "no registered architecture fits it; see docs/plugins.md to write one"
+        return UserError(f"--arch {arch}: the {arch} adapter cannot read this model ({type(model).__name__}, model_type "
+                         f"{model_type!r}): {type(exc).__name__}: {exc}", hint)
 
     def to_ir(self, native: NativeModel, index: int, n_ctx: int) -> BlockIR:
         if not 0 <= index < native.n_blocks:

@@ -38,6 +38,32 @@ def llama_configs(draw: st.DrawFn):
 
 
 @st.composite
+def qwen2_configs(draw: st.DrawFn):
+    """Qwen2: Llama's layout with q/k/v biases, and, drawn half the time, sliding windows on the upper layers."""
+    from transformers import Qwen2Config
+
+    n_kv = draw(st.integers(1, 3))
+    group = draw(st.integers(1, 3))
+    sliding = draw(st.booleans())
+    return Qwen2Config(
+        vocab_size=64,
+        hidden_size=n_kv * group * draw(st.sampled_from([2, 4, 8])),
+        intermediate_size=draw(st.sampled_from([8, 20, 32])),
+        num_hidden_layers=2,
+        num_attention_heads=n_kv * group,
+        num_key_value_heads=n_kv,
+        hidden_act=draw(st.sampled_from(["silu", "gelu_pytorch_tanh"])),
+        rms_norm_eps=draw(st.sampled_from([1e-6, 1e-5])),
+        rope_parameters={"rope_theta": draw(st.floats(100.0, 1e6)), "rope_type": "default"},
+        use_sliding_window=sliding,
+        sliding_window=draw(st.integers(2, 6)) if sliding else None,
+        max_window_layers=draw(st.integers(0, 2)),
+        max_position_embeddings=128,
+        attn_implementation=draw(st.sampled_from(["eager", "sdpa"])),
+    )
+
+
+@st.composite
 def gpt2_configs(draw: st.DrawFn):
     from transformers import GPT2Config
 

@@ -11,11 +11,11 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from strategies import gpt2_configs, llama_configs, qwen2_configs, seeded_model, token_batches
 
 import blockcert
 from blockcert.interpreter import replay
 from blockcert.ir import load_ir, save_ir
-from strategies import gpt2_configs, llama_configs, seeded_model, token_batches
 
 TOL = 1e-5
 
@@ -57,7 +57,13 @@ def test_gpt2_ir_replays_native_block(config, batch, tmp_path_factory):
     _check(config, batch, tmp_path_factory)
 
 
-@pytest.mark.parametrize("strategy", [llama_configs(), gpt2_configs()], ids=["llama", "gpt2"])
+@given(config=qwen2_configs(), batch=token_batches)
+def test_qwen2_ir_replays_native_block(config, batch, tmp_path_factory):
+    assert blockcert.wrap_model(seeded_model(config, 0)).arch == "qwen2"
+    _check(config, batch, tmp_path_factory)
+
+
+@pytest.mark.parametrize("strategy", [llama_configs(), gpt2_configs(), qwen2_configs()], ids=["llama", "gpt2", "qwen2"])
 @given(data=st.data())
 def test_native_pipeline_equals_hf_forward(strategy, data):
     """embed -> call_block* -> head is the HF model's own forward: the adapters trace the real model."""

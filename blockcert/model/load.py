@@ -200,6 +200,7 @@ def load_model(
     if arch not in plugins.architectures():
         raise UserError(f"unknown --arch {arch!r}", f"known: {', '.join(sorted(plugins.architectures()))}")
     native = plugins.trace(model, arch)
+    plugins.check_fits(native, model, arch)
     if streamed is not None:
         streamed.attach(native.blocks, getattr(native, "checkpoint_aliases", None), arch)
     return LoadedModel(

