@@ -35,10 +35,15 @@ def _check(config, batch, tmp_path_factory) -> None:
         peak = float(x_out.abs().max())
         y = plugins.replay(ir, x_in).output
         assert y.dtype == torch.float32
-        assert float((y - x_out).abs().max()) / peak <= TOL, f"torch replay, block {index}"
         y64 = replay(ir, x_in.double().numpy()).output
         assert y64.dtype == np.float64
-        assert float(np.abs(y64 - x_out.double().numpy()).max()) / peak <= TOL, f"numpy replay, block {index}"
+        # TOL of the output's peak, or 4x this block's own float32 rounding on these inputs (the IR's float32 replay
+        # against its float64 one), whichever is larger: large sublayer outputs that nearly cancel (hypothesis
+        # found hidden_size=2, seed 1214275203: 7.8e-6 between the IR's own replays at peak 1.87) round more
+        # than 1e-5 of the peak in float32 on both sides; a wrong IR is off by far more than its own rounding
+        band = max(TOL * peak, 4 * float(np.abs(y.double().numpy() - y64).max()))
+        assert float((y - x_out).abs().max()) <= band, f"torch replay, block {index}"
+        assert float(np.abs(y64 - x_out.double().numpy()).max()) <= band, f"numpy replay, block {index}"
         # disk round trip: identical record, bit-identical replay
         stem = tmp_path_factory.mktemp("ir") / "ir"
         save_ir(ir, stem)
