@@ -50,7 +50,7 @@ from blockcert.ir import save_ir
 from blockcert.metrics import BlockMetrics, Policy, block_metrics, certified, path_matches, token_errors, token_norms
 from blockcert.model.load import LoadedModel, load_model
 from blockcert.pipeline.executors import Executor, get_executor, model_ref
-from blockcert.pipeline.floor import act_floors, loss_floors, reference_suffix_losses
+from blockcert.pipeline.floor import act_floors, loss_floor_passes
 from blockcert.pipeline.promptsets import load_prompts
 from blockcert.pipeline.staircase import suffix_losses, variant_bytes
 from blockcert.pipeline.trace import PromptTrace, capture, load_traces, prompt_file, prompts_sha256, save_traces
@@ -337,9 +337,7 @@ def certify_blocks(task: BlockTask, emit: Callable[[Any], None]) -> None:
     losses = suffix_losses(loaded, task.traces, task.blocks, start, task.batch_size, step=step)
     floor_loss: dict[int, list[np.ndarray]] = {}
     if task.floors:  # two more passes: the block's noise through the suffix, and the suffix's own noise
-        block_noise = suffix_losses(loaded, task.traces, task.blocks, references.pop, task.batch_size, step=step)
-        suffix_noise = reference_suffix_losses(loaded, task.traces, task.blocks, task.batch_size, step=step)
-        floor_loss = {i: loss_floors([t.loss for t in task.traces], block_noise[i], suffix_noise[i]) for i in block_noise}
+        floor_loss = loss_floor_passes(loaded, task.traces, task.blocks, references, task.batch_size, step=step)
     for index in sorted(losses):
         emit(Coverage(index, losses[index], floor_loss.get(index)))
 

@@ -102,6 +102,18 @@ def reference_suffix_losses(loaded: Any, traces: Sequence[Any], blocks: Sequence
                              batch_size, step=step)
 
 
+def loss_floor_passes(loaded: Any, traces: Sequence[Any], blocks: Sequence[int], references: dict[int, list[np.ndarray]],
+                      batch_size: int, step: Any = None) -> dict[int, list[np.ndarray]]:
+    """The loss floors of ``blocks`` ({l: per prompt [T_p - 1]}) in two passes over the model: the block's noise
+    through the suffix (from ``references[l]``, its reference-precision outputs from :func:`act_floors`, each
+    popped when the pass reaches it) and the suffix's own noise, combined by :func:`loss_floors`."""
+    from blockcert.pipeline.staircase import suffix_losses
+
+    block_noise = suffix_losses(loaded, traces, blocks, references.pop, batch_size, step=step)
+    suffix_noise = reference_suffix_losses(loaded, traces, blocks, batch_size, step=step)
+    return {i: loss_floors([t.loss for t in traces], block_noise[i], suffix_noise[i]) for i in block_noise}
+
+
 #: a token loss is a float32 number: two computations of the same loss differ by a few of its units in the last
 #: place (up to 6 between the identity extraction's and the trace's, float32 random-init Llama), while in
 #: float32 the reference output often rounds back to the trace's own, leaving |Δℓ| = 0. The loss floor is

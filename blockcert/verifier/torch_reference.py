@@ -135,13 +135,10 @@ class FullCheck:
         the model's dtype against itself in the reference precision, and the suffix's own loss noise).
         Each stored floor must be within the rounding band of the model's dtype (activations) or ``loss_abs``
         (losses) of the re-measured one; the verdict then rests on the re-measured floors."""
-        from blockcert.pipeline.floor import act_floors, loss_floors, reference_suffix_losses
-        from blockcert.pipeline.staircase import suffix_losses
+        from blockcert.pipeline.floor import act_floors, loss_floor_passes
 
         act, references = act_floors(self.loaded, self.traces, ell)
-        block_noise = suffix_losses(self.loaded, self.traces, [ell], lambda _: references, batch_size=8)[ell]
-        suffix_noise = reference_suffix_losses(self.loaded, self.traces, [ell], 8)[ell]
-        loss = loss_floors([t.loss for t in self.traces], block_noise, suffix_noise)
+        loss = loss_floor_passes(self.loaded, self.traces, [ell], {ell: references}, 8)[ell]
         for k, (mine, theirs, t) in enumerate(zip(act, stored_act, self.traces)):
             band = self.tol.trace_noise(norms(t.residual[ell + 1]), self.loaded.dtype)
             off = np.flatnonzero(np.abs(np.asarray(theirs, np.float64) - mine) > band)
