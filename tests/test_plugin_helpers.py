@@ -89,6 +89,7 @@ def test_a_real_rotary_table_passes_the_check():
     assert np.allclose(rope.cos[0], 1.0) and np.allclose(rope.sin[0], 0.0)
 
 
+@pytest.mark.slow  # spawns the CLI
 def test_a_wrong_arch_is_one_line_not_a_traceback(tmp_path, byte_tokenizer):
     from test_run import make_model_dir
 
@@ -100,6 +101,7 @@ def test_a_wrong_arch_is_one_line_not_a_traceback(tmp_path, byte_tokenizer):
     assert "the detected architecture is 'llama': drop --arch" in proc.stderr
 
 
+@pytest.mark.slow  # spawns the CLI
 def test_a_model_directory_without_a_tokenizer_gets_one_from_synth(tmp_path):
     from strategies import seeded_model
     from transformers import LlamaConfig

@@ -168,6 +168,7 @@ def test_loss_floor_is_never_below_the_float32_resolution_of_the_loss():
     np.testing.assert_array_equal(floor, LOSS_ULPS * U32 * np.abs(base.astype(np.float64)))
 
 
+@pytest.mark.slow  # spawns the CLI
 @pytest.mark.parametrize("args, message", [
     (["--policy", "strict"], "unknown --policy 'strict'"),
     (["--policy", "noise-floor", "--noise-k", "0"], "--noise-k"),
@@ -190,6 +191,7 @@ def cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "blockcert", *args], capture_output=True, text=True)
 
 
+@pytest.mark.slow  # spawns the CLI
 def test_device_cpu_and_auto_run_and_are_recorded(made, tmp_path):
     import torch
 
@@ -209,6 +211,7 @@ def test_device_cpu_and_auto_run_and_are_recorded(made, tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+@pytest.mark.slow  # spawns the CLI
 @pytest.mark.parametrize("command", [
     ["run", "--blocks", "0"], ["verify", "."], ["stitch", "."], ["edit", "--mlp-scale", "0.5", "--block", "0"],
     ["experiment", "table2"],
