@@ -43,6 +43,10 @@ class ModelEntry:
     locate: Callable[[], Path] = attrs.field(eq=False)
     aliases: tuple[str, ...] = attrs.field(default=(), converter=tuple)
     default: bool = False
+    #: the weights' licence or terms of use, one line (shown by ``blockcert models`` and when the model is loaded)
+    licence: str = ""
+    #: (package, file inside it): the full terms text an installed package ships, shown by path
+    terms: tuple[str, str] | None = None
 
 
 @attrs.frozen

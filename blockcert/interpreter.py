@@ -49,7 +49,9 @@ def linear(xp: Any, x: Array, lin: Linear) -> Array:
     return y
 
 
-def norm(xp: Any, x: Array, n: Norm) -> Array:
+def norm(xp: Any, x: Array, n: Norm | None) -> Array:
+    if n is None:  # an absent norm is the identity (OLMo2 has no pre-norms)
+        return x
     if n.kind == "layernorm":
         mean = xp.mean(x, axis=-1, keepdims=True)  # [..., d] -> [..., 1]
         var = xp.mean((x - mean) ** 2, axis=-1, keepdims=True)  # [..., 1], biased variance
@@ -106,8 +108,10 @@ def attention(xp: Any, x: Array, a: Attention, positions: Array, key_mask: Array
     B, T, _ = x.shape
     H, K, hd = a.n_heads, a.n_kv_heads, a.head_dim
     G = H // K
-    q = xp.permute_dims(xp.reshape(linear(xp, x, a.q), (B, T, H, hd)), (0, 2, 1, 3))  # [B,H,T,hd]
-    k = xp.permute_dims(xp.reshape(linear(xp, x, a.k), (B, T, K, hd)), (0, 2, 1, 3))  # [B,K,T,hd]
+    q = qk_norm(xp, linear(xp, x, a.q), a.q_norm, H, hd)  # [B,T,H*hd], normalised when the IR says
+    k = qk_norm(xp, linear(xp, x, a.k), a.k_norm, K, hd)  # [B,T,K*hd]
+    q = xp.permute_dims(xp.reshape(q, (B, T, H, hd)), (0, 2, 1, 3))  # [B,H,T,hd]
+    k = xp.permute_dims(xp.reshape(k, (B, T, K, hd)), (0, 2, 1, 3))  # [B,K,T,hd]
     v = xp.permute_dims(xp.reshape(linear(xp, x, a.v), (B, T, K, hd)), (0, 2, 1, 3))  # [B,K,T,hd]
     if a.rope is not None:
         cos = xp.take(_param(xp, x, a.rope.cos), xp.reshape(positions, (-1,)), axis=0)  # [B*T, r]
@@ -121,6 +125,8 @@ def attention(xp: Any, x: Array, a: Attention, positions: Array, key_mask: Array
         allowed = allowed & key_mask[:, None, :]  # padding keys are never attended: [B,T,T]
     q = xp.reshape(q, (B, K, G, T, hd))  # query head h = kv*G + g reads KV head kv
     scores = xp.matmul(q, xp.permute_dims(k, (0, 1, 3, 2))[:, :, None]) * a.scale  # [B,K,G,T,T]
+    if a.softcap is not None:  # Gemma 2: logits squashed into (-cap, cap) before the mask
+        scores = xp.tanh(scores / a.softcap) * a.softcap  # [B,K,G,T,T]
     neg_inf = xp.asarray(-math.inf, dtype=x.dtype, device=_device(x))
     scores = xp.where(allowed[:, None, None], scores, neg_inf)  # [B,K,G,T,T]
     # a query that may attend to no key (a padding query): HF's additive mask gives every key the same score
@@ -133,6 +139,17 @@ def attention(xp: Any, x: Array, a: Attention, positions: Array, key_mask: Array
     active = xp.any(heads != 0, axis=(0, 2, 3))  # [H]: the head's output is non-zero somewhere
     merged = xp.reshape(xp.permute_dims(heads, (0, 2, 1, 3)), (B, T, H * hd))  # [B,T,H*hd]
     return linear(xp, merged, a.o), allowed, active  # [B,T,d], [B,T,T], [H]
+
+
+def qk_norm(xp: Any, y: Array, n: Norm | None, heads: int, hd: int) -> Array:
+    """QK-norm of projected queries or keys y [B, T, heads*hd]: per head when the norm has ``hd`` weights
+    (Qwen3, Gemma 3, Phi), over the whole projection when it has ``heads*hd`` (OLMo2); None: unchanged."""
+    if n is None:
+        return y
+    if n.weight.shape[0] == hd:
+        B, T = y.shape[0], y.shape[1]
+        return xp.reshape(norm(xp, xp.reshape(y, (B, T, heads, hd)), n), (B, T, heads * hd))  # [B,T,heads,hd] normed
+    return norm(xp, y, n)  # [B,T,heads*hd]
 
 
 def mlp(xp: Any, x: Array, m: MLP) -> Array:
@@ -160,8 +177,8 @@ def replay(ir: BlockIR, x: Array, positions: Array | None = None, key_mask: Arra
         raise ValueError(f"block {ir.index}: position {int(xp.max(positions))} is beyond the IR's n_ctx={ir.n_ctx}")
     a, allowed, head_active = attention(xp, norm(xp, x, ir.norm1), ir.attn, positions, key_mask)  # [B,T,d], [B,T,T], [H]
     if ir.residual == "sequential":
-        h = x + a  # [B,T,d]
-        y = h + mlp(xp, norm(xp, h, ir.norm2), ir.mlp)  # [B,T,d]
+        h = x + norm(xp, a, ir.post_attn_norm)  # [B,T,d] (post_attn_norm None: the identity)
+        y = h + norm(xp, mlp(xp, norm(xp, h, ir.norm2), ir.mlp), ir.post_mlp_norm)  # [B,T,d]
     else:
         y = x + a + mlp(xp, norm(xp, x, ir.norm2), ir.mlp)  # [B,T,d]
     return Replay(output=y, mask=allowed, head_active=head_active)

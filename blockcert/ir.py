@@ -1,8 +1,12 @@
 """The BlockCert IR: one explicit, arch-neutral record per residual block.
 
-A block is ``norm1 -> attention -> residual add -> norm2 -> mlp -> residual add`` (``residual="sequential"``,
-GPT-2, Llama, Mistral, Qwen2) or ``x + attn(norm1(x)) + mlp(norm2(x))`` (``residual="parallel"``, GPT-NeoX,
-GPT-J). Every number the interpreter uses is in here: weights in ``x @ W`` layout (``[d_in, d_out]``),
+A block is ``norm1 -> attention -> [post_attn_norm] -> residual add -> norm2 -> mlp -> [post_mlp_norm] ->
+residual add`` (``residual="sequential"``: GPT-2, Llama, Mistral, Qwen2/3, Gemma 2/3's sandwich norms, OLMo2's
+post-norms with no pre-norm) or ``x + attn(norm1(x)) + mlp(norm2(x))`` (``residual="parallel"``: GPT-NeoX,
+GPT-J, Phi). A missing ``norm1``/``norm2`` is the identity (OLMo2). Attention may normalise its queries and
+keys (``q_norm``/``k_norm``, before RoPE: per head when the weight has ``head_dim`` entries, over the whole
+projection when it has ``n_heads*head_dim``) and soft-cap its logits (``softcap * tanh(s / softcap)``, Gemma 2).
+Every extension is optional and absent by default; an IR without them replays exactly as schema v1 did. Every number the interpreter uses is in here: weights in ``x @ W`` layout (``[d_in, d_out]``),
 biases, norm parameters, the explicit attention mask ``M`` (``mask[i, j]``: position ``i`` may attend to
 position ``j``), a per-head gate, and RoPE as explicit cos/sin tables indexed by absolute position id.
 
@@ -27,7 +31,9 @@ from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError
 from blockcert.artifacts.fsutil import atomic_write_text, atomic_write_with
 from blockcert.errors import IRFormatError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: the versions :func:`migrate` reads (v1: before the optional QK-norm, post-norms, soft-cap and identity norms)
+READABLE_VERSIONS = (1, 2)
 
 NormKind = Literal["layernorm", "rmsnorm"]
 Activation = Literal["gelu_tanh", "gelu", "relu", "silu"]
@@ -164,9 +170,20 @@ class Attention:
     mask: np.ndarray = _array(2, "bool")
     head_gate: np.ndarray = _array(1)
     rope: Rope | None = None
+    q_norm: Norm | None = None
+    k_norm: Norm | None = None
+    softcap: float | None = attrs.field(default=None, converter=attrs.converters.optional(float))
 
     def __attrs_post_init__(self) -> None:
         h, kv, hd = self.n_heads, self.n_kv_heads, self.head_dim
+        for name, heads in (("q_norm", h), ("k_norm", kv)):
+            n: Norm | None = getattr(self, name)
+            if n is not None:
+                size = n.weight.shape[0]
+                _require(size in (hd, heads * hd), f"{name} has {size} weights: expected head_dim={hd} (per head) "
+                         f"or {heads * hd} (the whole projection)")
+        if self.softcap is not None:
+            _require(self.softcap > 0 and self.softcap != float("inf"), f"softcap must be a finite number > 0, got {self.softcap}")
         _require(h % kv == 0, f"n_kv_heads={kv} must divide n_heads={h}")
         _require(self.q.d_out == h * hd, f"q projects to {self.q.d_out}, expected n_heads*head_dim={h * hd}")
         for name in ("k", "v"):
@@ -206,17 +223,22 @@ class BlockIR:
     index: int
     d_model: int = attrs.field(validator=_positive)
     residual: ResidualKind = attrs.field(validator=attrs.validators.in_(("sequential", "parallel")))
-    norm1: Norm
+    norm1: Norm | None  # None: the identity (no pre-attention norm, OLMo2)
     attn: Attention
-    norm2: Norm
+    norm2: Norm | None  # None: the identity
     mlp: MLP
     source: dict[str, str] = attrs.field(factory=dict)
+    post_attn_norm: Norm | None = None  # applied to the attention output before the residual add (Gemma 2/3, OLMo2)
+    post_mlp_norm: Norm | None = None  # applied to the MLP output before the residual add
 
     def __attrs_post_init__(self) -> None:
         d = self.d_model
+        if self.residual == "parallel":
+            _require(self.post_attn_norm is None and self.post_mlp_norm is None, "a parallel block has no post-norms")
+        norms = [(name, n.weight.shape[0]) for name in ("norm1", "norm2", "post_attn_norm", "post_mlp_norm")
+                 if (n := getattr(self, name)) is not None]
         for name, size in (
-            ("norm1", self.norm1.weight.shape[0]),
-            ("norm2", self.norm2.weight.shape[0]),
+            *norms,
             ("attn.q input", self.attn.q.d_in),
             ("attn.o output", self.attn.o.d_out),
             ("mlp.up input", self.mlp.up.d_in),
@@ -228,6 +250,15 @@ class BlockIR:
     def n_ctx(self) -> int:
         """Positions covered by the mask (and RoPE tables): the longest sequence this IR can replay."""
         return int(self.attn.mask.shape[0])
+
+    @property
+    def extensions(self) -> tuple[str, ...]:
+        """The schema-v2 operators this block uses (empty: a block schema v1 could express)."""
+        a = self.attn
+        used = [("no norm1", self.norm1 is None), ("no norm2", self.norm2 is None),
+                ("post_attn_norm", self.post_attn_norm is not None), ("post_mlp_norm", self.post_mlp_norm is not None),
+                ("q_norm", a.q_norm is not None), ("k_norm", a.k_norm is not None), ("softcap", a.softcap is not None)]
+        return tuple(name for name, on in used if on)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -272,13 +303,32 @@ def _converter(tensors: dict[str, np.ndarray], used: set[str]) -> cattrs.Convert
     return conv
 
 
+def migrate_v1_to_v2(meta: dict[str, Any]) -> dict[str, Any]:
+    """v1 -> v2: the optional operators did not exist, so each is absent; nothing else changes (the tensors, their
+    names and every replayed number are the same). A v1 record carrying a v2 field is malformed, not migrated."""
+    attn = meta.get("attn") if isinstance(meta.get("attn"), dict) else {}
+    extra = [k for k in ("post_attn_norm", "post_mlp_norm") if k in meta] + [f"attn.{k}" for k in ("q_norm", "k_norm", "softcap") if k in attn]
+    if extra:
+        raise IRFormatError(f"invalid IR record: schema_version 1 has no field {', '.join(extra)} (extra keys)")
+    meta = dict(meta, schema_version=2, post_attn_norm=None, post_mlp_norm=None)
+    if isinstance(meta.get("attn"), dict):
+        meta["attn"] = dict(meta["attn"], q_norm=None, k_norm=None, softcap=None)
+    return meta
+
+
+_MIGRATIONS = {1: migrate_v1_to_v2}
+
+
 def migrate(meta: dict[str, Any]) -> dict[str, Any]:
     """Bring an older IR JSON record up to :data:`SCHEMA_VERSION` (one ``migrate_vN_to_vN1`` per step)."""
     version = meta.get("schema_version")
+    while version in _MIGRATIONS and version != SCHEMA_VERSION:
+        meta = _MIGRATIONS[version](meta)
+        version = meta["schema_version"]
     if version == SCHEMA_VERSION:
         return meta
     raise IRFormatError(
-        f"unsupported IR schema_version {version!r} (this blockcert reads version {SCHEMA_VERSION})",
+        f"unsupported IR schema_version {version!r} (this blockcert reads versions {', '.join(map(str, READABLE_VERSIONS))})",
         "upgrade blockcert, or re-extract the IR with this version",
     )
 

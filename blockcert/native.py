@@ -195,16 +195,35 @@ def split_fused_qkv(weight: torch.Tensor, bias: torch.Tensor | None, sizes: Sequ
                         bias=None if fused.bias is None else np.ascontiguousarray(fused.bias[idx])) for idx in parts)
 
 
-def rms_norm(weight: torch.Tensor, eps: float) -> Norm:
-    return Norm(kind="rmsnorm", weight=_numpy(weight), eps=float(eps))
+def rms_norm(weight: torch.Tensor, eps: float, *, offset: float = 0.0) -> Norm:
+    """An RMSNorm. ``offset=1``: a norm that multiplies by ``1 + weight`` (Gemma), folded here into the IR's weight
+    in float32, as the model computes ``1.0 + weight.float()``."""
+    w = weight.detach().to(device="cpu", dtype=torch.float32)
+    return Norm(kind="rmsnorm", weight=_numpy(w + offset if offset else w), eps=float(eps))
+
+
+def norm_module(module: torch.nn.Module, *, offset: float = 0.0) -> Norm:
+    """An HF norm module as IR: ``torch.nn.LayerNorm`` (weight, bias, eps) or an RMSNorm whose epsilon is
+    ``variance_epsilon`` (Llama family) or ``eps`` (Gemma, ...); ``offset`` as in :func:`rms_norm`."""
+    if isinstance(module, torch.nn.LayerNorm):
+        if offset:
+            raise ValueError("a LayerNorm has no (1 + weight) form")
+        return layer_norm(module)
+    eps = getattr(module, "variance_epsilon", getattr(module, "eps", None))
+    if eps is None or getattr(module, "weight", None) is None:
+        raise UserError(f"{type(module).__name__} is neither a LayerNorm nor an RMSNorm with a weight and an epsilon",
+                        "build the Norm record directly (blockcert.ir.Norm)")
+    return rms_norm(module.weight, eps, offset=offset)
 
 
 def layer_norm(module: torch.nn.LayerNorm) -> Norm:
     return Norm(kind="layernorm", weight=_numpy(module.weight), bias=_numpy(module.bias), eps=float(module.eps))
 
 
-def rope_from_rotary_embedding(rotary_emb: torch.nn.Module, n_ctx: int, rotary_dim: int | None = None) -> Rope:
-    """Tabulate an HF rotary embedding (``forward(x, position_ids) -> (cos, sin)``) for positions 0..n_ctx-1.
+def rope_from_rotary_embedding(rotary_emb: torch.nn.Module, n_ctx: int, rotary_dim: int | None = None, **call_kwargs: Any) -> Rope:
+    """Tabulate an HF rotary embedding (``forward(x, position_ids, **call_kwargs) -> (cos, sin)``) for positions
+    0..n_ctx-1. ``call_kwargs``: what else the module takes, e.g. ``layer_type="sliding_attention"`` for Gemma 3's
+    per-layer-type tables (a local θ for sliding layers, a global one for full-attention layers).
 
     The tables come from the model's own module, so RoPE scaling variants (linear, llama3, yarn, ...)
     and ``attention_scaling`` are captured exactly as the model computes them, in float32.
@@ -213,7 +232,7 @@ def rope_from_rotary_embedding(rotary_emb: torch.nn.Module, n_ctx: int, rotary_d
     positions = torch.arange(n_ctx, device=device)[None, :]  # [1, n_ctx]
     probe = torch.zeros(1, dtype=torch.float32, device=device)
     with torch.no_grad():
-        cos, sin = rotary_emb(probe, position_ids=positions)  # [1, n_ctx, rotary_dim] each
+        cos, sin = rotary_emb(probe, position_ids=positions, **call_kwargs)  # [1, n_ctx, rotary_dim] each
     cos, sin = cos[0].float(), sin[0].float()
     if rotary_dim is not None:
         cos, sin = cos[:, :rotary_dim], sin[:, :rotary_dim]

@@ -36,6 +36,13 @@ BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
     ("gpt2", "blockcert_gpt2"),
     ("llama", "blockcert_llama"),
     ("qwen", "blockcert_qwen"),
+    ("gemma2", "blockcert_gemma2"),
+    ("gemma3", "blockcert_gemma3"),
+    ("qwen3", "blockcert_qwen3"),
+    ("mistral", "blockcert_mistral"),
+    ("olmo2", "blockcert_olmo2"),
+    ("gpt_neox", "blockcert_gpt_neox"),
+    ("phi", "blockcert_phi"),
     ("surrogates", "blockcert_surrogates"),
     ("edits", "blockcert_edits"),
 )

@@ -32,3 +32,20 @@ def tiny_ir(seed: int = 0, d: int = 8, n_heads: int = 4, n_kv: int = 2, hd: int 
         mlp=MLP("silu", up=lin(d, f), gate=lin(d, f), down=lin(f, d)),
         source={"hf_class": "tiny"},
     )
+
+
+def extended_ir(seed: int = 1, whole_qk: bool = False, n_ctx: int = 6) -> BlockIR:
+    """:func:`tiny_ir` with every schema-v2 operator on: QK-norm (per head, or over the whole projection with
+    ``whole_qk``), post-attention and post-MLP norms, a logit soft-cap, and no norm1 (the identity)."""
+    import attrs
+
+    ir = tiny_ir(seed, n_ctx=n_ctx)
+    rng = np.random.default_rng(seed + 1000)
+    a = ir.attn
+
+    def rms(n: int) -> Norm:
+        return Norm("rmsnorm", (1 + 0.1 * rng.standard_normal(n)).astype(np.float32), eps=1e-6)
+
+    q_size, k_size = (a.n_heads * a.head_dim, a.n_kv_heads * a.head_dim) if whole_qk else (a.head_dim, a.head_dim)
+    attn = attrs.evolve(a, q_norm=rms(q_size), k_norm=rms(k_size), softcap=2.5)
+    return attrs.evolve(ir, norm1=None, attn=attn, post_attn_norm=rms(ir.d_model), post_mlp_norm=rms(ir.d_model))

@@ -23,14 +23,13 @@ import torch
 from array_api_compat import array_namespace
 from hypothesis import assume, given
 from hypothesis import strategies as st
+from irfactory import tiny_ir
 
 import blockcert.bounds as B
+from blockcert import interpreter as itp
 from blockcert.bounds import mlp as Bmlp
 from blockcert.bounds import rounding as Bround
-from blockcert import interpreter as itp
 from blockcert.ir import MLP, Linear, Norm
-
-from irfactory import tiny_ir
 
 # ---------------------------------------------------------------------------------------------------
 # Spectral norm
@@ -391,14 +390,16 @@ def _scaled_linear(lin: Linear, factor: float) -> Linear:
     return Linear(lin.weight * np.float32(factor), None if lin.bias is None else lin.bias * np.float32(factor))
 
 
-@given(st.integers(0, 10_000), st.sampled_from([0.1, 1.0, 4.0]), st.booleans(), st.booleans(), st.sampled_from(["rmsnorm", "layernorm"]), st.integers(1, 6))
-def test_attention_bound_dominates_jacobian(seed: int, qk_scale: float, rope: bool, sliding: bool, norm_kind: str, T: int) -> None:
+@given(st.integers(0, 10_000), st.sampled_from([0.1, 1.0, 4.0]), st.booleans(), st.booleans(), st.sampled_from(["rmsnorm", "layernorm"]), st.integers(1, 6),
+       st.sampled_from([None, None, 0.3, 3.0]))
+def test_attention_bound_dominates_jacobian(seed: int, qk_scale: float, rope: bool, sliding: bool, norm_kind: str, T: int,
+                                            softcap: float | None) -> None:
     ir = tiny_ir(seed)
     rng = np.random.default_rng(seed)
     a = ir.attn
     mask = a.mask & ~np.tril(np.ones_like(a.mask), -3) if sliding else a.mask
     a = attrs.evolve(a, q=_scaled_linear(a.q, qk_scale), k=_scaled_linear(a.k, qk_scale), rope=a.rope if rope else None, mask=mask,
-                     head_gate=np.array([1.0, 0.5, 0.0, 2.0], np.float32))
+                     head_gate=np.array([1.0, 0.5, 0.0, 2.0], np.float32), softcap=softcap)
     d = ir.d_model
     norm1 = Norm(norm_kind, rng.standard_normal(d).astype(np.float32), eps=1e-5, bias=rng.standard_normal(d).astype(np.float32) if norm_kind == "layernorm" else None)
     ir = attrs.evolve(ir, attn=a, norm1=norm1)
@@ -407,6 +408,37 @@ def test_attention_bound_dominates_jacobian(seed: int, qk_scale: float, rope: bo
     bound = B.attention_bound(ir, min_scale=s, seq_len=T)
     emp = _jac_norm(_attn_map(ir), torch.tensor(X))
     assert emp <= bound.value, (emp, bound)
+
+
+def test_softcap_without_rope_needs_the_unshifted_key_radius() -> None:
+    """A soft-capped logit is not linear in k_j, so the b_k shift of the no-RoPE bound is not free: the bound
+    uses ``||W_K|| R + ||b_k||``. A large key bias makes the difference (and the shifted bound would still be
+    checked by the hypothesis test above)."""
+    ir = tiny_ir(3)
+    a = attrs.evolve(ir.attn, rope=None, k=Linear(ir.attn.k.weight, ir.attn.k.bias * np.float32(50)))
+    plain = B.attention_bound(attrs.evolve(ir, attn=a), min_scale=0.5, seq_len=6).value
+    capped = B.attention_bound(attrs.evolve(ir, attn=attrs.evolve(a, softcap=5.0)), min_scale=0.5, seq_len=6).value
+    assert capped > plain
+
+
+def test_blocks_with_uncovered_operators_claim_no_finite_bound() -> None:
+    """QK-norm, post-norms and a missing pre-norm have no bound here: every constant is infinite, the region says why,
+    and the verifier's reference agrees (no finite bound either)."""
+    from irfactory import extended_ir
+
+    from blockcert.artifacts.bounds_record import BoundSettings
+    from blockcert.verifier.reference.bounds import certified_part
+
+    for ir in (extended_ir(), attrs.evolve(tiny_ir(), post_mlp_norm=tiny_ir().norm1), attrs.evolve(tiny_ir(), attn=attrs.evolve(
+            tiny_ir().attn, q_norm=Norm("rmsnorm", np.ones(2, np.float32), eps=1e-6)))):
+        X = np.random.default_rng(0).standard_normal((5, ir.d_model))
+        bb = B.block_bounds(ir, [X])
+        assert math.isinf(bb.analytic_upper_bound) and math.isinf(bb.hybrid_upper_bound) and math.isinf(bb.K_attn)
+        assert all(r.startswith("unavailable: the bounds do not cover") for r in bb.regions.values())
+        ref = certified_part(ir, [X], BoundSettings())
+        assert all(math.isinf(v) for v in ref["upper"].values())
+    softcapped = attrs.evolve(tiny_ir(), attn=attrs.evolve(tiny_ir().attn, softcap=4.0))
+    assert math.isfinite(B.block_bounds(softcapped, [np.random.default_rng(0).standard_normal((5, 8))]).analytic_upper_bound)
 
 
 def test_attention_value_path_needs_the_column_factor() -> None:

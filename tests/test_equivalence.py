@@ -11,7 +11,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from strategies import gpt2_configs, llama_configs, qwen2_configs, seeded_model, token_batches
+from strategies import DECODER_FAMILIES, gpt2_configs, llama_configs, qwen2_configs, seeded_model, token_batches
 
 import blockcert
 from blockcert.interpreter import replay
@@ -68,11 +68,23 @@ def test_qwen2_ir_replays_native_block(config, batch, tmp_path_factory):
     _check(config, batch, tmp_path_factory)
 
 
-@pytest.mark.parametrize("strategy", [llama_configs(), gpt2_configs(), qwen2_configs()], ids=["llama", "gpt2", "qwen2"])
+@pytest.mark.parametrize("arch", sorted(DECODER_FAMILIES))
 @given(data=st.data())
-def test_native_pipeline_equals_hf_forward(strategy, data):
+def test_decoder_family_ir_replays_native_block(arch, data, tmp_path_factory):
+    """Mistral, Qwen3, OLMo 2, Gemma 2 and Gemma 3: the plugin is the one picked, and every block's IR replays it."""
+    config = data.draw(DECODER_FAMILIES[arch]())
+    assert blockcert.wrap_model(seeded_model(config, 0)).arch == arch
+    _check(config, data.draw(token_batches), tmp_path_factory)
+
+
+FAMILIES = {"llama": llama_configs, "gpt2": gpt2_configs, "qwen2": qwen2_configs, **DECODER_FAMILIES}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+@given(data=st.data())
+def test_native_pipeline_equals_hf_forward(family, data):
     """embed -> call_block* -> head is the HF model's own forward: the adapters trace the real model."""
-    config = data.draw(strategy)
+    config = data.draw(FAMILIES[family]())
     B, T, seed = data.draw(token_batches)
     model = seeded_model(config, seed)
     ids = torch.randint(0, config.vocab_size, (B, T), generator=torch.Generator().manual_seed(seed))

@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from irfactory import extended_ir, tiny_ir
 
 from blockcert.errors import IRFormatError
 from blockcert.ir import SCHEMA_VERSION, Attention, Linear, from_dict, load_ir, read_n_ctx, save_ir, to_dict
-from irfactory import tiny_ir
 
-GOLDEN = Path(__file__).parent / "data" / f"ir-v{SCHEMA_VERSION}"
+DATA = Path(__file__).parent / "data"
+GOLDEN = DATA / f"ir-v{SCHEMA_VERSION}"
 
 
 @given(seed=st.integers(0, 2**32 - 1), n_kv=st.sampled_from([1, 2, 4]), n_ctx=st.integers(1, 9))
@@ -39,12 +40,33 @@ def test_equality_is_bitwise():
 
 
 def test_golden_files_still_load_and_match():
-    """The on-disk format of schema v1 is frozen: the golden files load into the same record."""
+    """The on-disk format of this schema is frozen: the golden files (every v2 operator on) load into the same record."""
     ir = load_ir(GOLDEN / "ir")
-    assert ir == tiny_ir()
+    assert ir == extended_ir()
     meta, _ = to_dict(ir)
     assert meta == json.loads((GOLDEN / "ir.json").read_text())
     assert meta["schema_version"] == SCHEMA_VERSION
+
+
+def test_v1_files_migrate_to_the_same_block():
+    """A schema-v1 IR (before the optional operators) loads as the same block, with every extension absent, and
+    replays bit for bit as it did: the migration adds absent fields and changes no tensor."""
+    from blockcert.interpreter import replay
+
+    v1 = json.loads((DATA / "ir-v1" / "ir.json").read_text())
+    assert v1["schema_version"] == 1
+    ir = load_ir(DATA / "ir-v1" / "ir")
+    assert ir == tiny_ir() and ir.extensions == ()
+    x = np.random.default_rng(0).standard_normal((2, 6, 8))
+    assert np.array_equal(replay(ir, x).output, replay(tiny_ir(), x).output)
+
+
+def test_extensions_round_trip_and_are_named():
+    for whole in (False, True):
+        ir = extended_ir(whole_qk=whole)
+        meta, tensors = to_dict(ir)
+        assert from_dict(json.loads(json.dumps(meta)), tensors) == ir
+        assert ir.extensions == ("no norm1", "post_attn_norm", "post_mlp_norm", "q_norm", "k_norm", "softcap")
 
 
 @pytest.mark.parametrize(
@@ -60,6 +82,9 @@ def test_golden_files_still_load_and_match():
         (lambda ir: attrs.evolve(ir, d_model=9), "d_model"),
         (lambda ir: attrs.evolve(ir, schema_version=99), "schema_version"),
         (lambda ir: attrs.evolve(ir.norm1, bias=np.ones(8, np.float32)), "rmsnorm has no bias"),
+        (lambda ir: attrs.evolve(ir.attn, q_norm=attrs.evolve(ir.norm1, weight=np.ones(3, np.float32))), "q_norm has 3 weights"),
+        (lambda ir: attrs.evolve(ir.attn, softcap=0.0), "softcap"),
+        (lambda ir: attrs.evolve(ir, residual="parallel", post_mlp_norm=ir.norm1), "parallel block has no post-norms"),
     ],
 )
 def test_inconsistent_records_cannot_be_built(build, message):
@@ -82,7 +107,8 @@ def _corrupt(tmp_path: Path, edit) -> Path:
         (lambda m: m.update(extra=1), "extra"),
         (lambda m: m["attn"].update(q={"weight": "attn.k.weight", "bias": "attn.q.bias"}), "referenced twice"),
         (lambda m: m["attn"]["q"].update(weight="nope"), "nope"),
-        (lambda m: m.update(schema_version=2), "schema_version"),
+        (lambda m: m.update(schema_version=3), "schema_version"),
+        (lambda m: m.update(schema_version=1), "extra"),  # a v1 record has no v2 fields: migrating one that does is an error
         (lambda m: m["attn"].update(n_heads=3), "must divide"),
         (lambda m: m["mlp"].pop("up"), "up"),
     ],
@@ -119,7 +145,7 @@ def test_save_leaves_no_temp_files(tmp_path):
 
 def test_golden_regeneration_helper_is_stable(tmp_path):
     """Re-saving the golden IR reproduces the golden bytes (the format is deterministic)."""
-    save_ir(tiny_ir(), tmp_path / "ir")
+    save_ir(extended_ir(), tmp_path / "ir")
     for suffix in (".json", ".safetensors"):
         assert (tmp_path / f"ir{suffix}").read_bytes() == (GOLDEN / f"ir{suffix}").read_bytes()
 

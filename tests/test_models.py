@@ -6,12 +6,12 @@ import time
 
 import pytest
 import torch
+from strategies import seeded_model
 
 import blockcert
 from blockcert import builtin
 from blockcert.errors import ModelNotInstalled, UserError
 from blockcert.model.load import gguf_cache_dir, load_model, resolve
-from strategies import seeded_model
 
 
 def test_local_hf_directory_round_trip(tmp_path):
@@ -90,9 +90,9 @@ def test_wrap_model_detects_architecture():
 
 
 def test_unsupported_architecture_is_named(tmp_path):
-    from transformers import GPTNeoXConfig
+    from transformers import OPTConfig
 
-    config = GPTNeoXConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
-    seeded_model(config, 0).save_pretrained(tmp_path / "neox")
-    with pytest.raises(UserError, match="no plugin handles model_type 'gpt_neox'"):
-        load_model(tmp_path / "neox")
+    config = OPTConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, ffn_dim=32, word_embed_proj_dim=16)
+    seeded_model(config, 0).save_pretrained(tmp_path / "opt")
+    with pytest.raises(UserError, match="no plugin handles model_type 'opt'"):
+        load_model(tmp_path / "opt")

@@ -127,6 +127,9 @@ def block_bounds(
     seqs = _as_sequences(traces_inputs, ir.d_model)
     T = max(s.shape[0] for s in seqs) if seq_len is None else int(seq_len)
     X = np.concatenate(seqs)
+    unbounded = UNBOUNDED_EXTENSIONS.intersection(ir.extensions)
+    if unbounded:
+        return _unavailable(ir, sorted(unbounded), T, int(X.shape[0]), float(radius))
     hs = _norm2_inputs(ir, seqs)
     H = np.concatenate(hs)
     s1 = fdown(F(margin) * F(float(np.min(_scales(ir.norm1, X)))) * (1 - Fraction(1, 10**6)))
@@ -176,6 +179,23 @@ def block_bounds(
         tokens=int(X.shape[0]),
         regions=regions,
     )
+
+
+#: IR operators (:attr:`BlockIR.extensions`) no bound here covers: a norm's Lipschitz constant needs a floor on its
+#: input's scale, which a post-norm's or QK-norm's input (an attention / MLP output, a projected query) does not
+#: have, and a missing pre-norm leaves the attention logits unbounded. A logit soft-cap is covered (docs/bounds.md).
+UNBOUNDED_EXTENSIONS = frozenset({"no norm1", "no norm2", "post_attn_norm", "post_mlp_norm", "q_norm", "k_norm"})
+
+
+def _unavailable(ir: BlockIR, why: list[str], T: int, tokens: int, radius: float) -> BlockBounds:
+    """No finite bound: every constant infinite, every region saying which operators are not covered."""
+    region = f"unavailable: the bounds do not cover {', '.join(why)} (docs/bounds.md); no finite bound is claimed"
+    keys = ("K_norm1", "K_attn", "K_mlp", "K_mlp_local", "analytic_upper_bound", "hybrid_upper_bound")
+    return BlockBounds(
+        index=ir.index, residual=ir.residual, K_norm1=math.inf, K_attn=math.inf, K_mlp=math.inf, K_mlp_local=math.inf,
+        analytic_upper_bound=math.inf, hybrid_upper_bound=math.inf,
+        hybrid_input_radius=0.0 if ir.residual == "sequential" else radius,
+        min_scale1=0.0, min_scale2=0.0, radius=radius, seq_len=T, tokens=tokens, regions=dict.fromkeys(keys, region))
 
 
 def empirical_lower_bound(replay_fn: Callable[[Any], Any], x: Any, *, iterations: int = 30, seed: int = 0) -> float:

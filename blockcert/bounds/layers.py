@@ -174,7 +174,9 @@ def attention_bound(
         bq = F(norm_up(f64(a.q.bias)[sl])) if a.q.bias is not None else Fraction(0)
         nk, nv, bk = kv_norms[h // G]
         Rq = rho * (nq * R_F + bq)
-        Rk = rho * (nk * R_F + bk) if a.rope is not None else nk * R_F
+        # shifting k_j by b_k is free only when the logit is linear in k_j: not under RoPE or a soft-cap, whose
+        # derivative c tanh'(s / c) in (0, 1] depends on j (it only shrinks each t_ij, so the rest holds)
+        Rk = rho * (nk * R_F + bk) if a.rope is not None or a.softcap is not None else nk * R_F
         value_path = sqrt_c * nv
         softmax_path = scale * nv * R_F * (Rk * rho * nq + sqrt_c * Rq * rho * nk)
         gate = abs(F(float(a.head_gate[h])))

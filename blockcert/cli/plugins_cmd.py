@@ -37,20 +37,26 @@ def models(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
     seen = {}
     for entry in get_plugins().models().values():
         seen[entry.name] = entry
+    from blockcert.model.assemble import package_file
+
     rows = []
     for entry in seen.values():
         try:
             where, installed = str(entry.locate()), True
         except UserError as exc:
             where, installed = exc.hint or exc.message, False
+        terms = package_file(*entry.terms) if entry.terms else None
         rows.append({"name": entry.name, "aliases": list(entry.aliases), "default": entry.default,
-                     "installed": installed, "location": where, "description": entry.description})
+                     "installed": installed, "location": where, "description": entry.description,
+                     "licence": entry.licence, "terms": str(terms) if terms else None})
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
     table = Table(title="Registered models")
-    for col in ("name", "default", "installed", "location / how to install", "description"):
+    for col in ("name", "default", "installed", "location / how to install", "description", "licence / terms"):
         table.add_column(col, overflow="fold")
     for r in rows:
-        table.add_row(r["name"], "yes" if r["default"] else "", "yes" if r["installed"] else "[red]no[/]", r["location"], r["description"])
+        licence = r["licence"] + (f"\nterms: {r['terms']}" if r["terms"] else "")
+        table.add_row(r["name"], "yes" if r["default"] else "", "yes" if r["installed"] else "[red]no[/]", r["location"], r["description"],
+                      licence)
     out_console().print(table)

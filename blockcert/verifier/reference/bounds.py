@@ -141,7 +141,8 @@ def attention_on_normed(ir: BlockIR, seq_len: int) -> float:
         kvs = slice((h // G) * hd, (h // G + 1) * hd)
         nq, (nk, nv) = spectral_norm(Wq[:, qs]), kv_norms[h // G]
         R_q = rho * (nq * R + float(np.linalg.norm(bq[qs])))
-        R_k = rho * (nk * R + float(np.linalg.norm(bk[kvs]))) if a.rope is not None else nk * R
+        # the shift k_j - b_k is free only when the logit is linear in k_j: not under RoPE or a soft-cap
+        R_k = rho * (nk * R + float(np.linalg.norm(bk[kvs]))) if a.rope is not None or a.softcap is not None else nk * R
         value_path = math.sqrt(c) * nv
         softmax_path = abs(a.scale) * nv * R * (R_k * rho * nq + math.sqrt(c) * R_q * rho * nk)
         L_h = abs(float(a.head_gate[h])) * (value_path + softmax_path)
@@ -392,6 +393,11 @@ def certified_part(ir: BlockIR, inputs: Sequence[Any], settings: BoundSettings) 
         raise ValueError("no traced tokens")
     T = max(s.shape[0] for s in seqs)
     X = np.concatenate(seqs)
+    if uncovered(ir):  # no finite bound is derived for these operators: every upper bound is infinite
+        upper = dict.fromkeys(UPPER_FIELDS, math.inf)
+        r_in = 0.0 if ir.residual == "sequential" else float(settings.radius)
+        return {"upper": upper, "hybrid_input_radius": r_in, "min_scale1": 0.0, "min_scale2": 0.0, "seq_len": T,
+                "tokens": int(X.shape[0]), "residual": ir.residual, "spectral": _spectral(ir, mlp_spectral_norms(ir.mlp))}
     H = np.concatenate(norm2_inputs(ir, seqs))
     shrink = settings.margin * (1.0 - MIN_SCALE_SHRINK)
     s1 = shrink * float(np.min(scales(ir.norm1, X)))
@@ -413,6 +419,21 @@ def certified_part(ir: BlockIR, inputs: Sequence[Any], settings: BoundSettings) 
         r_in = settings.radius / (1.0 + k_attn) if math.isfinite(k_attn) else 0.0
     else:
         r_in = float(settings.radius)
+    return {"upper": upper, "hybrid_input_radius": r_in, "min_scale1": s1, "min_scale2": s2, "seq_len": T,
+            "tokens": int(X.shape[0]), "residual": ir.residual, "spectral": _spectral(ir, mlp_norms)}
+
+
+def uncovered(ir: BlockIR) -> list[str]:
+    """The operators of ``ir`` the bounds above do not cover (a missing pre-norm, post-norms, QK-norm): for such a
+    block the only sound claim is no finite bound. A logit soft-cap is covered: ``c tanh(s / c)`` is 1-Lipschitz
+    and shrinks every logit, so the softmax path's bound holds with the unshifted ``R_k``."""
+    a = ir.attn
+    fields = {"norm1": ir.norm1 is None, "norm2": ir.norm2 is None, "post_attn_norm": ir.post_attn_norm is not None,
+              "post_mlp_norm": ir.post_mlp_norm is not None, "q_norm": a.q_norm is not None, "k_norm": a.k_norm is not None}
+    return [name for name, hit in fields.items() if hit]
+
+
+def _spectral(ir: BlockIR, mlp_norms: dict[str, float]) -> dict[str, Any]:
     known = {"mlp." + k: v for k, v in mlp_norms.items()}
     spectral = {}
     for name in SPECTRAL_MATRICES:
@@ -421,5 +442,4 @@ def certified_part(ir: BlockIR, inputs: Sequence[Any], settings: BoundSettings) 
         if lin is not None:
             sigma = known[name] if name in known else spectral_norm(lin.weight)
             spectral[name] = {"shape": list(np.shape(lin.weight)), "sigma": sigma}
-    return {"upper": upper, "hybrid_input_radius": r_in, "min_scale1": s1, "min_scale2": s2, "seq_len": T,
-            "tokens": int(X.shape[0]), "residual": ir.residual, "spectral": spectral}
+    return spectral
