@@ -37,6 +37,7 @@ def blockcert_register_models(register: Any) -> None:
             locate=locate_smollm2,
             aliases=("smollm2",),
             default=True,
+            licence="Apache-2.0 (SmolLM2, Hugging Face)",
         )
     )
 
