@@ -32,6 +32,7 @@ FULL = ["tests/test_forgery.py", "tests/test_observe.py", "tests/test_tamper.py"
 REFERENCE_BOUNDS = ["tests/test_reference_bounds.py"]
 NUMPY_FULL = ["tests/test_reference_model.py", "tests/test_forgery.py", "tests/test_import_graph.py"]
 POLICIES = ["tests/test_policies.py"]
+ARCHS = ["tests/test_equivalence.py", "tests/test_ir.py"]
 
 # (id, what the bug is, file, the exact text, its replacement, the tests that must fail)
 MUTANTS: list[tuple[str, str, str, str, str, list[str]]] = [
@@ -131,6 +132,12 @@ MUTANTS: list[tuple[str, str, str, str, str, list[str]]] = [
      'c.require("policy name = the verifier\'s", name == policy.name,', 'c.require("policy name = the verifier\'s", True,', POLICIES),
     ("M39", "the loss floor forgets the suffix's own noise", "blockcert/pipeline/floor.py",
      "np.abs(np.asarray(q, np.float64) - b64))", "0 * np.abs(np.asarray(q, np.float64) - b64))", POLICIES),
+    ("M40", "the interpreter drops the post-MLP norm (Gemma's sandwich, OLMo2)", "blockcert/interpreter.py",
+     "y = h + norm(xp, mlp(xp, norm(xp, h, ir.norm2), ir.mlp), ir.post_mlp_norm)", "y = h + mlp(xp, norm(xp, h, ir.norm2), ir.mlp)", ARCHS),
+    ("M41", "QK-norm over the whole projection is applied per head", "blockcert/interpreter.py",
+     "    if n.weight.shape[0] == hd:\n", "    if True:\n", ARCHS),
+    ("M42", "a soft-capped block's attention bound shifts the keys by b_k", "blockcert/bounds/layers.py",
+     "if a.rope is not None or a.softcap is not None else nk * R_F", "if a.rope is not None else nk * R_F", BOUNDS),
 ]
 
 

