@@ -14,6 +14,11 @@ joins them to a root.
 
 An edit directory: ``edit.json``, ``completions.jsonl``, ``metrics.json``, ``human.json``, ``labels/``,
 ``certificate.json`` (written last).
+
+Beside any certificate, ``blockcert sign`` writes its DSSE envelope (``certificate.dsse.json``: :func:`envelope_name`);
+no certificate covers an envelope, the verifier checks it against the certificate's bytes. A run made with
+``--model-signature`` keeps a copy of that OpenSSF model-signing bundle as ``model.sig`` (MODEL_SIGNATURE), a
+subject of every block certificate. See docs/signing.md.
 """
 
 from __future__ import annotations
@@ -42,6 +47,16 @@ COMPLETIONS = "completions.jsonl"
 EDIT_METRICS = "metrics.json"
 HUMAN = "human.json"
 LABELS = "labels"
+#: signatures (docs/signing.md)
+ENVELOPE_SUFFIX = ".dsse.json"
+ENVELOPE = f"certificate{ENVELOPE_SUFFIX}"
+MODEL_SIGNATURE = "model.sig"
+
+
+def envelope_name(certificate: str) -> str:
+    """The DSSE envelope beside a certificate: ``block_003/certificate.json`` -> ``block_003/certificate.dsse.json``."""
+    stem = certificate[: -len(".json")] if certificate.endswith(".json") else certificate
+    return f"{stem}{ENVELOPE_SUFFIX}"
 
 
 def block_dir(index: int) -> str:

@@ -53,6 +53,7 @@ def _register_commands() -> None:
         plugins_cmd,
         report_cmd,
         run_cmd,
+        sign_cmd,
         stitch_cmd,
         synth_cmd,
         verify_cmd,

@@ -37,7 +37,7 @@ def models(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
     seen = {}
     for entry in get_plugins().models().values():
         seen[entry.name] = entry
-    from blockcert.model.assemble import package_file
+    from blockcert.model.paths import package_file
 
     rows = []
     for entry in seen.values():

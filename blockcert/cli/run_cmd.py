@@ -51,6 +51,10 @@ def run_command(
     cpus_per_task: float = typer.Option(None, "--cpus-per-task", help="With --executor ray: CPUs (and torch threads) per pass (default 1)."),
     inflight_mb: int = typer.Option(2048, "--inflight-mb", help="Loss-coverage activations one pass may hold (MiB); "
                                     "more blocks than fit take more passes."),
+    model_signature: Path = typer.Option(None, "--model-signature", help="The model's OpenSSF model-signing bundle (what "
+                                         "`model_signing sign MODEL --signature model.sig` writes): copied into --out as model.sig "
+                                         "and covered by every block certificate, so each certificate chains to the signed model. "
+                                         "Its format is checked here, its signature by `model_signing verify` (docs/signing.md)."),
     as_json: bool = opt.as_json("Print the summary as JSON on stdout (progress still goes to stderr)."),
 ) -> None:
     """Certify blocks: trace the model, extract each block to IR, replay, measure ε, MAE, cov_act, cov_path,
@@ -72,6 +76,10 @@ def run_command(
 
     derivation = from_options(surrogate, ablate)  # a malformed spec fails before the model loads
     load_prompts(prompts)  # a bad prompt file fails before the model loads
+    if model_signature is not None:
+        from blockcert.signing import read_model_signature
+
+        read_model_signature(model_signature)  # so does a file that is not a model-signing bundle
     from blockcert.pipeline.executors import get_executor
 
     if inflight_mb < 1:
@@ -81,7 +89,7 @@ def run_command(
         loaded = load_model(model, arch=arch, dtype=dtype, stream=stream, device=device)
     options = RunSettings(device=loaded.device, arch=arch, prompts=prompts, blocks=blocks, policy=policy, dtype=dtype, out=out, resume=resume, force=force,
                           batch_size=batch_size, bounds=settings, surrogate=surrogate, ablate=ablate, executor=chosen,
-                          inflight_bytes=inflight_mb << 20)
+                          inflight_bytes=inflight_mb << 20, model_signature=model_signature)
     result = run(loaded=loaded, settings=options, progress=True)
     stitched = None
     if full:

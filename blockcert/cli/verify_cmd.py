@@ -31,11 +31,16 @@ def verify_command(
     tol_tokens: int = typer.Option(None, "--tol-tokens", help="Tokens whose path match may flip (default 0)."),
     stream: bool = typer.Option(False, "--stream", help="With --level full: read the model one block at a time from its safetensors shards."),
     show_all: bool = typer.Option(False, "--all-checks", help="List every check, not only the failed ones."),
+    trust: list[Path] = typer.Option(None, "--trust", help="A public key (PEM, ed25519 or ECDSA P-256) whose signatures you accept; "
+                                     "repeatable. Then every certificate must carry a DSSE envelope (certificate.dsse.json, "
+                                     "from blockcert sign) over its exact bytes, validly signed by one of these keys. "
+                                     "Without --trust, envelopes that are there are checked and their key ids reported."),
     as_json: bool = opt.as_json("Machine-readable report on stdout."),
 ) -> None:
     """Verify certificates: schema, canonical bytes, artifact digests and paths (hashes); replay every IR
     and recompute the metrics and the verdict under YOUR policy (replay); re-check the model itself (full).
-    The policy flags are the verifier's own: a certificate can never loosen them.
+    The policy flags are the verifier's own: a certificate can never loosen them. With --trust, also who signed
+    each certificate (docs/signing.md).
 
     Exit code 0 if every certificate verifies, 1 if any check fails, 2 for a usage error.
     """
@@ -55,20 +60,27 @@ def verify_command(
         raise UserError(f"{', '.join(bad)} must be a number >= 0")
     tol = attrs.evolve(Tolerances.for_reference(reference), **given)
     with err_console.status(f"Verifying {path} (level {level}, {reference} reference)"):
-        report = verify(path, level=level, reference=reference, policy=policy, tolerances=tol, model=model, stream=stream, device=device)
+        report = verify(path, level=level, reference=reference, policy=policy, tolerances=tol, model=model, stream=stream, device=device,
+                        trust=trust or None)
     if as_json:
         typer.echo(json.dumps(report.as_dict(), indent=2))
     else:
         console = out_console()
         console.print(f"policy: {policy.describe()}; level {level}, {reference} reference", highlight=False)
         console.print(f"tolerances: {tol.describe(reference)}", highlight=False)
+        signed = report.trusted is not None or any(c.signature not in ("", "unsigned") for c in report.certificates)
+        if signed:
+            console.print("signatures: " + (f"required, from a trusted key ({', '.join(report.trusted)})" if report.trusted is not None
+                                            else "reported, not checked (no --trust)"), highlight=False, soft_wrap=True)
         table = Table(title=f"Certificates in {report.root}")
-        for col in ("certificate", "block", "checks", "claims certified", "certified (recomputed)", "verified"):
-            table.add_column(col)
+        for col in ("certificate", "block", "checks", "claims certified", "certified (recomputed)", *(("signed by",) if signed else ()),
+                    "verified"):
+            table.add_column(col, overflow="fold")
         for cert in report.certificates:
             passed = sum(ch.ok for ch in cert.checks)
             table.add_row(cert.path, "" if cert.block is None else str(cert.block), f"{passed}/{len(cert.checks)}",
-                          _yn(cert.claimed_certified), _yn(cert.certified), "[green]yes[/]" if cert.ok else "[red]NO[/]")
+                          _yn(cert.claimed_certified), _yn(cert.certified), *((_signer(cert),) if signed else ()),
+                          "[green]yes[/]" if cert.ok else "[red]NO[/]")
         console.print(table)
         for cert in report.certificates:
             rows = [ch for ch in cert.checks if show_all or not ch.ok]
@@ -80,9 +92,20 @@ def verify_command(
             for ch in rows:
                 detail.add_row(ch.name, "[green]pass[/]" if ch.ok else "[red]FAIL[/]", ch.claimed, ch.actual, ch.detail)
             console.print(detail)
+        for cert in report.certificates:  # who signed is what an auditor asks first: one plain line per failed certificate
+            if cert.signature == "invalid":
+                failed = [ch for ch in cert.checks if not ch.ok and ("signature" in ch.name or "envelope" in ch.name)]
+                why = failed[0].detail or failed[0].name if failed else ""
+                console.print(f"[red]signature FAIL[/] {why}", highlight=False, soft_wrap=True)
         console.print("[green]verified[/]" if report.ok else "[red]verification failed[/]")
     if not report.ok:
         raise typer.Exit(1)
+
+
+def _signer(cert) -> str:
+    ids = ", ".join(k[:16] for k in cert.signers)
+    shown = {"verified": ids, "unchecked": f"{ids} (not checked)", "invalid": "[red]invalid[/]", "unsigned": "unsigned"}
+    return shown.get(cert.signature, "")
 
 
 def _yn(value: bool | None) -> str:

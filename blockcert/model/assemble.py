@@ -10,23 +10,13 @@ nothing is ever downloaded here.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from blockcert.errors import ModelNotInstalled, UserError
-from blockcert.model.paths import cache_root
-
-
-def package_file(package: str, relative: str) -> Path | None:
-    """``relative`` inside the installed package ``package`` (found, not imported), or None if it is not there."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(next(iter(spec.submodule_search_locations))) / relative
-    return path if path.is_file() else None
+from blockcert.model.paths import cache_root, package_file
 
 
 def assemble(name: str, parts: Sequence[tuple[str, str]], sha256: str, filename: str, install: str,

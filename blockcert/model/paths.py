@@ -6,6 +6,7 @@ caches under :func:`cache_root`), or a registered name. Never a hub download.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -35,12 +36,19 @@ def gguf_cache_path(gguf: Path, sha256: str | None = None) -> Path:
 _NOTICED: set[str] = set()
 
 
+def package_file(package: str, relative: str) -> Path | None:
+    """``relative`` inside the installed package ``package`` (found, not imported), or None if it is not there."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / relative
+    return path if path.is_file() else None
+
+
 def _located(entry: Any) -> Path:
     """``entry.locate()``; a model that comes with terms of use says so once per process, on stderr, with their path."""
     path = entry.locate()
     if entry.terms is not None and entry.name not in _NOTICED:
-        from blockcert.model.assemble import package_file
-
         _NOTICED.add(entry.name)
         print(f"note: {entry.name}: {entry.licence}; the terms: {package_file(*entry.terms)}", file=sys.stderr)
     return path

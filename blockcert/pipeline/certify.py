@@ -9,6 +9,7 @@ Output directory (paths in certificates are relative to it)::
     block_<idx>/metrics.json                 the block's metrics and verdict
     block_<idx>/certificate.json             in-toto statement, canonical JSON (written last)
     metrics.json                 summary over blocks (written at the end)
+    model.sig                    with --model-signature: the model's OpenSSF model-signing bundle, a subject of every block
 
 Loss coverage really replaces block l by its IR replay and runs blocks l+1..L-1 and the head on the
 result; the prefix is the stored trace x^(l) (blocks < l are never re-run) and the prompts of a batch
@@ -41,7 +42,19 @@ from blockcert import __version__, derive
 from blockcert.artifacts import records as R
 from blockcert.artifacts.digest import canonical_json, file_sha256
 from blockcert.artifacts.fsutil import atomic_write_bytes, atomic_write_text, is_temp_name
-from blockcert.artifacts.layout import BLOCK_METRICS, BOUNDS, CERTIFICATE, ERRORS, IR, MANIFEST, SUMMARY, TRACE_INDEX, BlockPaths, block_dir
+from blockcert.artifacts.layout import (
+    BLOCK_METRICS,
+    BOUNDS,
+    CERTIFICATE,
+    ERRORS,
+    IR,
+    MANIFEST,
+    MODEL_SIGNATURE,
+    SUMMARY,
+    TRACE_INDEX,
+    BlockPaths,
+    block_dir,
+)
 from blockcert.bounds.record import BoundSettings, block_record, predicate_summary
 from blockcert.certificate import BLOCK_PREDICATE, CERT_SCHEMA_VERSION, certificate_id, statement, subject, write_certificate
 from blockcert.derive import Derivation
@@ -55,6 +68,7 @@ from blockcert.pipeline.promptsets import load_prompts
 from blockcert.pipeline.staircase import suffix_losses, variant_bytes
 from blockcert.pipeline.trace import PromptTrace, capture, load_traces, prompt_file, prompts_sha256, save_traces
 from blockcert.plugins import get_plugins
+from blockcert.signing import read_model_signature
 from blockcert.spec import parse_blocks
 
 DEFAULT_INFLIGHT_BYTES = 2 << 30  # loss-coverage activations one pass may hold (see blockcert.pipeline.staircase)
@@ -128,7 +142,7 @@ def _prepare_out(out: Path, manifest: dict[str, Any], resume: bool, force: bool)
     occupied = out.is_dir() and any(not is_temp_name(p.name) for p in out.iterdir())
     if out.is_dir():  # temp files of our own root artifacts, left by a killed run (never anyone else's)
         for stale in out.iterdir():
-            if is_temp_name(stale.name) and stale.name.startswith((f".{MANIFEST}.", f".{SUMMARY}.")):
+            if is_temp_name(stale.name) and stale.name.startswith((f".{MANIFEST}.", f".{SUMMARY}.", f".{MODEL_SIGNATURE}.")):
                 stale.unlink(missing_ok=True)
     if occupied and resume:
         if not manifest_path.is_file():
@@ -151,6 +165,24 @@ def _prepare_out(out: Path, manifest: dict[str, Any], resume: bool, force: bool)
         shutil.rmtree(trash)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(manifest_path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+
+def _check_model_signature(root: Path, signature: bytes | None) -> None:
+    """--resume: the run keeps the model signature it was started with (its finished certificates cover it, or not)."""
+    path = root / MODEL_SIGNATURE
+    old = path.read_bytes() if path.is_file() else None
+    if old != signature and _finished_indices(root):
+        said = ("without --model-signature" if old is None else f"with --model-signature (its copy is {MODEL_SIGNATURE})"
+                if signature is None else f"with another --model-signature ({MODEL_SIGNATURE} differs)")
+        raise UserError(f"--resume: {root} was started {said}", "rerun with the original settings, or choose a new --out")
+
+
+def _place_model_signature(root: Path, signature: bytes | None) -> None:
+    path = root / MODEL_SIGNATURE
+    if signature is None:
+        path.unlink(missing_ok=True)  # left by a run that was killed before any block finished
+    elif not path.is_file() or path.read_bytes() != signature:
+        atomic_write_bytes(path, signature)
 
 
 def _load_finished(root: Path, index: int, bounds: BoundSettings | None = None) -> BlockResult | None:
@@ -450,6 +482,7 @@ class RunSettings:
     executor: str | Executor = "local"
     inflight_bytes: int = DEFAULT_INFLIGHT_BYTES
     device: str = "cpu"  # cpu, cuda, mps or auto: where the model and the replay run (traces stay on the CPU)
+    model_signature: str | Path | None = None  # an OpenSSF model-signing bundle: kept as model.sig, a subject of every block
 
 
 def run(model: str | Path | None = None, *, settings: RunSettings | None = None, loaded: LoadedModel | None = None,
@@ -472,6 +505,10 @@ def run(model: str | Path | None = None, *, settings: RunSettings | None = None,
 
     ``surrogate="lowrank:r=64"`` or ``ablate="invert-mask"`` certifies, for every block, the IR derived
     from the extraction by that plugin instead of the extraction itself (see :mod:`blockcert.derive`).
+
+    ``model_signature`` names an OpenSSF model-signing bundle (``model_signing sign`` writes ``model.sig``) for the
+    model: its format is checked, it is copied to ``model.sig`` in ``out`` and every block certificate covers it as
+    a subject, so a certificate chains to the signed model (docs/signing.md).
     """
     if settings is not None and options:
         raise TypeError(f"run() takes settings= or its fields as keywords, not both (got {', '.join(sorted(options))})")
@@ -504,7 +541,11 @@ def run(model: str | Path | None = None, *, settings: RunSettings | None = None,
     manifest = _manifest(loaded, prompts, texts, policy, n_ctx)
     if derivation is not None:
         manifest["derivation"] = derivation.manifest()
+    signature = None if s.model_signature is None else read_model_signature(s.model_signature)
+    if resume:
+        _check_model_signature(root, signature)
     _prepare_out(root, manifest, resume, force)
+    _place_model_signature(root, signature)
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    console=console, disable=not progress)
     with bar:
@@ -515,6 +556,7 @@ def run(model: str | Path | None = None, *, settings: RunSettings | None = None,
             traces = capture(loaded, texts, batch_size=batch_size, progress=lambda n: bar.advance(task, n))
             save_traces(root, traces, prompts)
         shared = [subject(root, MANIFEST), subject(root, TRACE_INDEX), *(subject(root, prompt_file(t.index)) for t in traces)]
+        shared += [subject(root, MODEL_SIGNATURE)] if signature is not None else []
         finished = {i: r for i in selected if resume and (r := _load_finished(root, i, bound_settings)) is not None}
         todo = [i for i in selected if i not in finished]
         tokens = sum(t.n_tokens for t in traces)

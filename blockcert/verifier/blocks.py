@@ -19,11 +19,13 @@ from blockcert.artifacts.layout import (
     BLOCK_METRICS,
     BOUNDS,
     CERTIFICATE,
+    ENVELOPE,
     ERRORS,
     FULL,
     FULL_CERTIFICATE,
     IR,
     MANIFEST,
+    MODEL_SIGNATURE,
     SUMMARY,
     TRACE_INDEX,
     TRACES,
@@ -85,7 +87,8 @@ def _check_block_files(root: Path, block_dirname: str, contents: dict[str, bytes
     expected = {f"{block_dirname}/{n}" for n in names}
     missing = expected - set(contents)
     c.require("required artifacts referenced", not missing, "ir, errors, metrics", "", f"not referenced: {sorted(missing)}")
-    on_disk = {f"{block_dirname}/{p.name}" for p in (root / block_dirname).iterdir()} - {f"{block_dirname}/{CERTIFICATE}"}
+    own = {f"{block_dirname}/{CERTIFICATE}", f"{block_dirname}/{ENVELOPE}"}  # the envelope is checked by .signatures
+    on_disk = {f"{block_dirname}/{p.name}" for p in (root / block_dirname).iterdir()} - own
     extra = on_disk - set(contents)
     c.require("no unreferenced artifacts", not extra, "", ", ".join(sorted(extra)),
               f"files in {block_dirname}/ that the certificate does not cover: {sorted(extra)}" if extra else "")
@@ -346,7 +349,7 @@ def verify_certificate(root: Path, rel: str, *, level: str, reference: str, poli
     return CertReport(rel, "block", block, claimed_cert, verdict, tuple(c.checks))
 
 
-ROOT_ENTRIES = {MANIFEST, SUMMARY, TRACES, FULL}
+ROOT_ENTRIES = {MANIFEST, SUMMARY, TRACES, FULL, MODEL_SIGNATURE}
 
 
 def expected_summary(root: Path, certs: Sequence[str]) -> dict[str, Any]:
@@ -376,6 +379,16 @@ def verify_summary(root: Path, certs: Sequence[str]) -> CertReport:
         cert_dirs = {rel.split("/")[0] for rel in certs}
         extra = sorted(p.name for p in root.iterdir() if p.name not in ROOT_ENTRIES | cert_dirs)
         c.record("no unexpected files in the run directory", not extra, "", ", ".join(extra))
+        if (root / MODEL_SIGNATURE).exists():  # blockcert run --model-signature: every block certificate covers it
+            names = {rel: {s.get("name") for s in strict_json(read_artifact(root, rel, MAX_JSON_BYTES), rel)["subject"]} for rel in certs}
+            uncovered = [rel for rel in certs if MODEL_SIGNATURE not in names[rel]]
+            c.record(f"{MODEL_SIGNATURE} covered by every certificate", not uncovered, len(certs), len(certs) - len(uncovered),
+                     f"{MODEL_SIGNATURE} is not a subject of {', '.join(uncovered)}" if uncovered else "")
+            bundle = strict_json(read_artifact(root, MODEL_SIGNATURE, MAX_JSON_BYTES), MODEL_SIGNATURE)
+            env = bundle.get("dsseEnvelope") if isinstance(bundle, dict) else None
+            kind = env.get("payloadType") if isinstance(env, dict) else None
+            c.record(f"{MODEL_SIGNATURE} is a model-signing bundle", kind == "application/vnd.in-toto+json",
+                     "a Sigstore bundle with an in-toto DSSE envelope", short(kind))
         if (root / "full").exists():  # full/ is only ever written with its certificate, which covers the rest
             c.record("full/ holds a full-model certificate", (root / FULL_CERTIFICATE).is_file(), FULL_CERTIFICATE,
                      ", ".join(sorted(p.name for p in (root / "full").iterdir())) if (root / "full").is_dir() else "not a directory",

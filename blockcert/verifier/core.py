@@ -16,7 +16,8 @@ are looser than the verifier's fails, and a claimed ``certified: true`` must hol
 policy. Unknown fields are errors. Each check reports claimed vs recomputed.
 
 The checks live in :mod:`.subjects` (a statement and its artifacts), :mod:`.blocks` (block certificates and the
-run summary) and :mod:`.full_model`; this module is the entry point.
+run summary), :mod:`.full_model` and :mod:`.signatures` (the DSSE envelopes beside the certificates, required with
+``trust``); this module is the entry point.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from blockcert.verifier.full_model import verify_full_model
 from blockcert.verifier.metrics import (
     Tolerances,
 )
+from blockcert.verifier.signatures import attach, load_trusted
 from blockcert.verifier.subjects import CertReport
 
 LEVELS = ("hashes", "replay", "full")
@@ -51,6 +53,7 @@ class VerifyReport:
     policy: Policy
     tolerances: Tolerances
     certificates: tuple[CertReport, ...]
+    trusted: tuple[str, ...] | None = None  # ids of the --trust keys; None: signatures reported, not required
 
     @property
     def ok(self) -> bool:
@@ -87,8 +90,11 @@ def recorded_rule(root: Path) -> Policy:
 
 def verify(path: str | Path, *, level: str = "replay", reference: str = "torch", policy: Policy | None = None,
            tolerances: Tolerances | None = None, model: str | None = None, progress: Callable[[str], None] | None = None,
-           stream: bool = False, device: str = "cpu") -> VerifyReport:
+           stream: bool = False, device: str = "cpu", trust: Sequence[str | Path] | None = None) -> VerifyReport:
     """Verify every certificate under ``path`` (a run directory) or one certificate file.
+
+    ``trust``: public key files (PEM); every certificate must then carry a DSSE envelope with a valid signature by
+    one of them (:mod:`.signatures`). Without it, envelopes that are there are checked and their key ids reported.
 
     ``stream=True``: at level full, load ``model`` block by block (:mod:`blockcert.model.stream`).
     ``device``: where the torch reference runs the model (levels replay of an edit, and full); the replay of
@@ -99,13 +105,17 @@ def verify(path: str | Path, *, level: str = "replay", reference: str = "torch",
         raise UserError(f"unknown --reference {reference!r}", f"choose one of {', '.join(REFERENCES)}")
     policy = policy or Policy()
     tol = tolerances or Tolerances.for_reference(reference)
+    if trust is not None and not list(trust):
+        raise UserError("trust=[] would accept no signature", "pass at least one public key, or trust=None not to require signatures")
+    keys = None if trust is None else load_trusted(trust)  # a bad key file fails here, before any work
+    ids = None if keys is None else tuple(k.keyid for k in keys)
     from blockcert.verifier.edit import is_edit_dir, verify_edit
 
     target = Path(path)
     edit_root = target if is_edit_dir(target) else target.parent if target.name == CERTIFICATE and is_edit_dir(target.parent) else None
     if edit_root is not None:  # an edit certificate (blockcert edit): regenerated with the model at levels replay/full
         report = verify_edit(edit_root, level=level, model=model, reference=reference, tol=tol, device=device)
-        return VerifyReport(str(edit_root), level, reference, policy, tol, (report,))
+        return VerifyReport(str(edit_root), level, reference, policy, tol, attach(edit_root, (report,), keys), ids)
     if level == "full" and model is None:
         raise UserError("--level full needs --model (the model the certificates claim to certify)")
     if stream and reference == "numpy":
@@ -130,7 +140,7 @@ def verify(path: str | Path, *, level: str = "replay", reference: str = "torch",
         reports = [verify_full_model(root, full_rel, **kwargs)]
     if Path(path).is_dir():
         reports.append(verify_summary(root, certs))
-    return VerifyReport(str(root), level, reference, policy, tol, tuple(reports))
+    return VerifyReport(str(root), level, reference, policy, tol, attach(root, reports, keys), ids)
 
 
 __all__: Sequence[str] = ["verify", "VerifyReport", "CertReport", "Check", "Tolerances", "LEVELS", "REFERENCES"]

@@ -19,9 +19,9 @@ from typing import Any
 import attrs
 
 from blockcert.artifacts import records as R
-from blockcert.artifacts.layout import CERTIFICATE, COMPLETIONS, EDIT_MANIFEST, EDIT_METRICS, HUMAN, LABELS
+from blockcert.artifacts.layout import CERTIFICATE, COMPLETIONS, EDIT_MANIFEST, EDIT_METRICS, ENVELOPE, HUMAN, LABELS
 
-EDIT_FILES = {EDIT_MANIFEST, COMPLETIONS, EDIT_METRICS, HUMAN, CERTIFICATE, LABELS}
+EDIT_FILES = {EDIT_MANIFEST, COMPLETIONS, EDIT_METRICS, HUMAN, CERTIFICATE, LABELS, ENVELOPE}  # the envelope: .signatures
 MANIFEST_FIELDS = tuple(a.name for a in attrs.fields(R.EditManifest))
 EDIT_V1 = "https://blockcert.dev/predicate/edit-certificate/v1"
 ROW_FIELDS = {"id", "label", "category", "prompt", "keywords", "base", "edited", "base_judgement", "edited_judgement"}

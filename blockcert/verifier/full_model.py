@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from blockcert.artifacts import records as R
-from blockcert.artifacts.layout import MANIFEST, TRACE_INDEX, BlockPaths
+from blockcert.artifacts.layout import MANIFEST, TRACE_INDEX, BlockPaths, envelope_name
 from blockcert.artifacts.safeio import (
     MAX_JSON_BYTES,
     MAX_TENSOR_FILE_BYTES,
@@ -92,7 +92,8 @@ def verify_full_model(root: Path, rel: str, *, level: str, reference: str, tol: 
             for v in m[key]:
                 real(c, f"metrics.{key}[]", v)
         contents = check_subjects(root, cert, c)
-        stray = sorted(f"full/{p.name}" for p in (root / "full").iterdir() if f"full/{p.name}" not in contents | {rel: b""})
+        known = {*contents, rel, envelope_name(rel)}  # the envelope is checked by .signatures
+        stray = sorted(f"full/{p.name}" for p in (root / "full").iterdir() if f"full/{p.name}" not in known)
         c.require("no unreferenced artifacts in full/", not stray, "", ", ".join(stray),
                   f"files under full/ that the full-model certificate does not cover: {stray}" if stray else "")
         for name in (MANIFEST, pred["evaluation"], TRACE_INDEX):

@@ -98,6 +98,8 @@ class CertReport:
     claimed_certified: bool | None
     certified: bool | None  # recomputed under the verifier's policy (None at level hashes)
     checks: tuple[Check, ...]
+    signature: str = ""  # unsigned | unchecked (no --trust) | verified | invalid: see .signatures ("" for the run summary)
+    signers: tuple[str, ...] = ()  # key ids: the trusted keys that verified, or (unchecked) the ones the envelope claims
 
     @property
     def ok(self) -> bool:
