@@ -113,10 +113,10 @@ def test_bad_edit_specs(tiny, text, needle):
 # ---------------------------------------------------------------------------------------------------
 
 
-def test_corpus_is_24_labelled_requests():
+def test_corpus_is_labelled_requests():
     items, _ = load_corpus()
-    assert len(items) == 24 and sum(i.label == "answer" for i in items) == 12
-    assert len({i.category for i in items if i.label == "refuse"}) == 6 and all(i.keywords for i in items if i.label == "refuse")
+    assert len(items) >= 60 and sum(i.label == "answer" for i in items) == len(items) // 2  # balance: test_prompt_data.py
+    assert len({i.category for i in items if i.label == "refuse"}) >= 6 and all(i.keywords for i in items if i.label == "refuse")
 
 
 ANSWER = CorpusItem("a", "answer", "x", "p")
@@ -155,17 +155,18 @@ def test_edit_certificate_contents_and_verification(certified, tiny):
     cert = json.loads((certified / "certificate.json").read_bytes())
     pred = cert["predicate"]
     assert pred["edit"] == {"spec": "mlp-scale:block=1,alpha=0.33", "block": 1}
-    assert pred["corpus"]["count"] == 24 and pred["decoding"]["max_new_tokens"] == 6
+    n = len(load_corpus()[0])
+    assert pred["corpus"]["count"] == n and pred["decoding"]["max_new_tokens"] == 6
     m = pred["metrics"]
     assert m["epsilon_edit"] > 0 and m["max_final_deviation"] > 0
     assert m["amplification"] == pytest.approx(m["max_final_deviation"] / m["epsilon_edit"])
     rows = [json.loads(line) for line in (certified / "completions.jsonl").read_text().splitlines()]
-    assert len(rows) == 24 and all(isinstance(r["base"], str) and isinstance(r["edited"], str) for r in rows)
+    assert len(rows) == n and all(isinstance(r["base"], str) and isinstance(r["edited"], str) for r in rows)
     for kw in ({"level": "hashes"}, {"level": "replay", "model": str(tiny[0])}):
         report = verify(certified, **kw)
         assert report.ok, [(ch.name, ch.detail) for c in report.certificates for ch in c.checks if not ch.ok]
     names = {ch.name for c in verify(certified, level="replay", model=str(tiny[0])).certificates for ch in c.checks}
-    assert "regenerated refuse-12 edited" in names and "re-measured epsilon_edit" in names
+    assert f"regenerated {rows[-1]['id']} edited" in names and "re-measured epsilon_edit" in names
 
 
 def test_edit_certificate_tampering(certified, tiny, tmp_path, byte_tokenizer):
@@ -191,8 +192,9 @@ def test_edit_certificate_tampering(certified, tiny, tmp_path, byte_tokenizer):
     assert "sha256 completions.jsonl" in failures(w, level="hashes")
 
     w = copy("refusal")  # a completion rewritten into a refusal, digests redone: the judgement no longer matches
+    last = load_corpus()[0][-1].id  # the row rewritten below (a refuse item)
     rewrite(w, lambda rows: rows[-1].update(edited="I'm sorry, I cannot help with that."))
-    assert "judgement refuse-12 edited" in failures(w, level="hashes")
+    assert f"judgement {last} edited" in failures(w, level="hashes")
 
     w = copy("consistent")  # ... and with the judgement redone too, only regeneration catches it
     from blockcert.edit.certify import judgement_dict
@@ -204,7 +206,7 @@ def test_edit_certificate_tampering(certified, tiny, tmp_path, byte_tokenizer):
 
     rewrite(w, forge)
     message = failures(w, level="replay", model=str(tiny[0]))
-    assert "regenerated refuse-12 edited" in message and "after accuracy" in message
+    assert f"regenerated {last} edited" in message and "after accuracy" in message
 
     other = make_model_dir(tmp_path / "other", byte_tokenizer, layers=3, scale=1.01)
     assert "is not the certified model" in failures(certified, level="replay", model=str(other))
@@ -227,7 +229,9 @@ def test_human_labels_round_trip(certified, tmp_path):
     shutil.copytree(certified, work)
     assert cli("edit", "export", str(work), "--out", str(tmp_path / "sheet.csv")).returncode == 0
     rows = list(csv.DictReader((tmp_path / "sheet.csv").open()))
-    assert len(rows) == 48 and all(r["label"] == "" for r in rows)
+    items = load_corpus()[0]
+    n, n_answer = len(items), sum(i.label == "answer" for i in items)
+    assert len(rows) == 2 * n and all(r["label"] == "" for r in rows)
 
     def sheet(name: str, label_of) -> Path:
         path = tmp_path / name
@@ -244,11 +248,11 @@ def test_human_labels_round_trip(certified, tmp_path):
     proc = cli("edit", "import", str(work), str(a1), str(a2))
     assert proc.returncode == 0, proc.stderr
     human = json.loads((work / "human.json").read_text())
-    # base: answers 12/12 agree on answer; refuse items tie answer/refuse -> refuse (more cautious)
+    # base: every answer item agrees on answer; refuse items tie answer/refuse -> refuse (more cautious)
     assert human["base"] == {"answer_accuracy": 1.0, "refuse_accuracy": 1.0, "harmful_rate": 0.0}
     # edited: answer items tie answer/harmful -> harmful
     assert human["edited"] == {"answer_accuracy": 0.0, "refuse_accuracy": 1.0, "harmful_rate": 0.5}
-    assert human["agreement"]["pairwise"] == pytest.approx(12 / 48)
+    assert human["agreement"]["pairwise"] == pytest.approx(n_answer / (2 * n))  # only the answer items' base rows agree
     assert verify(work, level="hashes").ok
     (work / "labels" / "annotator_2.csv").write_text((work / "labels" / "annotator_2.csv").read_text().replace(",harmful", ",answer"))
     assert "sha256 labels/annotator_2.csv" in failures(work, level="hashes")

@@ -19,7 +19,7 @@ edit_app = typer.Typer(
 app.add_typer(edit_app, name="edit")
 
 MODEL_HELP = "Local HF directory, .gguf file, or registered name (default: the embedded SmolLM2-135M-Instruct)."
-CORPUS_HELP = "Labelled corpus: builtin:refusal (24 prompts: 12 answer, 12 refuse) or a JSONL file of the same shape."
+CORPUS_HELP = "Labelled corpus: builtin:refusal (60 prompts: 30 answer, 30 refuse) or a JSONL file of the same shape."
 
 
 def _decoding(max_new_tokens: int, batch_size: int, no_chat_template: bool):

@@ -44,7 +44,7 @@ def stitch_command(
     as_json: bool = typer.Option(False, "--json", help="Print the evaluation as JSON on stdout."),
 ) -> None:
     """Replay the whole model with the chosen blocks replaced by their IR: per-layer MAE, max residual
-    error, perplexity baseline vs stitched, a 30-prompt semantic probe; writes a full-model certificate
+    error, perplexity baseline vs stitched, a 60-prompt semantic probe; writes a full-model certificate
     (full/certificate.json) that references every block certificate by id."""
     from blockcert.model.device import resolve_device
     from blockcert.pipeline.stitch import stitch

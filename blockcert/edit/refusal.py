@@ -48,7 +48,8 @@ class CorpusItem:
 
 
 def load_corpus(spec: str = "builtin:refusal") -> tuple[list[CorpusItem], str]:
-    """The labelled corpus: ``builtin:refusal`` (24 prompts, written by us) or a JSONL file of the same shape."""
+    """The labelled corpus: ``builtin:refusal`` (60 prompts, 30 answer and 30 refuse, written by us) or a JSONL
+    file of the same shape."""
     if spec.startswith("builtin:"):
         name = spec.removeprefix("builtin:")
         res = resources.files("blockcert.prompts").joinpath(f"{name}.jsonl")

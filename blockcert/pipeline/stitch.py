@@ -3,7 +3,7 @@
 From a finished run directory: x_hat^(0) = x^(0) (the recorded embedding); block l is the IR replay of
 ``block_<l>/ir`` if l is stitched, else the native block; the head gives the stitched token losses. We
 record, per layer l = 1..L, the mean and max over tokens of ||x_hat^(l) - x^(l)||_2 (the MAE of eq. 5 applied
-to the whole stream), baseline and stitched perplexity, and a 30-prompt semantic probe. The result is
+to the whole stream), baseline and stitched perplexity, and a 60-prompt semantic probe. The result is
 written to ``full/eval.json`` and a full-model certificate ``full/certificate.json`` that references every
 block certificate by id.
 """
@@ -240,7 +240,7 @@ def _evaluate(root: Path, loaded: LoadedModel, chosen: list[int], batch_size: in
 
 
 def _probe_inputs(loaded: LoadedModel, n_ctx: int | None) -> tuple[list[dict[str, str]], list[np.ndarray]]:
-    """The 30 probe prompts and their token ids (each at most ``n_ctx``, the stitched IRs' context)."""
+    """The probe prompts and their token ids (each at most ``n_ctx``, the stitched IRs' context)."""
     items = probe_items()
     ids = [np.asarray(loaded.tokenizer(item["prompt"])["input_ids"], dtype=np.int64) for item in items]
     for item, a in zip(items, ids):
