@@ -81,6 +81,62 @@ def test_tables_2_and_3_follow_the_best_prompt_convention(everything):
     assert t3.row("invert-mask").cov_path < t3.rows[0].cov_path == 1.0
 
 
+def test_table1_is_the_per_prompt_means_of_the_baseline_run(everything):
+    out, result = everything
+    t1 = result.table1
+    run_dir = out / t1.runs[0].path
+    assert t1.runs[0].path == result.table2.runs[0].path  # the shared baseline run (made with bounds)
+    assert [b.block for b in t1.blocks] == list(BLOCKS)
+    for row in t1.blocks:
+        m = metrics_on_disk(run_dir, row.block)
+        assert row.n_prompts == len(m["per_prompt_cov_act"]) == 10
+        for name, key in (("cov_act", "per_prompt_cov_act"), ("mae", "per_prompt_mae"), ("cov_loss", "per_prompt_cov_loss")):
+            i = getattr(row, name)
+            assert i.mean == pytest.approx(statistics.fmean(m[key]), rel=1e-12) and i.n == 10
+            assert min(m[key]) <= i.low <= i.mean <= i.high <= max(m[key])
+        assert row.min_cov_act == min(m["per_prompt_cov_act"]) and row.epsilon == m["epsilon"]
+
+
+def test_table6_is_the_baseline_runs_bounds(everything):
+    out, result = everything
+    t6 = result.table6
+    assert t6.runs[0].path == result.table1.runs[0].path
+    for row in t6.blocks:
+        record = json.loads((out / t6.runs[0].path / f"block_{row.block:03d}" / "bounds.json").read_text())
+        up = record["certified"]["upper"]
+        assert (row.K_attn, row.K_mlp, row.K_mlp_local, row.hybrid_upper_bound) == (up["K_attn"], up["K_mlp"], up["K_mlp_local"],
+                                                                                   up["hybrid_upper_bound"])
+        assert row.hybrid_upper_bound is not None and row.hybrid_upper_bound >= 1 and row.bounds_note == ""
+        assert row.epsilon_seq == record["epsilon_seq"] >= row.epsilon
+
+
+def test_all_prompt_columns_of_tables_2_and_3(everything):
+    out, result = everything
+    for table in (result.table2, result.table3):
+        for row in table.rows:
+            cells = [metrics_on_disk(out / row.run, b) for b in BLOCKS]
+            mae = [v for m in cells for v in m["per_prompt_mae"]]
+            a = row.all_prompts
+            assert a.mae.n == len(mae) == 30 and a.mae.mean == pytest.approx(statistics.fmean(mae), rel=1e-12)
+            assert a.mae.low <= a.mae.mean <= a.mae.high
+            assert a.error_ratio == pytest.approx(a.mae.mean / table.rows[0].all_prompts.mae.mean, rel=1e-12)
+    assert result.table3.row("zero-wv").all_prompts.mae.low > result.table3.rows[0].all_prompts.mae.high  # separated
+
+
+def test_bootstrap_intervals():
+    """Reproducible, degenerate for one value or a constant, and about ±1.96 standard errors for a large sample."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(3.0, 2.0, 400)
+    a, b = ex.bootstrap(x), ex.bootstrap(x)
+    assert a == b and a.n == 400
+    se = x.std(ddof=1) / np.sqrt(x.size)
+    assert a.high - a.mean == pytest.approx(1.96 * se, rel=0.15) and a.mean - a.low == pytest.approx(1.96 * se, rel=0.15)
+    assert ex.bootstrap([0.7]) == ex.Interval(0.7, 0.7, 0.7, 1) and ex.bootstrap([2.0] * 9) == ex.Interval(2.0, 2.0, 2.0, 9)
+    assert ex.bootstrap(x[:20]).high - ex.bootstrap(x[:20]).low > a.high - a.low  # fewer prompts, wider
+    with pytest.raises(ValueError):
+        ex.bootstrap([])
+
+
 def test_tables_4_and_5_recomputed_from_the_baseline_run(everything, settings):
     out, result = everything
     t4, t5 = result.table4, result.table5
@@ -148,6 +204,7 @@ def test_rerunning_reuses_the_finished_runs(everything, tiny, settings):
     assert all(r.reused for r in again.runs) and not any(r.reused for r in first.runs)
     assert again.table2.rows == first.table2.rows and again.table3.rows == first.table3.rows
     assert again.table4.blocks == first.table4.blocks and again.prompt_shift.blocks == first.prompt_shift.blocks
+    assert again.table1.blocks == first.table1.blocks and again.table6.blocks == first.table6.blocks
     assert [p.stat().st_mtime_ns for p in certs] == stamps
     # a single experiment pointed at the same directory finds the shared baseline run too
     t5 = ex.table5(settings, out, loaded=tiny)

@@ -1,4 +1,4 @@
-"""``blockcert experiment``: re-run the paper's Tables 2-5 and its prompt-shift experiment on a model."""
+"""``blockcert experiment``: re-run the paper's Tables 1-6 and its prompt-shift experiment on a model."""
 
 from __future__ import annotations
 
@@ -146,17 +146,65 @@ def _about(setup: Any) -> str:
             f"τ_act={p.tau_act:g}, τ_loss={p.tau_loss:g}, α_act={p.alpha_act:g}, α_loss={p.alpha_loss:g}")
 
 
+def _ci(i: Any, fmt: str = ".3f") -> str:
+    """A bootstrap interval as ``mean [low, high]``."""
+    return f"{i.mean:{fmt}} [{i.low:{fmt}}, {i.high:{fmt}}]"
+
+
+def _num(x: float | None, fmt: str = ".2e") -> str:
+    return "none" if x is None else f"{x:{fmt}}"
+
+
+def render_extraction(t: Any) -> None:
+    from blockcert.pipeline.experiments import PAPER_TABLE1
+
+    table = Table()
+    for col in ("block", "mean cov_act [95% CI]", "mean MAE [95% CI]", "min cov_act", "mean cov_loss", "ε", "certified",
+                "paper (Llama-2-7B): cov_act, error"):
+        table.add_column(col, justify="right")
+    for b in t.blocks:
+        paper = PAPER_TABLE1.get(b.block)
+        table.add_row(str(b.block), _ci(b.cov_act), _ci(b.mae, ".2e"), f"{b.min_cov_act:.3f}", f"{b.cov_loss.mean:.3f}",
+                      f"{b.epsilon:.2e}", "yes" if b.certified else "[red]no[/]", "—" if paper is None else f"{paper[0]:.3f}, {paper[1]:.2e}")
+    n = t.blocks[0].n_prompts if t.blocks else 0
+    _show(f"Table 1 analog, the extraction per block, on {t.prompts}", table,
+          f"Means over the {n} prompts of each prompt's value; [low, high]: 95% bootstrap interval over prompts (2,000 resamples, "
+          "seed 0). The paper's column is its Llama-2-7B table.")
+
+
+def render_lipschitz(t: Any) -> None:
+    from blockcert.pipeline.experiments import PAPER_TABLE6
+
+    table = Table()
+    for col in ("block", "ε", "K_attn", "K_mlp", "K_mlp local", "L_block (hybrid)", "analytic", "paper (TinyLlama): ε, K_attn, K_MLP, L_block"):
+        table.add_column(col, justify="right")
+    for b in t.blocks:
+        paper = PAPER_TABLE6.get(b.block)
+        table.add_row(str(b.block), f"{b.epsilon:.2e}", _num(b.K_attn), _num(b.K_mlp), _num(b.K_mlp_local), _num(b.hybrid_upper_bound),
+                      _num(b.analytic_upper_bound), "—" if paper is None else ", ".join(f"{v:.1e}" for v in paper))
+    notes = sorted({b.bounds_note for b in t.blocks if b.bounds_note})
+    radius = t.blocks[0].radius if t.blocks else 1.0
+    _show(f"Table 6 analog, Lipschitz quantities per block, on {t.prompts}", table,
+          f"From each block's bounds.json (docs/bounds.md): K_mlp local on ℓ2 balls of radius {radius:g} around the traced inputs (the "
+          "paper's auto-LiRPA quantity); L_block (hybrid) = (1 + K_attn)(1 + K_mlp local), which keeps the MLP's residual identity the "
+          "paper's (1 + K_attn) K_MLP drops." + ("".join(f"\n{n}" for n in notes) if notes else ""))
+
+
 def render_derived(t: Any) -> None:
     what = "low-rank and other surrogates" if t.experiment == "table2" else "ablations"
     table = Table()
-    for col in ("row", "mean cov_act", "mean MAE", "error ratio", "mean cov_path", "mean cov_loss"):
+    for col in ("row", "mean cov_act", "mean MAE", "error ratio", "mean cov_path", "mean cov_loss",
+                "all prompts: cov_act [95% CI]", "MAE [95% CI]", "error ratio"):
         table.add_column(col, justify="left" if col == "row" else "right")
     for r in t.rows:
-        table.add_row(r.label, f"{r.cov_act:.3f}", f"{r.mae:.3e}", _ratio(r.error_ratio), f"{r.cov_path:.3f}", f"{r.cov_loss:.3f}")
+        a = r.all_prompts
+        table.add_row(r.label, f"{r.cov_act:.3f}", f"{r.mae:.3e}", _ratio(r.error_ratio), f"{r.cov_path:.3f}", f"{r.cov_loss:.3f}",
+                      _ci(a.cov_act), _ci(a.mae, ".2e"), _ratio(a.error_ratio))
     best = ", ".join(f"{c.block}→{c.prompt}" for c in t.rows[0].blocks)
-    _show(f"{t.experiment.replace('table', 'Table ')} analog, {what}, on {t.prompts} (best prompt per block)", table,
-          f"Every column is a mean over blocks of the block's value on its best prompt (block→prompt: {best}; the baseline "
-          "run's best_prompt, the same prompt in every row). Error ratio = mean MAE / the baseline's.")
+    _show(f"{t.experiment.replace('table', 'Table ')} analog, {what}, on {t.prompts} (best prompt per block, and all prompts)", table,
+          f"The first five columns are means over blocks of the block's value on its best prompt (block→prompt: {best}; the baseline "
+          "run's best_prompt, the same prompt in every row), the paper's convention. Error ratio = mean MAE / the baseline's. "
+          "The last three are over every prompt of every block, with 95% bootstrap intervals over those cells.")
 
 
 def render_thresholds(t: Any) -> None:
@@ -219,6 +267,24 @@ def _finish(result: Any, out: Path, as_json: bool, render: Any) -> None:
 # -- commands ------------------------------------------------------------------------------------------
 
 
+@experiment("table1")
+def table1_command(common: Common) -> None:
+    """Table 1: per block, mean cov_act and MAE over the prompts (bootstrap intervals), min cov_act, cov_loss, ε."""
+    from blockcert.pipeline.experiments import table1
+
+    result = table1(common.settings, common.directory("table1"), progress=True)
+    _finish(result, common.directory("table1"), common.as_json, render_extraction)
+
+
+@experiment("table6")
+def table6_command(common: Common) -> None:
+    """Table 6: per block, ε and the Lipschitz bounds (K_attn, K_mlp, the block bounds) of the extraction, beside the paper's."""
+    from blockcert.pipeline.experiments import table6
+
+    result = table6(common.settings, common.directory("table6"), progress=True)
+    _finish(result, common.directory("table6"), common.as_json, render_lipschitz)
+
+
 @experiment("table2")
 def table2_command(common: Common, ranks: str = RANKS, surrogates: list[str] = SURROGATES) -> None:
     """Table 2: the extraction vs low-rank attention surrogates (and int8), on each block's best prompt."""
@@ -268,7 +334,7 @@ def prompt_shift_command(common: Common, certify_prompts: str = CERTIFY) -> None
 @experiment("all")
 def all_command(common: Common, ranks: str = RANKS, surrogates: list[str] = SURROGATES, ablations: list[str] = ABLATIONS,
                 levels: str = LEVELS, sizes: str = SIZES, certify_prompts: str = CERTIFY) -> None:
-    """Every experiment, each run made once and shared (the extraction's run on --prompts serves all five)."""
+    """Every experiment, each run made once and shared (the extraction's run on --prompts, with bounds, serves Tables 1-6)."""
     from blockcert.pipeline.experiments import run_all
 
     result = run_all(common.settings, common.directory("all"), ranks=_numbers(ranks, "--ranks", int), surrogates=surrogates,
@@ -276,7 +342,7 @@ def all_command(common: Common, ranks: str = RANKS, surrogates: list[str] = SURR
                      certify_prompts=certify_prompts, progress=True)
 
     def render(r: Any) -> None:
-        for table, fn in ((r.table2, render_derived), (r.table3, render_derived), (r.table4, render_thresholds),
+        for table, fn in ((r.table1, render_extraction), (r.table6, render_lipschitz), (r.table2, render_derived), (r.table3, render_derived), (r.table4, render_thresholds),
                           (r.table5, render_sizes), (r.prompt_shift, render_shift)):
             fn(table)
 

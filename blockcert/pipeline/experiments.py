@@ -1,4 +1,4 @@
-"""Experiments: the paper's Tables 2-5 and its prompt-shift paragraph (sections 6.4 and 6.7), re-run on a model.
+"""Experiments: the paper's Tables 1-6 and its prompt-shift paragraph (sections 6.2-6.7), re-run on a model.
 
 Every number comes from ordinary ``blockcert run`` directories made here, one per configuration
 (prompt set x derivation), under ``<out>/runs/``: anyone can ``blockcert verify`` them. A run whose
@@ -10,11 +10,22 @@ prompt shift).
 
 Conventions, following the paper's table captions and text:
 
+* Table 1 (the extraction, per block): the mean over prompts of each prompt's cov_act and MAE (the paper's
+  "mean activation coverage" and "mean extraction error"), with the minimum per-prompt cov_act, the mean
+  cov_loss and ε (the worst per-token error).
+* Table 6 (Lipschitz quantities, per block): ε, ``K_attn``, the analytic and the local (ball of radius 1)
+  MLP bounds and the block bounds of the extraction's own ``bounds.json`` (``run --bounds``); ``null`` where
+  no finite bound is claimed (docs/bounds.md §5).
+* Every mean over prompts comes with a 95% bootstrap confidence interval (:func:`bootstrap`: 2,000
+  resamples of the prompts, percentile interval, seed 0, so it is reproducible).
+
 * Tables 2 and 3 ("best prompt per block"): each block is read on ONE prompt, the best prompt of the
   block's *baseline* run (highest cov_act, ties: lowest MAE, then lowest index; ``BlockMetrics.best_prompt``),
   and every row uses that same prompt. A row's cov_act, MAE, cov_path and cov_loss are each block's
   value on that prompt, averaged over the blocks. The error ratio is the row's mean MAE divided by the
-  baseline row's mean MAE (the paper's 4.80e-2 / 3.38e-2 = 1.42).
+  baseline row's mean MAE (the paper's 4.80e-2 / 3.38e-2 = 1.42). Beside it, each row's all-prompt
+  means (every prompt of every block, with bootstrap intervals over prompts) and their error ratio: one
+  prompt per block is the paper's convention, not enough data to rank surrogates on.
 * Table 4: per block, the number of prompts whose own cov_act is >= each level while their own
   cov_loss is >= ``loss_level`` (the policy's alpha_loss by default, the paper's 0.90).
 * Table 5: per block, the minimum per-prompt cov_act over the first k prompts.
@@ -57,7 +68,7 @@ if TYPE_CHECKING:
     from blockcert.pipeline.certify import BlockResult, RunResult
 
 RESULTS = "results.json"
-RESULTS_SCHEMA_VERSION = 1
+RESULTS_SCHEMA_VERSION = 2  # v2: Tables 1 and 6, bootstrap intervals, all-prompt columns in Tables 2-3
 RUNS_DIR = "runs"
 OUT_ROOT = Path("blockcert-experiments")
 
@@ -68,6 +79,14 @@ DEFAULT_ABLATIONS = ("drop-rope", "invert-mask", "zero-wv", "noise-wq:sigma=0.01
 DEFAULT_LEVELS = (0.90, 0.94, 0.97)
 DEFAULT_SIZES = (1, 4, 10)
 DEFAULT_CERTIFY_PROMPTS = "builtin:default"
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_LEVEL = 0.95
+
+#: the paper's numbers, shown beside ours: Table 1 (Llama-2-7B: mean cov_act, mean extraction error) and
+#: Table 6 (TinyLlama: ε_i, K_attn, K_MLP (auto-LiRPA, ball of radius 1), L_block = (1 + K_attn) K_MLP)
+PAPER_TABLE1 = {0: (0.924, 4.70e-3), 5: (0.968, 2.75e-2), 10: (1.000, 4.38e-2), 15: (1.000, 4.82e-2), 20: (1.000, 5.83e-2)}
+PAPER_TABLE6 = {0: (2.0e-3, 5.7e2, 1.1e3, 6.0e5), 5: (6.6e-3, 1.5e2, 1.3e3, 2.1e5), 10: (1.1e-2, 1.2e2, 1.5e3, 1.8e5),
+                15: (2.4e-2, 1.0e2, 1.6e3, 1.6e5), 20: (4.1e-2, 2.6e2, 1.9e3, 4.9e5)}
 
 
 # -- inputs --------------------------------------------------------------------------------------------
@@ -117,6 +136,97 @@ class RunInfo:
 
 
 @attrs.frozen
+class Interval:
+    """A mean over prompts and its bootstrap confidence interval (``low`` <= ``mean`` <= ``high`` up to resampling)."""
+
+    mean: float
+    low: float
+    high: float
+    n: int  # the prompts (or prompt-block cells) the mean is over
+
+
+def bootstrap(values: Sequence[float], *, resamples: int = BOOTSTRAP_RESAMPLES, level: float = BOOTSTRAP_LEVEL,
+              seed: int = 0) -> Interval:
+    """The mean of ``values`` with a percentile bootstrap interval: ``resamples`` means of resamples drawn with
+    replacement (numpy's default generator seeded with ``seed``: the same numbers every time), their
+    ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles. One value: the interval is that value."""
+    x = np.asarray(values, np.float64)
+    if x.size == 0:
+        raise ValueError("a mean over no values")
+    mean = float(x.mean())
+    if x.size == 1:
+        return Interval(mean=mean, low=mean, high=mean, n=1)
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, x.size, size=(resamples, x.size))].mean(axis=1)
+    low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return Interval(mean=mean, low=float(min(low, mean)), high=float(max(high, mean)), n=int(x.size))
+
+
+@attrs.frozen
+class ExtractionBlock:
+    """A row of Table 1: one block's extraction over every prompt."""
+
+    block: int
+    n_prompts: int
+    cov_act: Interval  # the mean over prompts of each prompt's cov_act
+    mae: Interval  # the mean over prompts of each prompt's MAE
+    min_cov_act: float
+    cov_loss: Interval
+    epsilon: float  # the worst per-token error
+    certified: bool
+
+
+@attrs.frozen
+class ExtractionTable:
+    """Table 1: the extraction, per block (the paper's Llama-2-7B table, on this model)."""
+
+    schema_version: int
+    experiment: str
+    setup: Setup
+    prompts: str
+    runs: tuple[RunInfo, ...]
+    blocks: tuple[ExtractionBlock, ...]
+
+
+@attrs.frozen
+class LipschitzBlock:
+    """A row of Table 6 (``None``: no finite bound; ``bounds_note`` says why)."""
+
+    block: int
+    epsilon: float  # the worst per-token error
+    epsilon_seq: float  # the sequence-level residual Theorem 1 uses
+    K_attn: float | None
+    K_mlp: float | None  # analytic, on the norm region
+    K_mlp_local: float | None  # on balls of radius ``radius`` around the traced inputs (the paper's auto-LiRPA quantity)
+    analytic_upper_bound: float | None
+    hybrid_upper_bound: float | None  # L_block
+    radius: float
+    bounds_note: str
+
+
+@attrs.frozen
+class LipschitzTable:
+    """Table 6: per-block Lipschitz quantities from the extraction's bounds.json."""
+
+    schema_version: int
+    experiment: str
+    setup: Setup
+    prompts: str
+    runs: tuple[RunInfo, ...]
+    blocks: tuple[LipschitzBlock, ...]
+
+
+@attrs.frozen
+class AllPromptMeans:
+    """A Table 2/3 row over every prompt of every block (bootstrap intervals over the prompt-block cells)."""
+
+    cov_act: Interval
+    mae: Interval
+    cov_loss: Interval
+    error_ratio: float | None  # mae.mean / the baseline row's
+
+
+@attrs.frozen
 class BestPromptBlock:
     """One block of a Table 2/3 row, on the block's baseline best prompt."""
 
@@ -142,6 +252,7 @@ class DerivedRow:
     cov_path: float
     cov_loss: float
     blocks: tuple[BestPromptBlock, ...]
+    all_prompts: AllPromptMeans
 
 
 @attrs.frozen
@@ -242,6 +353,8 @@ class AllResults:
     experiment: str
     setup: Setup
     runs: tuple[RunInfo, ...]
+    table1: ExtractionTable
+    table6: LipschitzTable
     table2: DerivedTable
     table3: DerivedTable
     table4: ThresholdTable
@@ -249,8 +362,8 @@ class AllResults:
     prompt_shift: PromptShiftTable
 
 
-Result = DerivedTable | ThresholdTable | PromptSizeTable | PromptShiftTable | AllResults
-_TYPES: dict[str, type] = {"table2": DerivedTable, "table3": DerivedTable, "table4": ThresholdTable,
+Result = ExtractionTable | LipschitzTable | DerivedTable | ThresholdTable | PromptSizeTable | PromptShiftTable | AllResults
+_TYPES: dict[str, type] = {"table1": ExtractionTable, "table6": LipschitzTable, "table2": DerivedTable, "table3": DerivedTable, "table4": ThresholdTable,
                            "table5": PromptSizeTable, "prompt-shift": PromptShiftTable, "all": AllResults}
 
 _converter = cattrs.Converter(forbid_extra_keys=True)
@@ -267,7 +380,8 @@ def from_json(data: dict[str, Any]) -> Result:
     if name not in _TYPES:
         raise UserError(f"not a BlockCert experiment result (experiment {name!r})")
     if data.get("schema_version") != RESULTS_SCHEMA_VERSION:
-        raise UserError(f"experiment results schema {data.get('schema_version')!r} is not supported (expected {RESULTS_SCHEMA_VERSION})")
+        raise UserError(f"experiment results schema {data.get('schema_version')!r} is not supported (expected {RESULTS_SCHEMA_VERSION})",
+                        "run the experiment again with the same --out: its finished runs are reused, only results.json is rebuilt")
     try:
         return _converter.structure(data, _TYPES[name])
     except cattrs.BaseValidationError as exc:
@@ -297,6 +411,7 @@ class _Need:
 
     prompts: str
     derivation: Derivation | None = None
+    bounds: bool = False  # the run computes bounds.json (Table 6)
 
     @property
     def kind(self) -> str:
@@ -366,26 +481,31 @@ class _Session:
     def path(self, need: _Need) -> Path:
         """``runs/<what>-<prompts>-<dtype>-<digest>``: the digest covers everything ``--resume`` checks."""
         ident = {**self._identity, "prompts": need.prompts, "prompts_sha256": self._prompts_sha256[need.prompts],
-                 "derivation": None if need.derivation is None else need.derivation.manifest()}
+                 "derivation": None if need.derivation is None else need.derivation.manifest(),
+                 **({"bounds": True} if need.bounds else {})}  # (absent when off: earlier runs keep their directories)
         digest = hashlib.sha256(canonical_json(ident)).hexdigest()[:8]
         what = "baseline" if need.derivation is None else _slug(need.derivation.text)
         return self.out / RUNS_DIR / f"{what}-{_slug(prompt_label(need.prompts))}-{self.loaded.dtype}-{digest}"
 
     def get(self, need: _Need) -> tuple[RunInfo, RunResult]:
-        """The run for ``need``: made now, resumed, or reused from disk or from earlier in this session."""
+        """The run for ``need``: made now, resumed, or reused from disk or from earlier in this session. A run with
+        bounds serves a need for the same run without them (the bounds change no other number)."""
+        with_bounds = attrs.evolve(need, bounds=True)
+        if not need.bounds and (with_bounds in self._plan or with_bounds in self._done or self.path(with_bounds).is_dir()):
+            need = with_bounds
         if need in self._done:
             return self._done[need]
         from blockcert.pipeline.certify import run
 
         where = self.path(need)
-        step = self._plan.index(need) + 1
+        step = self._plan.index(need) + 1 if need in self._plan else len(self._plan)
         what = "extraction" if need.derivation is None else f"{need.kind} {need.spec}"
         self.console.print(f"[{step}/{len(self._plan)}] {what} on {need.prompts} → {where}", highlight=False, soft_wrap=True)
         s = self.settings
         result = run(loaded=self.loaded, prompts=need.prompts, blocks=list(self.blocks), policy=s.policy, out=where,
                      resume=not s.force, force=s.force, batch_size=s.batch_size, progress=self.progress,
                      surrogate=need.spec if need.kind == "surrogate" else None,
-                     ablate=need.spec if need.kind == "ablation" else None)
+                     ablate=need.spec if need.kind == "ablation" else None, bounds=need.bounds)
         info = RunInfo(path=where.relative_to(self.out).as_posix(), prompts=need.prompts, kind=need.kind, spec=need.spec,
                        n_prompts=result.n_prompts, tokens=result.tokens, reused=all(b.resumed for b in result.blocks))
         if info.reused:
@@ -439,11 +559,17 @@ def _derived_table(session: _Session, name: str, derivations: Sequence[Derivatio
                                          cov_path=float(np.mean(path)), cov_loss=m.per_prompt_cov_loss[k]))
         mae = _mean([c.mae for c in cells])
         base_mae = rows[0].mae if rows else mae
+        every = [by_index[i].metrics for i in session.blocks]  # all prompts of all blocks: the cells resampled
+        all_mae = bootstrap([v for m in every for v in m.per_prompt_mae])
+        base_all = rows[0].all_prompts.mae.mean if rows else all_mae.mean
+        means = AllPromptMeans(cov_act=bootstrap([v for m in every for v in m.per_prompt_cov_act]), mae=all_mae,
+                               cov_loss=bootstrap([v for m in every for v in m.per_prompt_cov_loss]),
+                               error_ratio=all_mae.mean / base_all if base_all > 0 else None)
         rows.append(DerivedRow(label=label, kind=need.kind, spec=need.spec, run=info.path,
                                cov_act=_mean([c.cov_act for c in cells]), mae=mae,
                                error_ratio=mae / base_mae if base_mae > 0 else None,
                                cov_path=_mean([c.cov_path for c in cells]), cov_loss=_mean([c.cov_loss for c in cells]),
-                               blocks=tuple(cells)))
+                               blocks=tuple(cells), all_prompts=means))
     return DerivedTable(schema_version=RESULTS_SCHEMA_VERSION, experiment=name, setup=session.setup, prompts=prompts,
                         runs=tuple(runs), rows=tuple(rows))
 
@@ -470,6 +596,37 @@ def _derivation(spec: str, kind: str) -> Derivation:
     d = from_options(spec, None) if kind == "surrogate" else from_options(None, spec)
     assert d is not None
     return d
+
+
+# -- Tables 1 and 6 ------------------------------------------------------------------------------------
+
+
+def _table1(session: _Session) -> ExtractionTable:
+    info, result = session.get(_Need(session.settings.prompts))
+    rows = []
+    for b in result.blocks:
+        m = b.metrics
+        rows.append(ExtractionBlock(block=b.index, n_prompts=result.n_prompts, cov_act=bootstrap(m.per_prompt_cov_act),
+                                    mae=bootstrap(m.per_prompt_mae), min_cov_act=float(min(m.per_prompt_cov_act)),
+                                    cov_loss=bootstrap(m.per_prompt_cov_loss), epsilon=float(m.epsilon),
+                                    certified=b.certified))
+    return ExtractionTable(schema_version=RESULTS_SCHEMA_VERSION, experiment="table1", setup=session.setup,
+                           prompts=session.settings.prompts, runs=(info,), blocks=tuple(rows))
+
+
+def _table6(session: _Session) -> LipschitzTable:
+    info, result = session.get(_Need(session.settings.prompts, bounds=True))
+    rows = []
+    for b in result.blocks:
+        record = json.loads((session.out / info.path / BlockPaths(b.index).bounds).read_text(encoding="utf-8"))
+        up, regions = record["certified"]["upper"], record["certified"]["regions"]
+        note = regions["hybrid_upper_bound"] if up["hybrid_upper_bound"] is None else ""
+        rows.append(LipschitzBlock(block=b.index, epsilon=float(b.metrics.epsilon), epsilon_seq=float(record["epsilon_seq"]),
+                                   K_attn=up["K_attn"], K_mlp=up["K_mlp"], K_mlp_local=up["K_mlp_local"],
+                                   analytic_upper_bound=up["analytic_upper_bound"], hybrid_upper_bound=up["hybrid_upper_bound"],
+                                   radius=float(record["settings"]["radius"]), bounds_note=note))
+    return LipschitzTable(schema_version=RESULTS_SCHEMA_VERSION, experiment="table6", setup=session.setup,
+                          prompts=session.settings.prompts, runs=(info,), blocks=tuple(rows))
 
 
 # -- Tables 4 and 5 ------------------------------------------------------------------------------------
@@ -592,6 +749,18 @@ def _experiment(name: str, settings: Settings, out: str | Path | None, needs: Se
     return result
 
 
+def table1(settings: Settings = Settings(), out: str | Path | None = None, *, loaded: LoadedModel | None = None,
+           progress: bool = False) -> ExtractionTable:
+    """Table 1: per block, the mean over prompts of cov_act and MAE (bootstrap intervals), min cov_act, cov_loss, ε."""
+    return _experiment("table1", settings, out, [_Need(settings.prompts)], loaded, progress, _table1)
+
+
+def table6(settings: Settings = Settings(), out: str | Path | None = None, *, loaded: LoadedModel | None = None,
+           progress: bool = False) -> LipschitzTable:
+    """Table 6: per block, ε and the Lipschitz bounds of the extraction (its run is made with ``bounds=True``)."""
+    return _experiment("table6", settings, out, [_Need(settings.prompts, bounds=True)], loaded, progress, _table6)
+
+
 def table2(settings: Settings = Settings(), out: str | Path | None = None, *, ranks: Sequence[int] = DEFAULT_RANKS,
            surrogates: Sequence[str] = DEFAULT_SURROGATES, loaded: LoadedModel | None = None, progress: bool = False) -> DerivedTable:
     """Table 2: the extraction vs rank-r truncated-SVD attention (``lowrank:r=R``) and ``surrogates`` (int8).
@@ -638,16 +807,16 @@ def run_all(settings: Settings = Settings(), out: str | Path | None = None, *, r
             surrogates: Sequence[str] = DEFAULT_SURROGATES, ablations: Sequence[str] = DEFAULT_ABLATIONS,
             levels: Sequence[float] = DEFAULT_LEVELS, loss_level: float | None = None, sizes: Sequence[int] = DEFAULT_SIZES,
             certify_prompts: str = DEFAULT_CERTIFY_PROMPTS, loaded: LoadedModel | None = None, progress: bool = False) -> AllResults:
-    """Every experiment on one model, each run made once (the baseline stress run serves all five)."""
+    """Every experiment on one model, each run made once (the baseline stress run, with bounds, serves Tables 1-6)."""
     d2, l2 = _table2_derivations(ranks, surrogates)
     d3, l3 = _table3_derivations(ablations)
     _check_levels(levels, loss_level)
     _check_sizes(sizes, len(load_prompts(settings.prompts)), settings.prompts)
     _check_shift(certify_prompts, settings.prompts)
-    needs = [*_derived_needs(settings, d2), *_derived_needs(settings, d3), _Need(certify_prompts)]
+    needs = [_Need(settings.prompts, bounds=True), *_derived_needs(settings, d2), *_derived_needs(settings, d3), _Need(certify_prompts)]
 
     def build(s: _Session) -> AllResults:
-        tables = {"table2": _derived_table(s, "table2", d2, l2), "table3": _derived_table(s, "table3", d3, l3),
+        tables = {"table1": _table1(s), "table6": _table6(s), "table2": _derived_table(s, "table2", d2, l2), "table3": _derived_table(s, "table3", d3, l3),
                   "table4": _table4(s, levels, loss_level), "table5": _table5(s, sizes),
                   "prompt_shift": _prompt_shift(s, certify_prompts)}
         return AllResults(schema_version=RESULTS_SCHEMA_VERSION, experiment="all", setup=s.setup, runs=s.runs(), **tables)
