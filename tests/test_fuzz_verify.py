@@ -230,3 +230,22 @@ def test_consistent_mutations_never_verify_at_replay(valid_run):
 
     check()
     assert seen["rejected"] >= EXAMPLES // 2, seen
+
+
+@pytest.mark.parametrize("edit", [
+    lambda m: m["replay"].pop("device"),  # found by the fuzzer above (CI seed): a v3 run.json read as a v2 one
+    lambda m: m["policy"].pop("name"),
+    lambda m: m["policy"].pop("k"),
+])
+def test_a_current_run_json_is_not_read_in_an_older_form(valid_run, tmp_path, edit):
+    """run.json's policy and replay copies are migrated only for a certificate that was itself migrated: dropping a v3
+    field from the run.json of a v3 run, then re-digesting consistently, does not verify as an older run's would."""
+    from adversary import edit_json, resummarize
+
+    root = tmp_path / "run"
+    shutil.copytree(valid_run, root)
+    edit_json(root / "run.json", edit)
+    resummarize(root)
+    report = verify(root, level="replay")
+    assert not report.ok
+    assert any(ch.name.endswith("= run.json") and not ch.ok for c in report.certificates for ch in c.checks)

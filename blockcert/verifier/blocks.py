@@ -128,7 +128,14 @@ def _check_predicate(pred: Any, c: Checker, policy: Policy) -> None:
               f"certificate loosens {looser}; verify with matching flags to accept it deliberately" if looser else "")
 
 
-def _cross_refs(pred: dict[str, Any], contents: dict[str, bytes], block_dirname: str, c: Checker) -> tuple[dict[str, Any], dict[str, Any]]:
+def _cross_refs(pred: dict[str, Any], contents: dict[str, bytes], block_dirname: str, c: Checker,
+                legacy: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The certificate against metrics.json and run.json (``legacy``: the certificate was migrated from an older
+    schema, so the copies in those files may be in the older form too)."""
+    def unchanged(value: Any) -> Any:
+        return value
+
+    policy_of, replay_of = (migrate_policy, migrate_replay) if legacy else (unchanged, unchanged)
     metrics_record = strict_json(contents[f"{block_dirname}/{BLOCK_METRICS}"], f"{block_dirname}/{BLOCK_METRICS}")
     exact_keys(c, "metrics.json", metrics_record, R.keys(R.BlockMetricsRecord))
     exact_keys(c, "metrics.json metrics", metrics_record["metrics"], set(METRIC_FIELDS) | set(PER_PROMPT_FIELDS))
@@ -137,7 +144,7 @@ def _cross_refs(pred: dict[str, Any], contents: dict[str, bytes], block_dirname:
                   pred["metrics"][key], metrics_record["metrics"].get(key))
     c.require("metrics.json verdict = certificate", metrics_record["certified"] == pred["verdict"]["certified"],
               pred["verdict"]["certified"], metrics_record["certified"])
-    c.require("metrics.json policy = certificate", migrate_policy(metrics_record["policy"]) == pred["policy"], pred["policy"],
+    c.require("metrics.json policy = certificate", policy_of(metrics_record["policy"]) == pred["policy"], pred["policy"],
               metrics_record["policy"])
     c.require("block index", metrics_record["block"] == pred["block"]["index"] and block_dirname == f"block_{pred['block']['index']:03d}",
               pred["block"]["index"], f"{metrics_record['block']} in {block_dirname}")
@@ -145,7 +152,7 @@ def _cross_refs(pred: dict[str, Any], contents: dict[str, bytes], block_dirname:
     manifest = strict_json(contents[MANIFEST], MANIFEST)
     exact_keys(c, "run.json", manifest, RUN_FIELDS | ({"derivation"} if isinstance(manifest, dict) and "derivation" in manifest else set()))
     for key in ("tool", "model", "policy", "replay"):
-        theirs = {"policy": migrate_policy, "replay": migrate_replay}.get(key, lambda v: v)(manifest.get(key))
+        theirs = {"policy": policy_of, "replay": replay_of}.get(key, unchanged)(manifest.get(key))
         c.require(f"{key} = run.json", pred[key] == theirs, short(pred[key]), short(manifest.get(key)))
     sur = pred["surrogate"]
     wanted = None if sur is None else {"kind": sur["kind"], "spec": sur["requested"]}
@@ -314,7 +321,10 @@ def verify_certificate(root: Path, rel: str, *, level: str, reference: str, poli
     c = Checker()
     claimed_cert = verdict = block = None
     with guard(c, rel):
-        cert, _ = load_certificate(root, rel, c)
+        cert, raw_cert = load_certificate(root, rel, c)
+        # run.json / metrics.json copies are read in the old form only for a certificate written in the old form: a v3
+        # run whose run.json lost its replay.device (say) is not a v2 run
+        legacy = strict_json(raw_cert, rel).get("predicateType") != cert["predicateType"]
         pred = cert["predicate"]
         _check_predicate(pred, c, policy)
         block = pred["block"]["index"]
@@ -324,7 +334,7 @@ def verify_certificate(root: Path, rel: str, *, level: str, reference: str, poli
         contents = check_subjects(root, cert, c, cache, own_dir=block_dirname, parsed=parsed)
         _check_block_files(root, block_dirname, contents, c, with_bounds=pred["lipschitz"] is not None,
                            derived=pred["surrogate"] is not None)
-        metrics_record, index = _cross_refs(pred, contents, block_dirname, c)
+        metrics_record, index = _cross_refs(pred, contents, block_dirname, c, legacy)
         L, d = pred["model"]["n_blocks"], pred["model"]["d_model"]
         typed(c, "model.n_blocks", L, int)
         typed(c, "model.d_model", d, int)
