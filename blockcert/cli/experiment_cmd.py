@@ -130,10 +130,10 @@ def _out(out: Path | None, name: str) -> Path:
 def _show(title: str, table: Table, note: str | None = None) -> None:
     """The title on its own line (a narrow table would fold a long rich title), the table, a note under it."""
     console = out_console()
-    console.print(title, style="bold", highlight=False)
+    console.print(title, style="bold", highlight=False, markup=False)
     console.print(table)
     if note:
-        console.print(note, highlight=False)
+        console.print(note, highlight=False, markup=False)  # plain text: "[low, high]" is not a style tag
 
 
 def _ratio(r: float | None) -> str:
