@@ -6,9 +6,11 @@ post-norms with no pre-norm) or ``x + attn(norm1(x)) + mlp(norm2(x))`` (``residu
 GPT-J, Phi). A missing ``norm1``/``norm2`` is the identity (OLMo2). Attention may normalise its queries and
 keys (``q_norm``/``k_norm``, before RoPE: per head when the weight has ``head_dim`` entries, over the whole
 projection when it has ``n_heads*head_dim``) and soft-cap its logits (``softcap * tanh(s / softcap)``, Gemma 2).
-Every extension is optional and absent by default; an IR without them replays exactly as schema v1 did. Every number the interpreter uses is in here: weights in ``x @ W`` layout (``[d_in, d_out]``),
-biases, norm parameters, the explicit attention mask ``M`` (``mask[i, j]``: position ``i`` may attend to
-position ``j``), a per-head gate, and RoPE as explicit cos/sin tables indexed by absolute position id.
+Every extension is optional and absent by default; an IR without them replays exactly as schema v1 did.
+
+Every number the interpreter uses is in here: weights in ``x @ W`` layout (``[d_in, d_out]``), biases, norm
+parameters, the explicit attention mask ``M`` (``mask[i, j]``: position ``i`` may attend to position ``j``), a
+per-head gate, and RoPE as explicit cos/sin tables indexed by absolute position id.
 
 Records are frozen attrs classes validated on construction, so an inconsistent IR cannot exist in memory.
 Arrays are numpy (``import blockcert.ir`` never imports torch). On disk an IR is two files: ``<stem>.json``
@@ -32,8 +34,6 @@ from blockcert.artifacts.fsutil import atomic_write_text, atomic_write_with
 from blockcert.errors import IRFormatError
 
 SCHEMA_VERSION = 2
-#: the versions :func:`migrate` reads (v1: before the optional QK-norm, post-norms, soft-cap and identity norms)
-READABLE_VERSIONS = (1, 2)
 
 NormKind = Literal["layernorm", "rmsnorm"]
 Activation = Literal["gelu_tanh", "gelu", "relu", "silu"]
@@ -306,17 +306,20 @@ def _converter(tensors: dict[str, np.ndarray], used: set[str]) -> cattrs.Convert
 def migrate_v1_to_v2(meta: dict[str, Any]) -> dict[str, Any]:
     """v1 -> v2: the optional operators did not exist, so each is absent; nothing else changes (the tensors, their
     names and every replayed number are the same). A v1 record carrying a v2 field is malformed, not migrated."""
-    attn = meta.get("attn") if isinstance(meta.get("attn"), dict) else {}
-    extra = [k for k in ("post_attn_norm", "post_mlp_norm") if k in meta] + [f"attn.{k}" for k in ("q_norm", "k_norm", "softcap") if k in attn]
+    attn = meta.get("attn")
+    attn_keys = attn if isinstance(attn, dict) else {}
+    extra = [k for k in ("post_attn_norm", "post_mlp_norm") if k in meta] + [f"attn.{k}" for k in ("q_norm", "k_norm", "softcap") if k in attn_keys]
     if extra:
         raise IRFormatError(f"invalid IR record: schema_version 1 has no field {', '.join(extra)} (extra keys)")
     meta = dict(meta, schema_version=2, post_attn_norm=None, post_mlp_norm=None)
-    if isinstance(meta.get("attn"), dict):
-        meta["attn"] = dict(meta["attn"], q_norm=None, k_norm=None, softcap=None)
+    if isinstance(attn, dict):
+        meta["attn"] = dict(attn, q_norm=None, k_norm=None, softcap=None)
     return meta
 
 
 _MIGRATIONS = {1: migrate_v1_to_v2}
+#: the versions :func:`migrate` reads (v1: before the optional QK-norm, post-norms, soft-cap and identity norms)
+READABLE_VERSIONS = (*_MIGRATIONS, SCHEMA_VERSION)
 
 
 def migrate(meta: dict[str, Any]) -> dict[str, Any]:

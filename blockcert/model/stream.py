@@ -151,6 +151,7 @@ class StreamedModel:
         """State-dict parameter name -> the checkpoint tensor holding it (tied weights share one), and the names
         found nowhere. ``aliases``: parameter name -> another name a checkpoint may store it under (an
         architecture adapter's ``checkpoint_aliases``)."""
+        aliases = aliases or {}
         groups: dict[int, list[str]] = {}
         missing: list[str] = []
         for name, p in self.model.named_parameters(remove_duplicate=False):
@@ -160,7 +161,7 @@ class StreamedModel:
         for names in groups.values():
             candidates = [n for n in names if n in self.checkpoint]
             candidates += [n.removeprefix(prefix) for n in names if n.startswith(prefix) and n.removeprefix(prefix) in self.checkpoint]
-            candidates += [(aliases or {})[n] for n in names if (aliases or {}).get(n) in self.checkpoint]
+            candidates += [aliases[n] for n in names if aliases.get(n) in self.checkpoint]
             if not candidates:
                 missing.append(names[0])
                 continue

@@ -321,10 +321,9 @@ def verify_certificate(root: Path, rel: str, *, level: str, reference: str, poli
     c = Checker()
     claimed_cert = verdict = block = None
     with guard(c, rel):
-        cert, raw_cert = load_certificate(root, rel, c)
         # run.json / metrics.json copies are read in the old form only for a certificate written in the old form: a v3
         # run whose run.json lost its replay.device (say) is not a v2 run
-        legacy = strict_json(raw_cert, rel).get("predicateType") != cert["predicateType"]
+        cert, legacy = load_certificate(root, rel, c)
         pred = cert["predicate"]
         _check_predicate(pred, c, policy)
         block = pred["block"]["index"]

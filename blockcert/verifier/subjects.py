@@ -107,7 +107,9 @@ class CertReport:
 
 
 
-def load_certificate(root: Path, rel: str, c: Checker, predicate_type: str = BLOCK_PREDICATE) -> tuple[dict[str, Any], bytes]:
+def load_certificate(root: Path, rel: str, c: Checker, predicate_type: str = BLOCK_PREDICATE) -> tuple[dict[str, Any], bool]:
+    """The certificate at ``rel`` (strict, canonical JSON), brought to the current schema, and whether it was written
+    in an older one (then the run's other records may be in the older form too)."""
     try:
         raw = read_artifact(root, rel, MAX_JSON_BYTES)
         cert = strict_json(raw, rel)
@@ -122,13 +124,14 @@ def load_certificate(root: Path, rel: str, c: Checker, predicate_type: str = BLO
               "" if canonical == raw else f"{rel} is not in canonical form (re-serialised or edited by hand)")
     exact_keys(c, "statement", cert, {"_type", "subject", "predicateType", "predicate"})
     seen = set()
+    written = cert["predicateType"]
     while cert["predicateType"] in MIGRATIONS and cert["predicateType"] not in seen:
         seen.add(cert["predicateType"])
         cert = MIGRATIONS[cert["predicateType"]](cert)
     c.require("statement _type", cert["_type"] == STATEMENT_TYPE, STATEMENT_TYPE, cert["_type"])
     c.require("predicateType", cert["predicateType"] == predicate_type, predicate_type, cert["predicateType"],
               "unknown predicate type or schema major version")
-    return cert, raw
+    return cert, cert["predicateType"] != written
 
 
 def read_subject(root: Path, name: str, limit: int, expected: str, cache: dict[Any, Any] | None) -> tuple[bytes, str, dict[str, Any]]:
