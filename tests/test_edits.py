@@ -279,6 +279,39 @@ def test_sweep_writes_results_and_plot(tiny, tmp_path):
             assert r.reused_base and (r.answer_accuracy, r.refuse_accuracy) == (result.base.answer_accuracy, result.base.refuse_accuracy)
     assert (tmp_path / "S" / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(list((tmp_path / "S" / "completions").glob("*.jsonl"))) == 4
+    # every row's paired change is recomputed from the written completions against the unedited ones (alpha = 1)
+    def judged(block, alpha):
+        return {r["id"]: (r["label"], r["judgement"]["correct"])
+                for r in map(json.loads, (tmp_path / "S" / "completions" / f"{block:03d}_{alpha!r}.jsonl").read_text().splitlines())}
+    for row, r in zip(data["rows"], result.rows):
+        before, after = judged(row["block"], 1.0), judged(row["block"], row["alpha"])
+        for label in ("answer", "refuse"):
+            gained = sum(1 for k, (lab, ok) in after.items() if lab == label and ok and not before[k][1])
+            lost = sum(1 for k, (lab, ok) in after.items() if lab == label and before[k][1] and not ok)
+            assert (row[f"{label}_change"]["gained"], row[f"{label}_change"]["lost"]) == (gained, lost)
+            low, high = row[f"{label}_interval"]
+            assert low <= row[f"{label}_accuracy"] <= high
+        if r.alpha == 1.0:
+            assert r.answer_change.gained == r.answer_change.lost == r.refuse_change.lost == 0 and r.refuse_change.p_value == 1.0
+
+
+def test_wilson_interval_and_mcnemar_against_direct_computations():
+    from math import comb
+
+    from blockcert.edit.refusal import mcnemar_p, wilson
+
+    # Wilson: the interval's ends are the two roots p of (k/n - p)^2 = z^2 p (1 - p) / n
+    z = 1.959963984540054
+    for k, n in [(16, 30), (20, 30), (1, 12), (7, 9)]:
+        roots = np.roots([1 + z * z / n, -(2 * k / n + z * z / n), (k / n) ** 2])
+        assert np.allclose(sorted(roots.real), wilson(k, n), atol=1e-12)
+    assert wilson(30, 30)[1] == 1.0 and wilson(0, 30)[0] == 0.0 and wilson(30, 30)[0] > 0.88
+    # McNemar exact: twice the smaller binomial tail, by brute-force enumeration of all 2^n sign patterns
+    for gained, lost in [(4, 0), (5, 1), (3, 3), (0, 7), (9, 2)]:
+        n = gained + lost
+        tail = sum(comb(n, i) for i in range(n + 1) if i <= min(gained, lost)) / 2 ** n
+        assert mcnemar_p(gained, lost) == pytest.approx(min(1.0, 2 * tail))
+    assert mcnemar_p(4, 0) == pytest.approx(0.125) and mcnemar_p(0, 0) == 1.0 and mcnemar_p(10, 0) < 0.01
 
 
 @pytest.mark.slow

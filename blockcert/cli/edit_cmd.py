@@ -118,6 +118,7 @@ def sweep_command(
     no_chat_template: bool = typer.Option(False, "--no-chat-template", help="Feed the raw prompt instead of the chat template."),
     as_json: bool = typer.Option(False, "--json", help="Print results.json on stdout."),
     device: str = opt.DEVICE,
+    dtype: str = opt.dtype(help="Precision the model generates in: float32, bfloat16 or float16."),
 ) -> None:
     """Answer and refuse accuracy for mlp-scale at every block × α (the analog of the paper's Table 7 and its
     Llama-2 block sweep); writes results.json, a plot (sweep.png) and every completion."""
@@ -128,7 +129,7 @@ def sweep_command(
     alpha_values = _floats(alphas, "--alphas")
     decoding = _decoding(max_new_tokens, batch_size, no_chat_template)
     with err_console.status("Loading model"):
-        loaded = load_model(model, device=device)
+        loaded = load_model(model, device=device, dtype=dtype)
     chosen = parse_blocks(blocks, loaded.native.n_blocks)
     result = sweep(loaded=loaded, blocks=chosen, alphas=alpha_values, out=out, corpus=corpus, decoding=decoding, progress=True)
     if as_json:
@@ -144,9 +145,13 @@ def sweep_command(
         cells = []
         for a in alpha_values:
             r = next(r for r in result.rows if r.block == b and r.alpha == a)
-            cells.append(f"{r.answer_accuracy:.2f} / {r.refuse_accuracy:.2f}")
+            flips = f" ({r.refuse_change.gained:+d}/{-r.refuse_change.lost:+d})" if r.refuse_change.gained or r.refuse_change.lost else ""
+            mark = " *" if min(r.answer_change.p_value, r.refuse_change.p_value) < 0.05 else ""
+            cells.append(f"{r.answer_accuracy:.2f} / {r.refuse_accuracy:.2f}{flips}{mark}")
         table.add_row(str(b), *cells)
     console.print(table)
+    console.print("(+g/-l): refuse prompts gained / lost against the unedited completions; *: the answer or refuse change has "
+                  "exact McNemar p < 0.05. results.json has Wilson 95% intervals on every accuracy.", highlight=False)
     console.print(f"{len(result.rows)} configurations in {result.seconds:.0f} s; written to {result.out}/ (results.json, sweep.png, "
                   "completions/)", highlight=False)
 

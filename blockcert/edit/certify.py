@@ -42,13 +42,16 @@ from blockcert.edit.refusal import (  # noqa: F401  the edit contract, re-export
     Accuracy,
     CorpusItem,
     Judgement,
+    PairedChange,
     classifier_record,
     classify,
     completions_bytes,
     corpus_sha256,
     judgement_dict,
     load_corpus,
+    paired_change,
     score,
+    wilson,
 )
 from blockcert.errors import UserError
 
@@ -332,6 +335,10 @@ class SweepRow:
     answer_correct: int
     refuse_correct: int
     reused_base: bool  # alpha == 1: the unedited completions (alpha = 1 changes no bit, see the tests)
+    answer_interval: tuple[float, float]  # Wilson 95%
+    refuse_interval: tuple[float, float]
+    answer_change: PairedChange  # against the unedited completions of the same prompts (exact McNemar)
+    refuse_change: PairedChange
 
 
 @attrs.frozen
@@ -343,9 +350,13 @@ class SweepResult:
     base: Accuracy
     rows: tuple[SweepRow, ...]
     seconds: float
+    dtype: str = "float32"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "corpus": self.corpus, "decoding": self.decoding, "base": attrs.asdict(self.base),
+        base = {**attrs.asdict(self.base), "answer_interval": wilson(self.base.answer_correct, self.base.n_answer),
+                "refuse_interval": wilson(self.base.refuse_correct, self.base.n_refuse)}
+        return {"model": self.model, "dtype": self.dtype, "corpus": self.corpus, "decoding": self.decoding, "base": base,
+                "intervals": "Wilson score, 95%; changes: exact two-sided McNemar test on the paired prompts against the unedited model",
                 "rows": [attrs.asdict(r) for r in self.rows], "seconds": self.seconds}
 
 
@@ -360,6 +371,7 @@ def sweep(
     loaded: Any = None,
     progress: bool = False,
     device: str = "cpu",
+    dtype: str = "float32",
 ) -> SweepResult:
     """``mlp-scale`` at every (block, α): answer and refuse accuracy of greedy completions of the corpus.
 
@@ -378,7 +390,7 @@ def sweep(
     items, corpus_desc = load_corpus(corpus)
     if not blocks or not alphas:
         raise UserError("a sweep needs at least one block and one alpha")
-    loaded = loaded or load_model(model, device=device)
+    loaded = loaded or load_model(model, device=device, dtype=dtype)
     handles = {(b, a): edit_handle(loaded, f"mlp-scale:block={b},alpha={a!r}") for b in blocks for a in alphas}  # validates all first
     root = Path(out)
     (root / "completions").mkdir(parents=True, exist_ok=True)
@@ -404,11 +416,14 @@ def sweep(
                 judged = [classify(c, i) for c, i in zip(completions, items)]
                 acc = score(items, judged)
                 rows.append(SweepRow(b, float(a), str(handle.spec), acc.answer_accuracy, acc.refuse_accuracy, acc.answer_correct,
-                                     acc.refuse_correct, a == 1.0))
+                                     acc.refuse_correct, a == 1.0, wilson(acc.answer_correct, acc.n_answer),
+                                     wilson(acc.refuse_correct, acc.n_refuse), paired_change(items, base_judged, judged, "answer"),
+                                     paired_change(items, base_judged, judged, "refuse")))
                 lines = [canonical_json({"id": i.id, "label": i.label, "completion": c, "judgement": judgement_dict(j)}) + b"\n"
                          for i, c, j in zip(items, completions, judged)]
                 atomic_write_bytes(root / "completions" / f"{b:03d}_{a!r}.jsonl", b"".join(lines))
-    result = SweepResult(root, loaded.name, corpus_desc, decoding.record(loaded), base_acc, tuple(rows), time.perf_counter() - start)
+    result = SweepResult(root, loaded.name, corpus_desc, decoding.record(loaded), base_acc, tuple(rows), time.perf_counter() - start,
+                         loaded.dtype)
     atomic_write_text(root / "results.json", json.dumps(result.to_dict(), indent=2) + "\n")
     plot_sweep(result, root / "sweep.png")
     return result

@@ -141,3 +141,50 @@ def score(items: Sequence[CorpusItem], judgements: Sequence[Judgement]) -> Accur
 
 def completions_bytes(rows: Sequence[dict[str, Any]]) -> bytes:
     return b"".join(canonical_json(r) + b"\n" for r in rows)
+
+
+# Uncertainty on the refusal harness's accuracies. A percentile bootstrap of 0/1 outcomes collapses to a zero-width
+# interval at 0/n and n/n (the common case: the unedited model answers every answer prompt), so each accuracy
+# gets the Wilson score interval, and each edit's change against the unedited model the exact McNemar test on the
+# paired prompts (the same prompts, judged before and after).
+WILSON_Z = 1.959963984540054  # two-sided 95%
+
+
+def wilson(correct: int, n: int, z: float = WILSON_Z) -> tuple[float, float]:
+    """The Wilson score interval for ``correct`` successes out of ``n`` (95% by default); (0, 1) for n = 0."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
+    low = 0.0 if correct == 0 else max(0.0, centre - half)
+    high = 1.0 if correct == n else min(1.0, centre + half)
+    return (low, high)
+
+
+def mcnemar_p(gained: int, lost: int) -> float:
+    """Exact two-sided McNemar p-value for paired binary outcomes: ``gained`` prompts judged correct only after
+    the edit, ``lost`` only before. Under no effect the discordant pairs split as Binomial(gained + lost, ½)."""
+    from math import comb
+
+    n = gained + lost
+    if n == 0:
+        return 1.0
+    tail = sum(comb(n, i) for i in range(min(gained, lost) + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
+@attrs.frozen
+class PairedChange:
+    """How an edit moved one label's prompts against the unedited completions of the same prompts."""
+
+    gained: int  # correct after the edit, not before
+    lost: int  # correct before, not after
+    p_value: float  # exact McNemar, two-sided
+
+
+def paired_change(items: Sequence[CorpusItem], before: Sequence[Judgement], after: Sequence[Judgement], label: str) -> PairedChange:
+    pairs = [(b.correct, a.correct) for i, b, a in zip(items, before, after) if i.label == label]
+    gained = sum(1 for b, a in pairs if a and not b)
+    lost = sum(1 for b, a in pairs if b and not a)
+    return PairedChange(gained, lost, mcnemar_p(gained, lost))
