@@ -50,6 +50,7 @@ def _register_commands() -> None:
         edit_cmd,
         experiment_cmd,
         ir_check,
+        minimize_cmd,
         plugins_cmd,
         report_cmd,
         run_cmd,

@@ -116,6 +116,19 @@ def verify(path: str | Path, *, level: str = "replay", reference: str = "torch",
     if edit_root is not None:  # an edit certificate (blockcert edit): regenerated with the model at levels replay/full
         report = verify_edit(edit_root, level=level, model=model, reference=reference, tol=tol, device=device)
         return VerifyReport(str(edit_root), level, reference, policy, tol, attach(edit_root, (report,), keys), ids)
+    from blockcert.verifier.minimize import is_minimize_dir, run_dirs, verify_search
+
+    if is_minimize_dir(target):  # blockcert minimize: every run verified as a run, and each search log tied to its certificate
+        reports = []
+        for run_dir in run_dirs(target):
+            sub = verify(run_dir, level=level, reference=reference, policy=policy, tolerances=tolerances, model=model,
+                         progress=progress, stream=stream, device=device, trust=trust)
+            prefix = run_dir.relative_to(target).as_posix()
+            reports += [attrs.evolve(r, path=f"{prefix}/{r.path}") for r in sub.certificates]
+            reports.append(verify_search(target, run_dir))
+        if not reports:
+            raise UserError(f"{target} holds no runs/block_*/ run", "pass the --out of a finished blockcert minimize")
+        return VerifyReport(str(target), level, reference, policy, tol, tuple(reports), ids)
     if level == "full" and model is None:
         raise UserError("--level full needs --model (the model the certificates claim to certify)")
     if stream and reference == "numpy":

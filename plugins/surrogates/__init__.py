@@ -9,6 +9,12 @@ Surrogates (``blockcert_surrogate``; ``traces`` is ignored, nothing here is fitt
   ``scale_j = max_i |W_ij| / 127`` (1 for a zero column), ``W' = clip(rint(W / scale), -127, 127) * scale``,
   stored dequantised in the weight's dtype (the IR holds float weights).
 * ``prune-heads:heads=H+H...`` (required): ``head_gate[h] = 0`` for the listed query heads.
+* ``minimize:heads=HEX,neurons=HEX,rank=M:R+M:R...,score=S,log=SHA`` (all required; written by
+  ``blockcert minimize``, docs/minimize.md): the query heads and MLP hidden units whose bits are set in the
+  hex keep-vectors are kept (bit ``i`` little-endian within each byte; cleared units zero their W_up/W_gate
+  columns, bias entries and W_down row), then each matrix ``M`` (``attn.q`` ... ``mlp.down``) is truncated to
+  rank ``R`` (full rank: untouched). ``score`` and ``log`` name the search's score method and the SHA-256 of its
+  log; they change nothing in the IR. An all-on candidate is the base IR bit for bit.
 
 Ablations (``blockcert_perturb``), deliberately wrong IRs that the checks must catch:
 
@@ -79,6 +85,32 @@ def _sigma(text: str) -> float:
     return value
 
 
+def _hex(text: str) -> str:
+    if not re.fullmatch(r"(?:[0-9a-f]{2})+", text):
+        raise ValueError
+    return text
+
+
+def _ranks(text: str) -> dict[str, int]:
+    ranks: dict[str, int] = {}
+    for item in text.split("+"):
+        key, colon, value = item.partition(":")
+        if not colon or key not in tf.RANK_KEYS or key in ranks or not _DIGITS.match(value):
+            raise ValueError
+        ranks[key] = int(value)
+    return ranks
+
+
+def _show_ranks(ranks: dict[str, int]) -> str:
+    return "+".join(f"{k}:{ranks[k]}" for k in tf.RANK_KEYS if k in ranks)
+
+
+def _sha256(text: str) -> str:
+    if not re.fullmatch(r"[0-9a-f]{64}", text):
+        raise ValueError
+    return text
+
+
 def _heads(text: str) -> tuple[int, ...]:
     parts = text.split("+")
     if not all(_DIGITS.match(p) for p in parts) or len({int(p) for p in parts}) != len(parts):
@@ -114,6 +146,15 @@ _TRANSFORMS: dict[str, _Transform] = {
         "surrogate",
         (_Param("heads", None, "distinct query-head indices joined by '+', e.g. heads=1+4", _heads, lambda hs: "+".join(map(str, hs))),),
         tf.prune_heads,
+    ),
+    "minimize": _Transform(
+        "surrogate",
+        (_Param("heads", None, "a hex keep-vector over the query heads", _hex),
+         _Param("neurons", None, "a hex keep-vector over the MLP hidden units", _hex),
+         _Param("rank", None, "MATRIX:RANK joined by '+', every matrix of the block (attn.q ... mlp.down)", _ranks, _show_ranks),
+         _Param("score", None, "the score method's name", _choice("attribution")),
+         _Param("log", None, "the search log's SHA-256 (64 hex digits)", _sha256)),
+        tf.minimize,
     ),
     "drop-rope": _Transform("ablation", (), tf.drop_rope),
     "invert-mask": _Transform("ablation", (), tf.invert_mask),

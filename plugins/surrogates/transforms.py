@@ -158,3 +158,77 @@ def noise_wq(ir: BlockIR, *, sigma: float, seed: int) -> tuple[BlockIR, Info]:
         weight = (q.weight.astype(np.float64) + sigma * noise).astype(q.weight.dtype)
     info = {"rel_error.attn.q": repr(_rel_error(weight, q.weight))}
     return attrs.evolve(ir, attn=attrs.evolve(ir.attn, q=attrs.evolve(q, weight=weight))), info
+
+
+# ---------------------------------------------------------------------------------------------------
+# The minimize family: what `blockcert minimize` searches over (docs/minimize.md)
+# ---------------------------------------------------------------------------------------------------
+
+#: the matrices a ``minimize`` rank vector covers, in order (``mlp.gate`` only in a gated MLP)
+RANK_KEYS: tuple[str, ...] = tuple(f"{part}.{name}" for part, name in TARGETS["all"])
+
+
+def pack_mask(keep: np.ndarray) -> str:
+    """A keep-vector as hex: bit ``i`` (little-endian within each byte) is unit ``i``; padding bits are 0."""
+    return np.packbits(np.asarray(keep, bool), bitorder="little").tobytes().hex()
+
+
+def unpack_mask(text: str, n: int, what: str) -> np.ndarray:
+    """The inverse of :func:`pack_mask` for ``n`` units; a wrong length or a set padding bit is refused."""
+    if len(text) != 2 * (-(-n // 8)):
+        raise Inapplicable(f"parameter {what!r}: {len(text)} hex digits, expected {2 * (-(-n // 8))} for {n} units")
+    bits = np.unpackbits(np.frombuffer(bytes.fromhex(text), np.uint8), bitorder="little")
+    if bits[n:].any():
+        raise Inapplicable(f"parameter {what!r}: bits beyond unit {n - 1} are set")
+    return bits[:n].astype(bool)
+
+
+def full_ranks(ir: BlockIR) -> dict[str, int]:
+    """Every matrix of the block and its full rank ``min(shape)``, in :data:`RANK_KEYS` order."""
+    return {key: min(lin.weight.shape) for key, lin in _linears(ir, "all")}
+
+
+def minimize(ir: BlockIR, *, heads: str, neurons: str, rank: dict[str, int], score: str, log: str) -> tuple[BlockIR, Info]:
+    """Keep the query heads and MLP hidden units whose bits are set, then truncate each matrix to its rank.
+
+    * heads: ``head_gate[h] = 0`` for every head whose bit is clear (kept heads keep their gate).
+    * neurons: hidden unit ``j`` cleared zeroes column ``j`` of W_up and W_gate (and their biases' entry ``j``)
+      and row ``j`` of W_down (the IR stores weights ``[d_in, d_out]``), so the unit contributes nothing.
+    * rank: each listed matrix (after the neuron mask) becomes its truncated SVD at that rank; a rank equal to
+      the full rank leaves the matrix untouched (no SVD), so an all-on candidate is the base IR bit for bit.
+
+    ``score`` and ``log`` (the search's score method and the SHA-256 of its log) change nothing in the IR:
+    they ride in the canonical spec so the certificate ties the search to the surrogate.
+    """
+    n_heads, width = ir.attn.n_heads, ir.mlp.up.weight.shape[1]
+    head_keep = unpack_mask(heads, n_heads, "heads")
+    unit_keep = unpack_mask(neurons, width, "neurons")
+    full = full_ranks(ir)
+    if set(rank) != set(full):
+        raise Inapplicable(f"parameter 'rank': gives {', '.join(sorted(rank))}; block {ir.index} has {', '.join(full)}")
+    too_big = [k for k in full if rank[k] > full[k]]
+    if too_big:
+        raise Inapplicable(f"parameter 'rank': {too_big[0]} has full rank {full[too_big[0]]}, asked for {rank[too_big[0]]}")
+    gate = ir.attn.head_gate.copy()  # [H]
+    gate[~head_keep] = 0
+    new: dict[str, Linear] = {}
+    for key, lin in _linears(ir, "mlp"):
+        weight, bias = lin.weight.copy(), None if lin.bias is None else lin.bias.copy()
+        if key == "mlp.down":
+            weight[~unit_keep, :] = 0  # [f, d]: the cleared units' output rows
+        else:
+            weight[:, ~unit_keep] = 0  # [d, f]: the cleared units' input columns
+            if bias is not None:
+                bias[~unit_keep] = 0
+        new[key] = Linear(weight, bias)
+    info: Info = {"kept.heads": f"{int(head_keep.sum())}/{n_heads}", "kept.neurons": f"{int(unit_keep.sum())}/{width}"}
+    for key, lin in _linears(ir, "all"):
+        lin = new.get(key, lin)
+        if rank[key] < full[key]:
+            weight, _, kept = truncated_svd(lin.weight, rank[key])
+            lin = attrs.evolve(lin, weight=weight)
+            info[f"energy_kept.{key}"] = repr(kept)
+        new[key] = lin
+        info[f"rank.{key}"] = f"{rank[key]}/{full[key]}"
+    derived = _replace(ir, new)
+    return attrs.evolve(derived, attn=attrs.evolve(derived.attn, head_gate=gate)), info
