@@ -53,12 +53,17 @@ def runs(tmp_path_factory, byte_tokenizer):
     run(model, prompts=str(prompts), out=ablated, ablate="invert-mask")
     sweep = base / "sweep.json"
     sweep.write_text(json.dumps(SWEEP), encoding="utf-8")
-    return {"plain": plain, "ablated": ablated, "sweep": sweep, "model": model}
+    from blockcert.metrics import Policy
+    from blockcert.minimize import minimize
+
+    loose = Policy(tau_act=0.25, tau_loss=0.05, alpha_act=0.9, alpha_loss=0.9, name="relative")
+    minimize(model, blocks=[0, 2], budget="heads", prompts=str(prompts), policy=loose, out=base / "mz")
+    return {"plain": plain, "ablated": ablated, "sweep": sweep, "model": model, "minimize": base / "mz"}
 
 
 @pytest.fixture(scope="module")
 def reports(runs):
-    full, _ = write_report(runs["plain"], compare=[runs["ablated"]], edit_sweep=runs["sweep"])
+    full, _ = write_report(runs["plain"], compare=[runs["ablated"]], edit_sweep=runs["sweep"], minimize=runs["minimize"])
     ablated, _ = write_report(runs["ablated"], compare=[runs["plain"]])
     return {"full": full, "ablated": ablated}
 
@@ -117,9 +122,9 @@ def test_a_failing_ablation_shows_its_failing_tokens(runs, reports):
 
 def test_markdown_summary(runs, tmp_path):
     out = tmp_path / "r.md"
-    write_report(runs["plain"], out, fmt="md", compare=[runs["ablated"]], edit_sweep=runs["sweep"])
+    write_report(runs["plain"], out, fmt="md", compare=[runs["ablated"]], edit_sweep=runs["sweep"], minimize=runs["minimize"])
     md = out.read_text(encoding="utf-8")
-    for heading in ("## Blocks", "## Stitched model", "## Theorem 1 (global bound)", "## Comparison", "## Edit sweep",
+    for heading in ("## Blocks", "## Stitched model", "## Theorem 1 (global bound)", "## Comparison", "## Edit sweep", "## Minimal mechanisms",
                     "## Certificate ids"):
         assert heading in md
     assert "| 2 | yes | yes |" in md
@@ -219,6 +224,7 @@ def test_report_renders_in_headless_chromium(runs, reports, tmp_path, monkeypatc
                 assert sections["tokens"].find_elements(By.CSS_SELECTOR, "span.t")
                 assert sections["stitched"].find_elements(By.CSS_SELECTOR, "svg.chart")
                 assert sections["edit-sweep"].find_elements(By.CSS_SELECTOR, "svg.chart")
+                assert sections["minimize"].find_elements(By.CSS_SELECTOR, "svg.chart")
             assert driver.execute_script("return window.__pwned") is None  # the prompt's script did not run
             assert HOSTILE.split(" close")[0] in driver.find_element(By.ID, "tokens").text.replace("\n", "")
             button = driver.find_element(By.CSS_SELECTOR, "button[data-copy]")

@@ -20,6 +20,8 @@ def report_command(
     compare: list[str] = typer.Option(None, "--compare", "-c", help="Another run directory of the same model and prompts to "
                                       "put beside this one (repeatable): mean cov_act, MAE, ratio."),
     edit_sweep: Path = typer.Option(None, "--edit-sweep", help="An edit-sweep JSON file (as `blockcert edit sweep` writes it)."),
+    minimize: Path = typer.Option(None, "--minimize", help="A `blockcert minimize` output directory: adds the per-block "
+                                  "kept-fraction chart and table of the smallest certified surrogates."),
     tokenizer: str = typer.Option(None, "--tokenizer", help="Tokenizer to show tokens as text: a local HF directory, a .gguf "
                                   "file, a model name, or 'none' for token ids (default: the run's model)."),
     token_blocks: str = typer.Option("auto", "--token-blocks", help="Blocks with per-token text heat maps: auto (weak blocks, "
@@ -27,7 +29,7 @@ def report_command(
 ) -> None:
     """Write a report of a run: summary and verification (level hashes), per-block metrics against the policy,
     per-token error heat maps, the stitched model, Lipschitz bounds and Theorem 1, derived runs side by side,
-    an edit sweep, and every certificate id and digest. Reads artifacts only: the model is never loaded."""
+    an edit sweep, minimal mechanisms (--minimize), and every certificate id and digest. Reads artifacts only: the model is never loaded."""
     from blockcert.report.write import render, write_report
 
     start = time.perf_counter()
@@ -35,12 +37,13 @@ def report_command(
         if output == "-":
             from blockcert.report.gather import collect
 
-            view = collect(out, compare=compare or (), edit_sweep=edit_sweep, tokenizer=tokenizer, token_blocks=token_blocks)
+            view = collect(out, compare=compare or (), edit_sweep=edit_sweep, tokenizer=tokenizer, token_blocks=token_blocks,
+                           minimize=minimize)
             sys.stdout.write(render(view, fmt))
             target = None
         else:
             target, view = write_report(out, output, fmt=fmt, compare=compare or (), edit_sweep=edit_sweep, tokenizer=tokenizer,
-                                        token_blocks=token_blocks)
+                                        token_blocks=token_blocks, minimize=minimize)
     status = "every certificate verifies" if view.verified else "VERIFICATION FAILED"
     line = (f"{view.n_certified}/{len(view.blocks)} blocks certified, {status} (level hashes); "
             f"built in {time.perf_counter() - start:.1f} s")

@@ -31,6 +31,8 @@ from blockcert.report.views import (
     CompareRow,
     EditSweep,
     FullView,
+    MinimizeRow,
+    MinimizeView,
     PromptView,
     RunView,
     SweepRow,
@@ -94,7 +96,7 @@ def _load_trace_ids(root: Path, index: dict[str, Any]) -> tuple[list[np.ndarray]
 
 
 def collect(out: str | Path, *, compare: Sequence[str | Path] = (), edit_sweep: str | Path | None = None,
-            tokenizer: str | None = None, token_blocks: str = "auto") -> RunView:
+            tokenizer: str | None = None, token_blocks: str = "auto", minimize: str | Path | None = None) -> RunView:
     """Read and verify (level ``hashes``) the run in ``out`` and everything the report shows about it."""
     from blockcert.verifier.core import find_certificates, recorded_rule, verify
 
@@ -102,6 +104,7 @@ def collect(out: str | Path, *, compare: Sequence[str | Path] = (), edit_sweep: 
     if not (root / MANIFEST).is_file():
         raise UserError(f"{root} is not a blockcert run directory (no {MANIFEST})", "pass the --out directory of `blockcert run`")
     sweep = load_edit_sweep(edit_sweep) if edit_sweep is not None else None  # a malformed file fails before any work
+    minimized = load_minimize(minimize) if minimize is not None else None
     root, certs = find_certificates(root)
     manifest = _read_json(root, MANIFEST)
     index = _read_json(root, TRACE_INDEX)
@@ -137,7 +140,7 @@ def collect(out: str | Path, *, compare: Sequence[str | Path] = (), edit_sweep: 
         tokens_source=source, tokens_decoded=decoded, token_blocks=chosen, token_blocks_reason=reason,
         verified=report.ok, summary_verification=by_path.get(SUMMARY), shared_subjects=shared,
         full=_full(root, by_path), bounds=bounds, bounds_note=note,
-        compare=_compare(root, manifest, blocks, report.ok, compare), edit_sweep=sweep,
+        compare=_compare(root, manifest, blocks, report.ok, compare), edit_sweep=sweep, minimize=minimized,
     )
 
 
@@ -408,9 +411,33 @@ def load_edit_sweep(path: str | Path) -> EditSweep:
     return EditSweep(str(path), tuple(rows), meta)
 
 
+def load_minimize(path: str | Path) -> MinimizeView:
+    """The summary of a ``blockcert minimize`` directory (its ``minimize.json``), for the kept-fraction chart."""
+    from blockcert.artifacts.safeio import ArtifactError, strict_json
+
+    p = Path(path)
+    p = p / "minimize.json" if p.is_dir() else p
+    try:
+        data = strict_json(p.read_bytes(), str(p))
+        rows = tuple(MinimizeRow(
+            int(b["block"]), (int(b["kept"]["heads"]), int(b["totals"]["heads"])), (int(b["kept"]["neurons"]), int(b["totals"]["neurons"])),
+            (sum(map(int, b["kept"]["rank"].values())), sum(map(int, b["totals"]["rank"].values()))),
+            float(b["metrics"]["cov_act"]), float(b["metrics"]["cov_loss"]), bool(b["certified"]), int(b["candidates"]), float(b["seconds"]))
+            for b in data["blocks"])
+        view = MinimizeView(str(path), str(data["model"]), str(data["dtype"]), str(data["budget"]), tuple(sorted(rows, key=lambda r: r.block)))
+    except (OSError, ArtifactError) as exc:
+        raise UserError(f"--minimize {path}: {exc}", "pass the --out directory of `blockcert minimize`") from exc
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise UserError(f"--minimize {path}: not a minimize.json ({type(exc).__name__}: {exc})",
+                        "pass the --out directory of `blockcert minimize`") from exc
+    if not view.rows:
+        raise UserError(f"--minimize {path}: no blocks")
+    return view
+
+
 # ---------------------------------------------------------------------------------------------------
 # Writing
 # ---------------------------------------------------------------------------------------------------
 
 
-__all__: Sequence[str] = ["collect", "decode_tokens", "load_edit_sweep"]
+__all__: Sequence[str] = ["collect", "decode_tokens", "load_edit_sweep", "load_minimize"]

@@ -44,6 +44,7 @@ SECTIONS = (
     ("bounds", "Lipschitz bounds"),
     ("derivation", "Surrogates and ablations"),
     ("edit-sweep", "Edit sweep"),
+    ("minimize", "Minimal mechanisms"),
     ("ids", "Certificate ids and digests"),
 )
 
@@ -121,7 +122,7 @@ def render_html(view: RunView) -> str:
     body = [
         _header(view),
         "<nav>" + "".join(f'<a href="#{key}">{esc(title)}</a>' for key, title in SECTIONS) + "</nav>",
-        _summary(view), _blocks(view), _tokens(view), _stitched(view), _bounds(view), _derivation(view), _edit_sweep(view), _ids(view),
+        _summary(view), _blocks(view), _tokens(view), _stitched(view), _bounds(view), _derivation(view), _edit_sweep(view), _minimize(view), _ids(view),
         f'<p class="note">Written by blockcert {esc(__version__)} (<code>blockcert report</code>) from the artifacts of '
         f"{esc(view.label)}; nothing in this page was recomputed from the model.</p>",
     ]
@@ -520,6 +521,26 @@ def _edit_sweep(view: RunView) -> str:
     parts.append(_table(["block", "α", "answer accuracy", "refuse accuracy"],
                         [[str(r.block), f"{r.alpha:g}", f"{r.answer_accuracy:.3f}", f"{r.refuse_accuracy:.3f}"] for r in sweep.rows]))
     return _section("edit-sweep", "\n".join(parts))
+
+
+def _minimize(view: RunView) -> str:
+    mz = view.minimize
+    if mz is None:
+        return _section("minimize", "", "no minimal mechanisms: pass <code>--minimize DIR</code> (the <code>--out</code> of "
+                                        "<code>blockcert minimize</code>)")
+    xs = tuple(float(r.block) for r in mz.rows)
+    frac = lambda pair: pair[0] / pair[1] if pair[1] else 1.0  # noqa: E731
+    chart = line_chart([Series("heads kept", xs, tuple(frac(r.heads) for r in mz.rows), NEUTRAL),
+                        Series("neurons kept", xs, tuple(frac(r.neurons) for r in mz.rows), GOOD, dashed=True),
+                        Series("rank kept", xs, tuple(frac(r.rank) for r in mz.rows), BAD)],
+                       title="kept fraction of each block's smallest certified surrogate", xlabel="block", ylim=(0.0, 1.0), xint=True,
+                       height=220)
+    rows = [[str(r.block), f"{r.heads[0]}/{r.heads[1]}", f"{r.neurons[0]}/{r.neurons[1]}", f"{r.rank[0]}/{r.rank[1]}",
+             f"{r.cov_act:.3f}", f"{r.cov_loss:.3f}", "yes" if r.certified else "no", str(r.candidates), f"{r.seconds:.0f}"] for r in mz.rows]
+    table = _table(["block", "heads kept", "neurons kept", "rank kept (sum)", "cov_act", "cov_loss", "certified", "candidates", "wall s"], rows)
+    intro = (f"<p>From <code>{esc(mz.source)}</code>: {esc(mz.model)} ({esc(mz.dtype)}), budget <code>{esc(mz.budget)}</code>. "
+             "Each row is certified by its own run (<code>runs/block_&lt;idx&gt;</code>, verified with <code>blockcert verify</code>).</p>")
+    return _section("minimize", intro + chart + table)
 
 
 def _subject_rows(subjects: Sequence[tuple[str, str, str | None]]) -> str:

@@ -115,6 +115,12 @@ def render_md(view: RunView) -> str:
         out += _table(["block", "α", "answer accuracy", "refuse accuracy"],
                       [[str(r.block), f"{r.alpha:g}", f"{r.answer_accuracy:.3f}", f"{r.refuse_accuracy:.3f}"]
                        for r in view.edit_sweep.rows])
+    if view.minimize is not None:
+        mz = view.minimize
+        out += ["## Minimal mechanisms", "", f"From {_code(mz.source)}: {mz.model} ({mz.dtype}), budget {_code(mz.budget)}.", ""]
+        out += _table(["block", "heads kept", "neurons kept", "rank kept (sum)", "cov_act", "cov_loss", "certified"],
+                      [[str(r.block), f"{r.heads[0]}/{r.heads[1]}", f"{r.neurons[0]}/{r.neurons[1]}", f"{r.rank[0]}/{r.rank[1]}",
+                        f"{r.cov_act:.3f}", f"{r.cov_loss:.3f}", _yn(r.certified)] for r in mz.rows])
     out += ["## Certificate ids", "", "```"]
     out += [f"{b.certificate_id}  {b.certificate}" for b in view.blocks]
     if view.full is not None and view.full.certificate_id:

@@ -97,6 +97,28 @@ class EditSweep:
     meta: tuple[tuple[str, str], ...]  # the file's other scalar fields, shown as they are
 
 
+@attrs.frozen
+class MinimizeRow:
+    block: int
+    heads: tuple[int, int]  # kept, total
+    neurons: tuple[int, int]
+    rank: tuple[int, int]  # summed over the block's matrices
+    cov_act: float
+    cov_loss: float
+    certified: bool
+    candidates: int
+    seconds: float
+
+
+@attrs.frozen
+class MinimizeView:
+    source: str
+    model: str
+    dtype: str
+    budget: str
+    rows: tuple[MinimizeRow, ...]
+
+
 @attrs.frozen(eq=False)
 class RunView:
     """Everything a report shows about one run directory."""
@@ -118,6 +140,7 @@ class RunView:
     bounds_note: str | None  # why there is no global bound, when some block logs bounds
     compare: tuple[CompareRow, ...]
     edit_sweep: EditSweep | None
+    minimize: MinimizeView | None = None
 
     @property
     def policy(self) -> dict[str, float]:
