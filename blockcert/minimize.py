@@ -22,8 +22,10 @@ The search, per block, on traces captured once (the cached prefix x^(l) of every
 
 Every candidate is measured by the code that certifies (:func:`blockcert.derive.apply` to build it, the
 pipeline's replay, :func:`~blockcert.pipeline.staircase.suffix_losses` and
-:func:`~blockcert.metrics.block_metrics`); a candidate whose cov_act is already below α_act is rejected
-before its loss suffix runs (it cannot certify). Every candidate and its metrics go to the search log, whose
+:func:`~blockcert.metrics.block_metrics`). A candidate that cannot certify on activations is rejected early:
+its prompts are replayed one at a time, and once so many tokens are uncovered that cov_act < α_act even if every
+remaining token were covered, it stops (its logged cov_act is that upper bound, with the prompts it replayed);
+its loss suffix never runs. Every candidate and its metrics go to the search log, whose
 SHA-256 is a parameter of the certified spec, so the certificate names the exact search that produced it.
 """
 
@@ -78,12 +80,14 @@ class Candidate:
 
 @attrs.frozen
 class Measured:
-    """A candidate's metrics (``metrics`` None: rejected on cov_act before its loss suffix ran)."""
+    """A candidate's metrics (``metrics`` None: rejected on cov_act before its loss suffix ran; the replay stops at the
+    first prompt after which cov_act cannot reach α_act, and ``cov_act`` is then the upper bound that decided it)."""
 
-    cov_act: float
+    cov_act: float  # exact when every prompt was replayed; else an upper bound (the rest counted as covered)
     metrics: BlockMetrics | None
     certified: bool
     seconds: float
+    prompts_replayed: int
 
 
 @attrs.frozen
@@ -179,16 +183,31 @@ class Meter:
             return hit
         start = time.perf_counter()
         ir = self.derive(c)
-        outputs, errors, norms, paths = _replay_all(ir, self.traces, self.index, self.loaded.native.device)
-        thresholds = [_act_thresholds(self.policy, n, None if self.floor_act is None else self.floor_act[p]) for p, n in enumerate(norms)]
-        act = cov_act(np.concatenate([np.asarray(e, np.float64) for e in errors]), np.concatenate(thresholds))
+        total = sum(t.n_tokens for t in self.traces)
+        outputs, errors, norms, paths, thresholds = [], [], [], [], []
+        uncovered = 0
+        for p, t in enumerate(self.traces):  # prompt by prompt, so that a hopeless candidate stops early
+            o, e, n, q = _replay_all(ir, [t], self.index, self.loaded.native.device)
+            outputs += o
+            errors += e
+            norms += n
+            paths += q
+            thresholds.append(_act_thresholds(self.policy, n[0], None if self.floor_act is None else self.floor_act[p]))
+            uncovered += int(np.sum(~(np.asarray(e[0], np.float64) <= thresholds[-1])))
+            if (total - uncovered) / total < self.policy.alpha_act:  # cov_act < α_act even if every other token is covered
+                break
         metrics = None
-        if act >= self.policy.alpha_act:
-            stitched = suffix_losses(self.loaded, self.traces, [self.index], lambda _: outputs, self.batch_size)[self.index]
-            metrics = block_metrics(errors, norms, paths, [t.loss for t in self.traces], stitched, self.policy, self.floor_act,
-                                    self.floor_loss)
+        if len(errors) < len(self.traces):
+            act = (total - uncovered) / total  # an upper bound: the prompts not replayed counted as covered
+        else:
+            act = cov_act(np.concatenate([np.asarray(e, np.float64) for e in errors]), np.concatenate(thresholds))
+            if act >= self.policy.alpha_act:
+                stitched = suffix_losses(self.loaded, self.traces, [self.index], lambda _: outputs, self.batch_size)[self.index]
+                metrics = block_metrics(errors, norms, paths, [t.loss for t in self.traces], stitched, self.policy, self.floor_act,
+                                        self.floor_loss)
+        replayed = len(errors)
         ok = metrics is not None and certified(metrics.cov_act, metrics.cov_loss, self.policy)
-        m = Measured(act, metrics, ok, time.perf_counter() - start)
+        m = Measured(act, metrics, ok, time.perf_counter() - start, replayed)
         self.cache[c.key()] = m
         self.log.append(log_entry(len(self.log), self.phase, c, m))
         return m
@@ -200,7 +219,7 @@ def log_entry(step: int, phase: str, c: Candidate, m: Measured) -> dict[str, Any
     metrics = None if m.metrics is None else {k: getattr(m.metrics, k) for k in ("cov_act", "cov_loss", "cov_path", "mae", "epsilon")}
     return {"step": step, "phase": phase, "heads": pack_mask(c.heads), "neurons": pack_mask(c.neurons), "rank": dict(c.rank),
             "kept": c.kept(), "cov_act": m.cov_act, "metrics": metrics, "certified": m.certified,
-            "rejected_before_loss": m.metrics is None}
+            "rejected_before_loss": m.metrics is None, "prompts_replayed": m.prompts_replayed}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -288,6 +307,7 @@ def search_block(meter: Meter, budget: str, *, seed: int = 0, refine: int = 16, 
 
 SEARCH_DIR = "search"  # <out>/search/block_<idx>.json: the search logs
 RUNS_DIR = "runs"  # <out>/runs/block_<idx>/: one ordinary run directory per block (blockcert verify reads it)
+HELDOUT_DIR = "heldout"  # <out>/heldout/block_<idx>/: the same surrogate certified on the held-out prompts
 SUMMARY_NAME = "minimize.json"
 
 
@@ -317,11 +337,12 @@ def _metrics_record(m: BlockMetrics | None) -> dict[str, Any] | None:
 def minimize(model: str | Path | None = None, *, blocks: str | Sequence[int] = "5,15", budget: str = "all",
              prompts: str = "builtin:stress", policy: Policy | None = None, dtype: str = "float32", out: str | Path = "blockcert-minimize",
              seed: int = 0, refine: int = 16, score: str = "attribution", batch_size: int = 8, loaded: Any = None,
-             force: bool = False, progress: bool = False) -> MinimizeResult:
+             force: bool = False, progress: bool = False, held_out: str | None = None) -> MinimizeResult:
     """Search the smallest certified ``minimize`` surrogate of each block and certify it (see the module doc).
 
     Writes ``out/search/block_<idx>.json`` (the search log), ``out/runs/block_<idx>/`` (an ordinary run directory
-    certifying the result: ``blockcert verify`` it) and ``out/minimize.json`` (the summary)."""
+    certifying the result: ``blockcert verify`` it) and ``out/minimize.json`` (the summary). ``held_out`` (a prompt
+    set) also certifies each result, unchanged, on those prompts (``out/heldout/block_<idx>/``) and records the shift."""
     from blockcert_surrogates.transforms import full_ranks
     from rich.console import Console
     from rich.progress import Progress, TextColumn, TimeElapsedColumn
@@ -346,6 +367,8 @@ def minimize(model: str | Path | None = None, *, blocks: str | Sequence[int] = "
         raise UserError("--refine must be >= 0 and --batch-size >= 1")
     policy = policy or Policy()
     texts = load_prompts(prompts)
+    if held_out is not None:
+        load_prompts(held_out)  # a bad prompt set fails before the model loads
     loaded = loaded or load_model(model, dtype=dtype)
     chosen = parse_blocks(blocks, loaded.native.n_blocks)
     root = Path(out)
@@ -390,6 +413,14 @@ def minimize(model: str | Path | None = None, *, blocks: str | Sequence[int] = "
             result = run(loaded=loaded, settings=RunSettings(prompts=prompts, blocks=[index], policy=policy, dtype=loaded.dtype,
                                                              out=run_dir, force=True, batch_size=batch_size, surrogate=spec))
             block = result.blocks[0]
+            shifted = None
+            if held_out is not None:
+                bar.update(task, description=f"Block {index}: held-out prompts")
+                other = run(loaded=loaded, settings=RunSettings(prompts=held_out, blocks=[index], policy=policy, dtype=loaded.dtype,
+                                                                out=root / HELDOUT_DIR / f"block_{index:03d}", force=True,
+                                                                batch_size=batch_size, surrogate=spec)).blocks[0]
+                shifted = {"prompts": held_out, "run": f"{HELDOUT_DIR}/block_{index:03d}", "certified": bool(other.certified),
+                           "metrics": _metrics_record(other.metrics)}
             derived = derive.apply(derive.Derivation("surrogate", spec), base)
             summaries.append({
                 "block": index, "certified": bool(block.certified), "kept": final.kept(),
@@ -397,6 +428,7 @@ def minimize(model: str | Path | None = None, *, blocks: str | Sequence[int] = "
                 "notes": derive.notes(derived), "metrics": _metrics_record(block.metrics), "search_metrics": _metrics_record(measured.metrics),
                 "candidates": len(meter.log), "search_seconds": search_seconds, "seconds": time.perf_counter() - start,
                 "run": f"{RUNS_DIR}/block_{index:03d}", "search_log": f"{SEARCH_DIR}/block_{index:03d}.json", "search_log_sha256": digest,
+                "held_out": shifted,
             })
     result = MinimizeResult(root, loaded.name, loaded.dtype, budget, tuple(summaries))
     atomic_write_text(root / SUMMARY_NAME, json.dumps(result.to_dict(), indent=2) + "\n")

@@ -162,6 +162,18 @@ def test_search_removes_something_under_a_loose_policy_and_every_candidate_is_lo
     assert meter.log[0]["phase"] == "base" and meter.log[0]["certified"]
     # rejected on cov_act: the loss suffix never ran, and such a candidate is never certified
     assert all(not e["certified"] for e in meter.log if e["rejected_before_loss"])
+    # an early stop decides as the full measurement would: its logged cov_act bounds the true one from above, below alpha
+    from blockcert.metrics import act_thresholds, cov_act
+    from blockcert.pipeline.certify import _replay_all
+
+    early = [e for e in meter.log if e["prompts_replayed"] < len(traces)]
+    assert early, "no candidate stopped early"
+    for e in early[:3]:
+        cand = Candidate(unpack_mask(e["heads"], base.attn.n_heads, "h"), unpack_mask(e["neurons"], base.mlp.up.weight.shape[1], "n"),
+                         tuple((k, e["rank"][k]) for k in full_ranks(base)))
+        _, errors, norms, _ = _replay_all(meter.derive(cand), traces, index)
+        true = cov_act(np.concatenate(errors), np.concatenate([act_thresholds(LOOSE, n) for n in norms]))
+        assert true <= e["cov_act"] < LOOSE.alpha_act
     # a strict policy keeps more: the paper's absolute tau on float32 cannot lose a whole head of a random block
     strict = Meter(loaded, traces, base, index, Policy(), 8, "attribution")
     final_strict, _ = search_block(strict, "heads", head_scores=heads, unit_scores=units, refine=4)
@@ -171,7 +183,8 @@ def test_search_removes_something_under_a_loose_policy_and_every_candidate_is_lo
 @pytest.fixture(scope="module")
 def minimized(tiny, tmp_path_factory):
     out = tmp_path_factory.mktemp("mz") / "M"
-    result = minimize(loaded=tiny[1], blocks=[0, 2], budget="all", prompts="builtin:default", policy=LOOSE, out=out, refine=4)
+    result = minimize(loaded=tiny[1], blocks=[0, 2], budget="all", prompts="builtin:default", policy=LOOSE, out=out, refine=4,
+                      held_out="builtin:stress")
     return out, result
 
 
@@ -188,6 +201,13 @@ def test_minimize_writes_certified_runs_that_verify(minimized):
     report = verify(out, policy=LOOSE)
     assert report.ok, [(c.path, [x for x in c.checks if not x.ok]) for c in report.certificates if not c.ok]
     assert sum(c.kind == "minimize-search" for c in report.certificates) == 2
+    # the held-out runs certify the very same surrogate (the same spec) on other prompts, and verify too
+    assert sum(c.path.startswith("heldout/") and c.block is not None for c in report.certificates) == 2
+    for b in summary["blocks"]:
+        held = json.loads((out / b["held_out"]["run"] / f"block_{b['block']:03d}" / "certificate.json").read_text())
+        assert held["predicate"]["prompts"]["description"] == "builtin:stress"
+        cert = json.loads((out / b["run"] / f"block_{b['block']:03d}" / "certificate.json").read_text())
+        assert held["predicate"]["surrogate"]["spec"] == cert["predicate"]["surrogate"]["spec"]
 
 
 def test_a_tampered_search_log_fails_verification(minimized, tmp_path):

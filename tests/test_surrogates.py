@@ -345,7 +345,7 @@ def test_misapplied_specs_are_user_errors():
         bs.blockcert_surrogate(ir=tiny_ir(), spec=Spec("prune-heads", {"heads": ""}), traces=None)
     with pytest.raises(UserError, match=r"already derived \('zero-wv'\)"):
         bs.derive(bs.derive(tiny_ir(), "zero-wv"), "int8")
-    with pytest.raises(UserError, match=r"surrogates: lowrank, int8, prune-heads; ablations: drop-rope, invert-mask, zero-wv, noise-wq"):
+    with pytest.raises(UserError, match=r"surrogates: lowrank, int8, prune-heads, minimize; ablations: drop-rope, invert-mask, zero-wv, noise-wq"):
         bs.derive(tiny_ir(), "lowrank-ish")
 
 
@@ -354,8 +354,11 @@ def test_the_plugin_never_imports_torch():
         "import sys\n"
         "import blockcert_surrogates as bs\n"
         "from irfactory import tiny_ir\n"
+        "from blockcert_surrogates.transforms import full_ranks\n"
+        "ranks = '+'.join(f'{k}:{v}' for k, v in full_ranks(tiny_ir()).items())\n"
+        "extra = {'prune-heads': ':heads=1', 'minimize': f':heads=0f,neurons=ff0f,rank={ranks},score=attribution,log={64 * \"0\"}'}\n"
         "for spec in bs.SURROGATES + bs.ABLATIONS:\n"
-        "    bs.derive(tiny_ir(), spec + (':heads=1' if spec == 'prune-heads' else ''))\n"
+        "    bs.derive(tiny_ir(), spec + extra.get(spec, ''))\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT / "tests", timeout=120)

@@ -31,6 +31,8 @@ def minimize_command(
     seed: int = typer.Option(0, "--seed", help="Breaks ties between equal scores (the search is deterministic given it)."),
     refine: int = typer.Option(16, "--refine", help="Greedy refinement: at most this many kept heads and units (lowest "
                                "score first) are each tried for removal after the binary search."),
+    held_out: str = typer.Option(None, "--held-out", help="Another prompt set (e.g. builtin:default): each result is also "
+                                 "certified, unchanged, on it (heldout/block_<idx>/), and the shift is reported."),
     batch_size: int = opt.BATCH_SIZE,
     out: Path = typer.Option(Path("blockcert-minimize"), "--out", "-o", help="Output directory: minimize.json, search/ "
                              "(the search logs) and runs/block_<idx>/ (one certified run per block)."),
@@ -51,19 +53,21 @@ def minimize_command(
     policy = opt.policy(tau_act, tau_loss, alpha_act, alpha_loss, policy_name, noise_k)
     load_prompts(prompts)  # a bad prompt file fails before the model loads
     result = minimize(model, blocks=blocks, budget=budget, prompts=prompts, policy=policy, dtype=dtype, out=out, seed=seed,
-                      refine=refine, score=score, batch_size=batch_size, force=force, progress=True)
+                      refine=refine, score=score, batch_size=batch_size, force=force, progress=True, held_out=held_out)
     if as_json:
         typer.echo(json.dumps(result.to_dict(), indent=2))
     else:
         table = Table(title=f"minimize on {result.model} ({result.dtype}), budget {result.budget}")
-        for col in ("block", "heads kept", "neurons kept", "rank kept", "cov_act", "cov_loss", "certified", "candidates", "wall s"):
+        held = any(b["held_out"] for b in result.blocks)
+        for col in ("block", "heads kept", "neurons kept", "rank kept", "cov_act", "cov_loss", "certified", "candidates", "wall s",
+                    *(("held-out cov_act / cov_loss",) if held else ())):
             table.add_column(col, justify="right")
         for b in result.blocks:
             kept, totals, m = b["kept"], b["totals"], b["metrics"]
             ranks = sum(kept["rank"].values()), sum(totals["rank"].values())
             table.add_row(str(b["block"]), f"{kept['heads']}/{totals['heads']}", f"{kept['neurons']}/{totals['neurons']}",
                           f"{ranks[0]}/{ranks[1]}", f"{m['cov_act']:.3f}", f"{m['cov_loss']:.3f}", "yes" if b["certified"] else "NO",
-                          str(b["candidates"]), f"{b['seconds']:.0f}")
+                          str(b["candidates"]), f"{b['seconds']:.0f}", *((_held(b["held_out"]),) if held else ()))
         out_console().print(table)
         out_console().print(f"written to {result.out}/ (minimize.json, search/, runs/); rank kept is the sum over the block's "
                             "matrices. `blockcert verify` each runs/block_<idx> to re-derive and re-measure.", highlight=False)
@@ -72,3 +76,10 @@ def minimize_command(
         err_console.print(f"[bold red]not certified:[/] block(s) {bad}: no candidate meets the policy, not even the whole block; "
                           "the best candidate found (the whole block) is written with certified false.", highlight=False)
         raise typer.Exit(1)
+
+
+def _held(h: dict | None) -> str:
+    if not h:
+        return ""
+    m = h["metrics"]
+    return f"{m['cov_act']:.3f} / {m['cov_loss']:.3f}" + ("" if h["certified"] else " (not certified)")

@@ -120,12 +120,13 @@ def verify(path: str | Path, *, level: str = "replay", reference: str = "torch",
 
     if is_minimize_dir(target):  # blockcert minimize: every run verified as a run, and each search log tied to its certificate
         reports = []
-        for run_dir in run_dirs(target):
+        for run_dir in run_dirs(target) + run_dirs(target, "heldout"):
             sub = verify(run_dir, level=level, reference=reference, policy=policy, tolerances=tolerances, model=model,
                          progress=progress, stream=stream, device=device, trust=trust)
             prefix = run_dir.relative_to(target).as_posix()
             reports += [attrs.evolve(r, path=f"{prefix}/{r.path}") for r in sub.certificates]
-            reports.append(verify_search(target, run_dir))
+            if run_dir.parent.name == "runs":
+                reports.append(verify_search(target, run_dir))
         if not reports:
             raise UserError(f"{target} holds no runs/block_*/ run", "pass the --out of a finished blockcert minimize")
         return VerifyReport(str(target), level, reference, policy, tol, tuple(reports), ids)

@@ -27,8 +27,11 @@ def is_minimize_dir(path: Path) -> bool:
     return path.is_dir() and (path / SUMMARY).is_file() and (path / "runs").is_dir()
 
 
-def run_dirs(root: Path) -> list[Path]:
-    return sorted(p for p in (root / "runs").iterdir() if p.is_dir() and p.name.startswith("block_"))
+def run_dirs(root: Path, kind: str = "runs") -> list[Path]:
+    """The run directories under ``runs/`` (each with a search log) or ``heldout/`` (the same surrogates, other prompts)."""
+    if not (root / kind).is_dir():
+        return []
+    return sorted(p for p in (root / kind).iterdir() if p.is_dir() and p.name.startswith("block_"))
 
 
 def _spec_params(spec: str) -> dict[str, str]:

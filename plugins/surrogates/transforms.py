@@ -52,13 +52,34 @@ def _rel_error(new: np.ndarray, old: np.ndarray) -> float:
 # ---------------------------------------------------------------------------------------------------
 
 
+#: the last few SVDs, by the matrix's dtype, shape and bytes: ``blockcert minimize`` truncates the same matrices
+#: at many ranks. A hit returns the factors LAPACK returned for those very bytes, so results are unchanged.
+_SVD_CACHE: dict[tuple[str, tuple[int, ...], bytes], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+_SVD_CACHE_SIZE = 8
+
+
+def _svd(w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    import hashlib
+
+    key = (w.dtype.str, w.shape, hashlib.sha256(np.ascontiguousarray(w).tobytes()).digest())
+    hit = _SVD_CACHE.get(key)
+    if hit is None:
+        hit = np.linalg.svd(w.astype(np.float64), full_matrices=False)
+        for u in hit:
+            u.setflags(write=False)  # shared between callers: never modified in place
+        if len(_SVD_CACHE) >= _SVD_CACHE_SIZE:
+            _SVD_CACHE.pop(next(iter(_SVD_CACHE)))
+        _SVD_CACHE[key] = hit
+    return hit
+
+
 def truncated_svd(w: np.ndarray, r: int) -> tuple[np.ndarray, int, float]:
     """Best rank-``min(r, min(w.shape))`` approximation of ``w`` (Eckart-Young), its rank, and the energy kept.
 
     The energy kept is ``sum_{i<k} s_i^2 / sum_i s_i^2`` from sequential prefix sums, so it is monotone
     in ``r`` and exactly 1.0 at full rank (1.0 for an all-zero matrix).
     """
-    u, s, vt = np.linalg.svd(w.astype(np.float64), full_matrices=False)  # [m,n] -> [m,p], [p], [p,n]
+    u, s, vt = _svd(w)  # [m,n] -> [m,p], [p], [p,n]
     k = min(r, s.size)
     energy = np.cumsum(s**2)  # [p]
     kept = float(energy[k - 1] / energy[-1]) if energy[-1] > 0 else 1.0
