@@ -46,6 +46,10 @@ def test_all_on_minimize_is_the_base_ir_bit_for_bit(ir):
     derived = plugin_derive(ir, spec_for(ir))
     assert tensors_sha256(to_dict(derived)[1]) == tensors_sha256(to_dict(ir)[1])
     assert derived.source["derivation.kept.heads"] == f"{ir.attn.n_heads}/{ir.attn.n_heads}"
+    import hashlib
+
+    ones = np.packbits(np.ones(ir.mlp.up.weight.shape[1], bool), bitorder="little").tobytes()
+    assert derived.source["derivation.mask_sha256.neurons"] == hashlib.sha256(ones).hexdigest()
 
 
 @given(st.lists(st.booleans(), min_size=1, max_size=70))

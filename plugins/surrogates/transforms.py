@@ -242,7 +242,11 @@ def minimize(ir: BlockIR, *, heads: str, neurons: str, rank: dict[str, int], sco
             if bias is not None:
                 bias[~unit_keep] = 0
         new[key] = Linear(weight, bias)
-    info: Info = {"kept.heads": f"{int(head_keep.sum())}/{n_heads}", "kept.neurons": f"{int(unit_keep.sum())}/{width}"}
+    import hashlib
+
+    info: Info = {"kept.heads": f"{int(head_keep.sum())}/{n_heads}", "kept.neurons": f"{int(unit_keep.sum())}/{width}",
+                  "mask_sha256.heads": hashlib.sha256(bytes.fromhex(heads)).hexdigest(),
+                  "mask_sha256.neurons": hashlib.sha256(bytes.fromhex(neurons)).hexdigest()}
     for key, lin in _linears(ir, "all"):
         lin = new.get(key, lin)
         if rank[key] < full[key]:
