@@ -35,6 +35,7 @@ POLICIES = ["tests/test_policies.py"]
 ARCHS = ["tests/test_equivalence.py", "tests/test_ir.py"]
 
 # (id, what the bug is, file, the exact text, its replacement, the tests that must fail)
+MINIMIZE = ["tests/test_minimize.py"]
 MUTANTS: list[tuple[str, str, str, str, str, list[str]]] = [
     ("M01", "loss coverage: the block is never swapped in (stitched losses = baseline losses)", "blockcert/pipeline/certify.py",
      "    index = ex.index\n    d = root / block_dir(index)\n",
@@ -138,6 +139,11 @@ MUTANTS: list[tuple[str, str, str, str, str, list[str]]] = [
      "    if n.weight.shape[0] == hd:\n", "    if True:\n", ARCHS),
     ("M42", "a soft-capped block's attention bound shifts the keys by b_k", "blockcert/bounds/layers.py",
      "if a.rope is not None or a.softcap is not None else nk * R_F", "if a.rope is not None else nk * R_F", BOUNDS),
+    ("M43", "the neuron keep-vector is parsed but not applied (minimize)", "plugins/surrogates/transforms.py",
+     "        new[key] = Linear(weight, bias)\n", "        new[key] = lin\n", MINIMIZE),
+    ("M44", "the verifier does not tie the search log to the spec's digest", "blockcert/verifier/minimize.py",
+     'c.require("search log SHA-256 = the spec\'s log", digest == params["log"]',
+     'c.require("search log SHA-256 = the spec\'s log", True', MINIMIZE),
 ]
 
 
@@ -150,13 +156,27 @@ def _copy_repo(dest: Path) -> None:
             shutil.copy2(src, dest / rel)
 
 
+def _plugin_shims(copy: Path) -> Path:
+    """The built-in plugins are installed as blockcert_<name> -> plugins/<name> of the checkout (pyproject's package-dir):
+    a directory of links to the copy's plugins, put first on PYTHONPATH, makes the tests import the mutated copy."""
+    import tomllib
+
+    shims = copy / ".mutant-packages"
+    shims.mkdir()
+    mapping = tomllib.loads((copy / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]["package-dir"]
+    for name, rel in mapping.items():
+        (shims / name).symlink_to(copy / rel, target_is_directory=True)
+    return shims
+
+
 def run(selected: list[str]) -> int:
     chosen = [m for m in MUTANTS if not selected or m[0] in selected]
     survivors = []
     with tempfile.TemporaryDirectory(prefix="blockcert-mutants-") as tmp:
         copy = Path(tmp)
         _copy_repo(copy)
-        env = {**os.environ, "HYPOTHESIS_PROFILE": "fast", "PYTHONDONTWRITEBYTECODE": "1"}
+        env = {**os.environ, "HYPOTHESIS_PROFILE": "fast", "PYTHONDONTWRITEBYTECODE": "1",
+               "PYTHONPATH": os.pathsep.join([str(_plugin_shims(copy)), str(copy), os.environ.get("PYTHONPATH", "")])}
         for ident, what, rel, old, new, tests in chosen:
             path = copy / rel
             original = path.read_text(encoding="utf-8")

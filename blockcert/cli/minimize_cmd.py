@@ -45,8 +45,8 @@ def minimize_command(
     re-derives from the base IR and the masks and re-measures; the search itself is logged and hashed into the
     certificate, not redone by the verifier.
 
-    Exit code 0 when every block's result certifies, 1 when some block has no certified candidate (the best
-    one found is still written, certified false), 2 for a usage error."""
+    Exit code 0 when every block's result certifies, 1 when some block has no certified candidate (the best one
+    found is still written, certified false), 2 for a usage error."""
     from blockcert.minimize import minimize
     from blockcert.pipeline.promptsets import load_prompts
 
