@@ -175,7 +175,7 @@ class Meter:
         return derive.apply(derive.Derivation("surrogate", c.spec(self.score)), self.base)
 
     def measure(self, c: Candidate) -> Measured:
-        from blockcert.pipeline.certify import _replay_all
+        from blockcert.pipeline.certify import replay_all
         from blockcert.pipeline.staircase import suffix_losses
 
         hit = self.cache.get(c.key())
@@ -187,7 +187,7 @@ class Meter:
         outputs, errors, norms, paths, thresholds = [], [], [], [], []
         uncovered = 0
         for p, t in enumerate(self.traces):  # prompt by prompt, so that a hopeless candidate stops early
-            o, e, n, q = _replay_all(ir, [t], self.index, self.loaded.native.device)
+            o, e, n, q = replay_all(ir, [t], self.index, self.loaded.native.device)
             outputs += o
             errors += e
             norms += n

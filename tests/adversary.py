@@ -22,7 +22,7 @@ from blockcert.certificate import TENSOR_ANNOTATION, subject
 from blockcert.artifacts.digest import canonical_json, tensors_sha256
 from blockcert.ir import load_ir
 from blockcert.metrics import Policy
-from blockcert.pipeline.certify import Extraction, _certify, _replay_all, measure_block
+from blockcert.pipeline.certify import Extraction, _certify, replay_all, measure_block
 from blockcert.pipeline.trace import load_traces, prompt_file
 from blockcert.verifier.blocks import expected_summary
 from blockcert.verifier.core import find_certificates
@@ -69,7 +69,7 @@ def recertify(root: Path, ell: int, loaded: Any, *, errors: Callable[[list[np.nd
     traces = load_traces(root)
     manifest = json.loads((root / "run.json").read_text())
     ir = load_ir(root / f"block_{ell:03d}" / "ir")
-    _, errs, norms, paths = _replay_all(ir, traces, ell)
+    _, errs, norms, paths = replay_all(ir, traces, ell)
     if errors is not None:
         errs = errors(errs)
     losses = measure_block(loaded, traces, ir, ell, batch_size=8).stitched

@@ -168,14 +168,14 @@ def test_search_removes_something_under_a_loose_policy_and_every_candidate_is_lo
     assert all(not e["certified"] for e in meter.log if e["rejected_before_loss"])
     # an early stop decides as the full measurement would: its logged cov_act bounds the true one from above, below alpha
     from blockcert.metrics import act_thresholds, cov_act
-    from blockcert.pipeline.certify import _replay_all
+    from blockcert.pipeline.certify import replay_all
 
     early = [e for e in meter.log if e["prompts_replayed"] < len(traces)]
     assert early, "no candidate stopped early"
     for e in early[:3]:
         cand = Candidate(unpack_mask(e["heads"], base.attn.n_heads, "h"), unpack_mask(e["neurons"], base.mlp.up.weight.shape[1], "n"),
                          tuple((k, e["rank"][k]) for k in full_ranks(base)))
-        _, errors, norms, _ = _replay_all(meter.derive(cand), traces, index)
+        _, errors, norms, _ = replay_all(meter.derive(cand), traces, index)
         true = cov_act(np.concatenate(errors), np.concatenate([act_thresholds(LOOSE, n) for n in norms]))
         assert true <= e["cov_act"] < LOOSE.alpha_act
     # a strict policy keeps more: the paper's absolute tau on float32 cannot lose a whole head of a random block

@@ -17,7 +17,7 @@ from test_run import make_model_dir
 from blockcert.certificate import subject
 from blockcert.ir import load_ir
 from blockcert.metrics import act_thresholds, loss_thresholds
-from blockcert.pipeline.certify import Extraction, _certify, _replay_all, run
+from blockcert.pipeline.certify import Extraction, _certify, replay_all, run
 from blockcert.pipeline.floor import LOSS_ULPS, U32, model_in
 from blockcert.pipeline.trace import load_traces, prompt_file
 from blockcert.policy import NOISE_K, Policy
@@ -100,7 +100,7 @@ def forge_floors(root: Path, factor: float) -> None:
         stored = load_file(d / "errors.safetensors")
         keys = [f"p{t.index:03d}" for t in traces]
         ir = load_ir(d / "ir")
-        _, errs, norms, paths = _replay_all(ir, traces, ell)
+        _, errs, norms, paths = replay_all(ir, traces, ell)
         surrogate = json.loads((d / "certificate.json").read_text())["predicate"]["surrogate"]  # the ablation, kept
         ex = Extraction(ell, ir.arch, ir.n_ctx, None, None, surrogate, errs, norms, paths, None,
                         [stored[f"{k}.floor_act"] * factor for k in keys])

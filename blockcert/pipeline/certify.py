@@ -231,7 +231,7 @@ class Measurement:
     stitched: list[np.ndarray]  # [T_p - 1] token losses with block l replaced by its replay
 
 
-def _replay_all(ir: Any, traces: Sequence[Any], index: int,
+def replay_all(ir: Any, traces: Sequence[Any], index: int,
                 device: Any = "cpu") -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
     """Replay ``ir`` on every prompt's recorded x^(l), unpadded, exactly as a verifier replays it, on ``device``:
     (outputs [T_p, d], errors, norms, path matches) per prompt, on the CPU."""
@@ -249,7 +249,7 @@ def _replay_all(ir: Any, traces: Sequence[Any], index: int,
 @torch.no_grad()
 def measure_block(loaded: LoadedModel, traces: Sequence[PromptTrace], ir: Any, index: int, batch_size: int) -> Measurement:
     """Replay ``ir`` on the recorded x^(l) of every prompt and re-run the native suffix from its output."""
-    outputs, errors, norms, paths = _replay_all(ir, traces, index, loaded.native.device)
+    outputs, errors, norms, paths = replay_all(ir, traces, index, loaded.native.device)
     stitched = suffix_losses(loaded, traces, [index], lambda _: outputs, batch_size)[index]
     return Measurement(errors, norms, paths, [t.loss for t in traces], stitched)
 
@@ -343,7 +343,7 @@ def extract_block(loaded: LoadedModel, traces: Sequence[Any], index: int, n_ctx:
         base = ir
         ir = derive.apply(derivation, base, [t.residual[index] for t in traces])
         surrogate = derive.predicate(derivation, ir, block_dir(index), tensors_sha256(to_dict(base)[1]))
-    outputs, errors, norms, paths = _replay_all(ir, traces, index, loaded.native.device)
+    outputs, errors, norms, paths = replay_all(ir, traces, index, loaded.native.device)
     record = None if bounds is None else block_record(ir, [t.residual[index] for t in traces], errors, bounds)
     return Extraction(index, ir.arch, ir.n_ctx, ir, base, surrogate, errors, norms, paths, record), outputs
 
