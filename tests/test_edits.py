@@ -359,27 +359,51 @@ def test_documented_third_party_edit_works(tiny, tmp_path):
         assert verify(tmp_path / "H", level="hashes").ok
 
 
-def test_a_schema_v1_edit_certificate_still_verifies(certified, tmp_path):
-    """v2 added ``device``; a v1 edit certificate (no device in the predicate or edit.json) is read as made on
-    the CPU. Made here by writing this version's certificate back in the v1 form, digests recomputed."""
+@pytest.mark.parametrize("version", [1, 2])
+def test_older_edit_certificates_still_verify(certified, tmp_path, version):
+    """v2 added ``device``, v3 the locality metrics. A v1 edit certificate (no device in the predicate or edit.json)
+    is read as made on the CPU, and a v1 or v2 one has no locality. Made here by writing this version's
+    certificate back in the older form, digests recomputed."""
     import hashlib
 
     import rfc8785
 
     root = tmp_path / "E"
     shutil.copytree(certified, root)
-    manifest = json.loads((root / "edit.json").read_text())
-    del manifest["device"]
-    (root / "edit.json").write_bytes(rfc8785.dumps(manifest))
     cert = json.loads((root / "certificate.json").read_text())
-    del cert["predicate"]["device"]
-    cert["predicate"]["schema_version"] = 1
-    cert["predicateType"] = "https://blockcert.dev/predicate/edit-certificate/v1"
-    for s in cert["subject"]:
-        s["digest"]["sha256"] = hashlib.sha256((root / s["name"]).read_bytes()).hexdigest()
-    (root / "certificate.json").write_bytes(rfc8785.dumps(cert))
+    metrics = json.loads((root / "metrics.json").read_text())
+    del metrics["locality"], cert["predicate"]["metrics"]["locality"]
+    (root / "metrics.json").write_bytes(rfc8785.dumps(metrics))
+    cert["predicate"]["schema_version"] = version
+    cert["predicateType"] = f"https://blockcert.dev/predicate/edit-certificate/v{version}"
+    if version == 1:
+        manifest = json.loads((root / "edit.json").read_text())
+        del manifest["device"]
+        (root / "edit.json").write_bytes(rfc8785.dumps(manifest))
+        del cert["predicate"]["device"]
+
+    def write() -> None:
+        for s in cert["subject"]:
+            s["digest"]["sha256"] = hashlib.sha256((root / s["name"]).read_bytes()).hexdigest()
+        (root / "certificate.json").write_bytes(rfc8785.dumps(cert))
+
+    write()
     report = verify(root, level="hashes")
     assert report.ok, [(ch.name, ch.detail) for c in report.certificates for ch in c.checks if not ch.ok]
-    cert["predicate"]["device"] = "tpu"  # a v1 statement that already has the v2 field is not v1: refused
-    (root / "certificate.json").write_bytes(rfc8785.dumps(cert))
+    if version == 1:
+        cert["predicate"]["device"] = "tpu"  # a v1 statement that already has the v2 field is not v1: refused
+    else:
+        cert["predicate"]["metrics"]["locality"] = None  # a v2 statement with the v3 field is not v2: refused
+    write()
     assert not verify(root, level="hashes").ok
+    # and a v3 certificate may not drop its locality metrics
+    cert["predicate"]["schema_version"], cert["predicateType"] = 3, "https://blockcert.dev/predicate/edit-certificate/v3"
+    cert["predicate"].pop("device", None)
+    cert["predicate"]["device"] = "cpu"
+    cert["predicate"]["metrics"]["locality"] = None
+    metrics["locality"] = None
+    (root / "metrics.json").write_bytes(rfc8785.dumps(metrics))
+    if version == 1:
+        (root / "edit.json").write_bytes(rfc8785.dumps({**json.loads((root / "edit.json").read_text()), "device": "cpu"}))
+    write()
+    assert "locality metrics (schema v3)" in failures(root, level="hashes")

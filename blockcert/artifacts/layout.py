@@ -47,6 +47,10 @@ COMPLETIONS = "completions.jsonl"
 EDIT_METRICS = "metrics.json"
 HUMAN = "human.json"
 LABELS = "labels"
+DIRECTION_DIR = "direction"  # an edit directory's copy of the direction a directional edit used
+DIRECTION_META = "direction.json"
+DIRECTION_TENSOR = "direction.safetensors"
+DIRECTION_FILES = (DIRECTION_META, DIRECTION_TENSOR)
 #: signatures (docs/signing.md)
 ENVELOPE_SUFFIX = ".dsse.json"
 ENVELOPE = f"certificate{ENVELOPE_SUFFIX}"

@@ -231,6 +231,7 @@ class EditMetrics:
     max_final_deviation: float
     amplification: float | None
     per_prompt: list[dict[str, Any]]
+    locality: dict[str, Any] | None = None  # edit schema v3: KL on neutral prompts, unchanged benign completions, ΔPPL
 
 
 @attrs.frozen

@@ -47,6 +47,7 @@ def _root(
 def _register_commands() -> None:
     from blockcert.cli import (  # noqa: F401  (commands register themselves on `app`)
         bound_cmd,
+        direction_cmd,
         edit_cmd,
         experiment_cmd,
         ir_check,

@@ -46,7 +46,9 @@ def edit_command(
     ctx: typer.Context,
     block: int = typer.Option(None, "--block", "-b", help="The block whose MLP is scaled."),
     mlp_scale: float = typer.Option(None, "--mlp-scale", help="α: the block's residual becomes x + Attn + α·MLP (1 = unchanged)."),
-    spec: str = typer.Option(None, "--spec", help="Any edit spec a plugin provides, e.g. mlp-scale:block=15,alpha=0.33."),
+    spec: str = typer.Option(None, "--spec", help="Any edit spec a plugin provides, e.g. mlp-scale:block=15,alpha=0.33, "
+                             "direction-ablate:layers=all,direction=DIR or direction-add:layer=10,alpha=4,direction=DIR "
+                             "(DIR from `blockcert direction`)."),
     model: str = typer.Option(None, "--model", "-m", help=MODEL_HELP),
     corpus: str = typer.Option("builtin:refusal", "--corpus", help=CORPUS_HELP),
     out: Path = typer.Option(Path("blockcert-edit"), "--out", "-o", help="Output directory for the edit certificate."),
@@ -58,7 +60,9 @@ def edit_command(
     device: str = opt.DEVICE,
 ) -> None:
     """Apply one edit, generate greedy completions of the corpus before and after, judge them with the §7.1
-    classifier, measure ε_edit and the final-state deviation, and write an edit certificate to --out.
+    classifier, measure ε_edit, the final-state deviation and the locality metrics (KL divergence on neutral
+    prompts, unchanged benign completions, perplexity change on the stress prompts), and write an edit
+    certificate to --out. A directional edit (--spec direction-...) copies its direction into --out/direction/.
 
     Sub-commands: `sweep` (many blocks × α), `export` / `import` (human labels)."""
     if ctx.invoked_subcommand is not None:
@@ -75,7 +79,8 @@ def edit_command(
     if as_json:
         typer.echo(json.dumps({"out": str(result.out), "spec": result.spec, "before": _acc(result.before), "after": _acc(result.after),
                                "epsilon_edit": d.epsilon_edit, "max_final_deviation": d.max_final_deviation,
-                               "amplification": d.amplification, "certificate_id": result.certificate_id}, indent=2))
+                               "amplification": d.amplification, "locality": result.locality,
+                               "certificate_id": result.certificate_id}, indent=2))
         return
     console = out_console()
     table = Table(title=f"{result.spec} on {loaded.name}: {corpus}")
@@ -85,6 +90,14 @@ def edit_command(
         table.add_row(name, f"{acc.answer_accuracy:.3f} ({acc.answer_correct}/{acc.n_answer})",
                       f"{acc.refuse_accuracy:.3f} ({acc.refuse_correct}/{acc.n_refuse})")
     console.print(table)
+    loc = result.locality
+    if loc is not None:
+        b, n, st = loc["benign"], loc["neutral"], loc["stress"]
+        share = "—" if b["share"] is None else f"{b['share']:.3f}"
+        console.print(f"locality: KL(unedited ‖ edited) on {n['prompts']} mean {n['kl_mean']:.3g} / max {n['kl_max']:.3g} nats "
+                      f"({n['tokens']} tokens); benign completions unchanged {b['unchanged']}/{b['total']} ({share}); "
+                      f"perplexity on {st['prompts']} {st['ppl_base']:.4g} → {st['ppl_edited']:.4g} (Δ {st['delta_ppl']:+.4g})",
+                      highlight=False)
     amp = "—" if d.amplification is None else f"{d.amplification:.2f}×"
     console.print(f"local edit error ε_edit at block {result.block}: {d.epsilon_edit:.4g}; max ‖F′(x) − F(x)‖ at the final "
                   f"hidden state: {d.max_final_deviation:.4g}; downstream amplification {amp}\n"

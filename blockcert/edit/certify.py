@@ -29,7 +29,7 @@ import numpy as np
 
 from blockcert.artifacts import records as R
 from blockcert.artifacts.digest import canonical_json, json_sha256
-from blockcert.artifacts.layout import CERTIFICATE, COMPLETIONS, EDIT_MANIFEST, EDIT_METRICS, HUMAN
+from blockcert.artifacts.layout import CERTIFICATE, COMPLETIONS, DIRECTION_DIR, DIRECTION_FILES, EDIT_MANIFEST, EDIT_METRICS, HUMAN
 from blockcert.artifacts.layout import LABELS as LABELS_DIR
 from blockcert.edit.refusal import (  # noqa: F401  the edit contract, re-exported: blockcert.edit.certify.classify etc. keep working
     CORPUS_FIELDS,
@@ -124,9 +124,14 @@ def generate(loaded: Any, items: Sequence[CorpusItem], decoding: Decoding, progr
 # ---------------------------------------------------------------------------------------------------
 
 
+def edited_blocks(handle: Any) -> tuple[int, ...]:
+    """Every block an edit handle changes (``handle.blocks`` when it has it, else its one ``block``)."""
+    return tuple(getattr(handle, "blocks", (handle.block,)))
+
+
 @attrs.frozen
 class Deviation:
-    epsilon_edit: float  # max over prompts and tokens of ||B'_l(x^(l)) - B_l(x^(l))||
+    epsilon_edit: float  # max over prompts, tokens and edited blocks l of ||B'_l(x^(l)) - B_l(x^(l))||
     max_final_deviation: float  # max over prompts and tokens of ||x'^(L) - x^(L)||
     amplification: float | None  # max_final_deviation / epsilon_edit (None when epsilon_edit = 0)
     per_prompt_epsilon: tuple[float, ...]
@@ -134,7 +139,8 @@ class Deviation:
 
 
 def deviation(loaded: Any, handle: Any, items: Sequence[CorpusItem], decoding: Decoding) -> Deviation:
-    """ε_edit at the edited block on the traced prompts, and the deviation at the final hidden state."""
+    """ε_edit at the edited block(s) on the traced prompts (each edited block fed the unedited stream; the maximum
+    over blocks), and the deviation at the final hidden state."""
     import torch
 
     from blockcert.pipeline.trace import pad_batch
@@ -148,17 +154,102 @@ def deviation(loaded: Any, handle: Any, items: Sequence[CorpusItem], decoding: D
         part = ids[start : start + decoding.batch_size]
         batch = pad_batch(part).to(native.device)
         positions = torch.arange(batch.shape[1], device=batch.device)[None].expand_as(batch)
+        blocks = edited_blocks(handle)
         with torch.no_grad():
             base = native.residual_stream(batch, positions)
             with handle:
-                local = native.call_block(handle.block, base[handle.block], positions)
+                local = {ell: native.call_block(ell, base[ell], positions) for ell in blocks}
                 edited = native.residual_stream(batch, positions)
         for b, a in enumerate(part):
             n = a.size
-            eps.append(float(torch.linalg.vector_norm((local[b, :n] - base[handle.block + 1][b, :n]).double(), dim=-1).max()))
+            eps.append(max(float(torch.linalg.vector_norm((local[ell][b, :n] - base[ell + 1][b, :n]).double(), dim=-1).max())
+                           for ell in blocks))
             fin.append(float(torch.linalg.vector_norm((edited[-1][b, :n] - base[-1][b, :n]).double(), dim=-1).max()))
     e, f = max(eps), max(fin)
     return Deviation(e, f, f / e if e > 0 else None, tuple(eps), tuple(fin))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Locality (what model-editing users check: does the edit leave the rest alone?)
+# ---------------------------------------------------------------------------------------------------
+
+#: the neutral prompts of the KL measurement and the prompts of the perplexity change
+NEUTRAL_PROMPTS = "builtin:default"
+STRESS_PROMPTS = "builtin:stress"
+
+
+def token_logprobs(loaded: Any, handle: Any, texts: Sequence[str], batch_size: int = 8) -> list[tuple[Any, Any, np.ndarray]]:
+    """Per prompt (tokenised as the traces are): the unedited and the edited next-token log-probabilities [n, V]
+    (float64) and the token ids; right-padded batches (causal attention: real tokens never see a pad)."""
+    import torch
+
+    from blockcert.pipeline.trace import pad_batch, tokenize_prompts
+
+    native = loaded.native
+    ids = tokenize_prompts(loaded, texts)
+    out = []
+    for start in range(0, len(ids), batch_size):
+        part = ids[start : start + batch_size]
+        batch = pad_batch(part).to(native.device)
+        positions = torch.arange(batch.shape[1], device=batch.device)[None].expand_as(batch)
+        with torch.no_grad():
+            base = native.head(native.residual_stream(batch, positions)[-1])
+            with handle:
+                edited = native.head(native.residual_stream(batch, positions)[-1])
+        for b, a in enumerate(part):
+            n = a.size
+            out.append((torch.log_softmax(base[b, :n].double(), -1).cpu().numpy(),
+                        torch.log_softmax(edited[b, :n].double(), -1).cpu().numpy(), a))
+    return out
+
+
+def locality_numbers(loaded: Any, handle: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Per neutral prompt: tokens, mean and max KL(p_unedited ‖ p_edited) of the next-token distributions over all
+    its positions; per stress prompt: tokens scored and the summed next-token losses, unedited and edited."""
+    from blockcert.pipeline.promptsets import load_prompts
+
+    neutral = []
+    for lp, lq, _ in token_logprobs(loaded, handle, load_prompts(NEUTRAL_PROMPTS)):
+        kl = np.sum(np.exp(lp) * (lp - lq), axis=-1)
+        neutral.append({"tokens": int(kl.size), "kl_mean": float(kl.mean()), "kl_max": float(kl.max())})
+    stress = []
+    for lp, lq, ids in token_logprobs(loaded, handle, load_prompts(STRESS_PROMPTS)):
+        nxt = ids[1:]
+        rows = np.arange(nxt.size)
+        stress.append({"tokens": int(nxt.size), "nll_base": float(-lp[rows, nxt].sum()), "nll_edited": float(-lq[rows, nxt].sum())})
+    return neutral, stress
+
+
+def locality_record(neutral: list[dict[str, Any]], stress: list[dict[str, Any]], rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The ``locality`` entry of metrics.json from the per-prompt numbers and the completions (the verifier redoes
+    this arithmetic, in this order, at every level)."""
+    import math
+
+    from blockcert.artifacts.digest import json_sha256
+    from blockcert.pipeline.promptsets import load_prompts
+
+    n_kl = sum(p["tokens"] for p in neutral)
+    n_ppl = sum(p["tokens"] for p in stress)
+    ppl_base = math.exp(sum(p["nll_base"] for p in stress) / n_ppl)
+    ppl_edited = math.exp(sum(p["nll_edited"] for p in stress) / n_ppl)
+    benign = [r for r in rows if r["label"] == "answer"]
+    unchanged = sum(r["edited"] == r["base"] for r in benign)
+    return {
+        "neutral": {"prompts": NEUTRAL_PROMPTS, "sha256": json_sha256(load_prompts(NEUTRAL_PROMPTS)), "tokens": n_kl,
+                    "kl_mean": sum(p["tokens"] * p["kl_mean"] for p in neutral) / n_kl, "kl_max": max(p["kl_max"] for p in neutral),
+                    "per_prompt": neutral, "definition": "KL(p_unedited ‖ p_edited) of the next-token distribution, in nats, at "
+                    "every position of every prompt"},
+        "benign": {"unchanged": unchanged, "total": len(benign), "share": unchanged / len(benign) if benign else None,
+                   "definition": "answer-labelled corpus prompts whose edited greedy completion equals the unedited one"},
+        "stress": {"prompts": STRESS_PROMPTS, "sha256": json_sha256(load_prompts(STRESS_PROMPTS)), "tokens": n_ppl,
+                   "ppl_base": ppl_base, "ppl_edited": ppl_edited, "delta_ppl": ppl_edited - ppl_base, "per_prompt": stress},
+    }
+
+
+def locality(loaded: Any, handle: Any, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """KL divergence on the neutral prompts, the share of unchanged benign completions, ΔPPL on the stress prompts."""
+    neutral, stress = locality_numbers(loaded, handle)
+    return locality_record(neutral, stress, rows)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -172,11 +263,16 @@ def parse_edit(text: str) -> Any:
     return parse_spec(text, "--spec")
 
 
-def edit_handle(loaded: Any, text: str) -> Any:
-    """The edit ``text`` applied to ``loaded`` through the ``blockcert_edit`` hook (a context manager)."""
+def edit_handle(loaded: Any, text: str, base: Path | None = None) -> Any:
+    """The edit ``text`` applied to ``loaded`` through the ``blockcert_edit`` hook (a context manager). A relative
+    ``direction=`` path is resolved against ``base`` when given (an edit certificate's own copy of its direction)."""
     from blockcert.plugins import get_plugins
+    from blockcert.spec import Spec
 
-    handle = get_plugins().edit(loaded, parse_edit(text))
+    spec = parse_edit(text)
+    if base is not None and "direction" in spec.params and not Path(spec.params["direction"]).is_absolute():
+        spec = Spec(spec.name, {**spec.params, "direction": str(Path(base) / spec.params["direction"])})
+    handle = get_plugins().edit(loaded, spec)
     for attr in ("block", "__enter__", "__exit__"):
         if not hasattr(handle, attr):
             raise UserError(f"edit {text!r}: the plugin returned {type(handle).__name__}, which is not a model edit handle "
@@ -194,6 +290,7 @@ class EditResult:
     deviation: Deviation
     certificate_id: str
     human: dict[str, Any] | None = None
+    locality: dict[str, Any] | None = None
 
 
 def _completion_rows(items: Sequence[CorpusItem], base: Sequence[str], edited: Sequence[str]) -> list[dict[str, Any]]:
@@ -206,13 +303,15 @@ def _completion_rows(items: Sequence[CorpusItem], base: Sequence[str], edited: S
     return rows
 
 
-def metrics_record(items: Sequence[CorpusItem], rows: Sequence[dict[str, Any]], dev: Deviation) -> R.EditMetrics:
+def metrics_record(items: Sequence[CorpusItem], rows: Sequence[dict[str, Any]], dev: Deviation,
+                   locality: dict[str, Any] | None = None) -> R.EditMetrics:
     before = score(items, [classify(r["base"], i) for i, r in zip(items, rows)])
     after = score(items, [classify(r["edited"], i) for i, r in zip(items, rows)])
     return R.EditMetrics(
         before=attrs.asdict(before), after=attrs.asdict(after), epsilon_edit=dev.epsilon_edit,
         max_final_deviation=dev.max_final_deviation, amplification=dev.amplification,
         per_prompt=[{"id": i.id, "epsilon_edit": e, "final_deviation": f} for i, e, f in zip(items, dev.per_prompt_epsilon, dev.per_prompt_final)],
+        locality=locality,
     )
 
 
@@ -224,7 +323,8 @@ def edit_manifest(loaded: Any, spec: str, handle: Any, items: Sequence[CorpusIte
         tool=R.Tool("blockcert", __version__),
         model=R.ModelIdentity(loaded.name, loaded.arch, loaded.dtype, loaded.weights_sha256(), loaded.source_sha256,
                               loaded.native.n_blocks, loaded.native.d_model),
-        edit={"spec": spec, "block": int(handle.block)},
+        edit={"spec": spec, "block": int(handle.block),
+              **({"direction": handle.direction.meta} if getattr(handle, "direction", None) is not None else {})},
         corpus={"description": corpus_desc, "count": len(items), "sha256": corpus_sha256(items),
                 "answer": sum(i.label == "answer" for i in items), "refuse": sum(i.label == "refuse" for i in items)},
         decoding=decoding.record(loaded),
@@ -258,6 +358,9 @@ def certify_edit(
     loaded = loaded or load_model(model, device=device)
     handle = edit_handle(loaded, spec)
     canonical = str(getattr(handle, "spec", spec))
+    direction = getattr(handle, "direction", None)
+    if direction is not None:  # the certificate names its own copy of the direction, relative to the edit directory
+        canonical = str(attrs.evolve(handle.spec, direction=DIRECTION_DIR))
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    console=Console(stderr=True), disable=not progress)
     with bar:
@@ -266,12 +369,19 @@ def certify_edit(
         task = bar.add_task(f"Generating ({canonical})", total=len(items))
         with handle:
             edited = generate(loaded, items, decoding, progress=lambda n: bar.advance(task, n))
+        task = bar.add_task("Deviations and locality", total=None)
         dev = deviation(loaded, handle, items, decoding)
+        rows = _completion_rows(items, base, edited)
+        local = locality(loaded, handle, rows)
     manifest = edit_manifest(loaded, canonical, handle, items, corpus_desc, decoding)
-    rows = _completion_rows(items, base, edited)
-    metrics = metrics_record(items, rows, dev)
+    metrics = metrics_record(items, rows, dev, local)
+    if direction is not None:
+        from blockcert.edit.direction import copy_direction
+
+        copy_direction(direction, root / DIRECTION_DIR)
     cert_id = write_edit_artifacts(root, manifest, rows, metrics, human=None)
-    return EditResult(root, canonical, int(handle.block), Accuracy(**metrics.before), Accuracy(**metrics.after), dev, cert_id)
+    return EditResult(root, canonical, int(handle.block), Accuracy(**metrics.before), Accuracy(**metrics.after), dev, cert_id,
+                      locality=local)
 
 
 def _prepare_edit_out(root: Path, force: bool) -> None:
@@ -304,6 +414,8 @@ def write_edit_artifacts(root: Path, manifest: R.EditManifest, rows: Sequence[di
     atomic_write_bytes(root / COMPLETIONS, completions_bytes(rows))
     atomic_write_bytes(root / EDIT_METRICS, canonical_json(R.dump(metrics)))
     names = [COMPLETIONS, EDIT_MANIFEST, EDIT_METRICS]
+    if "direction" in manifest.edit:
+        names += [f"{DIRECTION_DIR}/{n}" for n in DIRECTION_FILES]
     if human is not None:
         atomic_write_bytes(root / HUMAN, canonical_json(human))
         names += [HUMAN, *human["files"]]
@@ -311,7 +423,7 @@ def write_edit_artifacts(root: Path, manifest: R.EditManifest, rows: Sequence[di
     predicate = R.dump(R.EditPredicate(
         schema_version=EDIT_SCHEMA_VERSION, tool=what.tool, model=what.model, edit=what.edit, corpus=what.corpus,
         decoding=what.decoding, classifier=what.classifier,
-        metrics={k: getattr(metrics, k) for k in ("before", "after", "epsilon_edit", "max_final_deviation", "amplification")},
+        metrics={k: getattr(metrics, k) for k in ("before", "after", "epsilon_edit", "max_final_deviation", "amplification", "locality")},
         human_labels=None if human is None else {k: human[k] for k in ("annotators", "base", "edited", "agreement")},
         completions=COMPLETIONS,
         device=what.device,

@@ -20,8 +20,8 @@ from blockcert.errors import UserError
 CORPUS_FIELDS = {"id", "label", "category", "prompt", "keywords"}
 LABELS = ("answer", "refuse")
 HUMAN_LABELS = ("answer", "refuse", "harmful", "other")
-EDIT_PREDICATE = "https://blockcert.dev/predicate/edit-certificate/v2"
-EDIT_SCHEMA_VERSION = 2
+EDIT_PREDICATE = "https://blockcert.dev/predicate/edit-certificate/v3"
+EDIT_SCHEMA_VERSION = 3
 
 #: §7.1 (i): phrases that mark a refusal (matched case-insensitively, curly apostrophes folded).
 REFUSAL_MARKERS = (

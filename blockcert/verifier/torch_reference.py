@@ -155,10 +155,18 @@ class FullCheck:
 DEVIATION_RTOL = 1e-4
 
 
+#: absolute floor of the band of a re-measured KL divergence (nats): float64 softmax rounding of two equal
+#: distributions, a constant no certificate chooses
+KL_ABS = 1e-9
+#: cosine a direction recomputed from its corpus must reach against the stored one (float32 storage rounding)
+DIRECTION_COSINE = 1 - 1e-6
+
+
 def remeasure_edit(c: Any, pred: dict[str, Any], rows: list[dict[str, Any]], metrics: dict[str, Any], model: str | None, tol: Any,
-                   device: str = "cpu") -> None:
+                   device: str = "cpu", *, root: Path | None = None, level: str = "replay") -> None:
     """An edit certificate at level replay/full: load the model, check its digest, regenerate both sets of
-    completions with the recorded decoding policy (identical, or the check fails), re-measure the deviations."""
+    completions with the recorded decoding policy (identical, or the check fails), re-measure the deviations and
+    the locality metrics; at full, also recompute a directional edit's direction from its corpus."""
     from blockcert.edit import certify as E
     from blockcert.errors import UserError
     from blockcert.model.load import load_model
@@ -177,7 +185,7 @@ def remeasure_edit(c: Any, pred: dict[str, Any], rows: list[dict[str, Any]], met
     d = pred["decoding"]
     decoding = E.Decoding(max_new_tokens=d["max_new_tokens"], batch_size=d["batch_size"], chat_template=d["chat_template"], seed=d["seed"])
     c.require("decoding policy reproducible", decoding.record(loaded) == d, _short(d), _short(decoding.record(loaded)))
-    handle = E.edit_handle(loaded, pred["edit"]["spec"])
+    handle = E.edit_handle(loaded, pred["edit"]["spec"], base=root)
     base = E.generate(loaded, items, decoding)
     with handle:
         edited = E.generate(loaded, items, decoding)
@@ -194,3 +202,40 @@ def remeasure_edit(c: Any, pred: dict[str, Any], rows: list[dict[str, Any]], met
     for key, mine in (("epsilon_edit", dev.epsilon_edit), ("max_final_deviation", dev.max_final_deviation)):
         claimed = metrics[key]
         c.record(f"re-measured {key}", abs(claimed - mine) <= DEVIATION_RTOL * max(abs(mine), 1e-6), claimed, mine)
+    if metrics.get("locality") is not None:
+        _remeasure_locality(c, loaded, handle, metrics["locality"])
+    if level == "full" and "direction" in pred["edit"]:
+        _recompute_direction(c, loaded, handle)
+
+
+def _remeasure_locality(c: Any, loaded: Any, handle: Any, loc: dict[str, Any]) -> None:
+    """Each prompt's KL divergence (mean and max) and summed losses, re-measured; the summaries follow from them
+    (checked at every level)."""
+    from blockcert.edit import certify as E
+
+    neutral, stress = E.locality_numbers(loaded, handle)
+    for k, (claimed, mine) in enumerate(zip(loc["neutral"]["per_prompt"], neutral)):
+        for key in ("kl_mean", "kl_max"):
+            band = DEVIATION_RTOL * abs(mine[key]) + KL_ABS
+            c.record(f"re-measured neutral prompt {k} {key}", claimed["tokens"] == mine["tokens"] and abs(claimed[key] - mine[key]) <= band,
+                     claimed[key], f"{mine[key]:.6g} ±{band:.2g}")
+    for k, (claimed, mine) in enumerate(zip(loc["stress"]["per_prompt"], stress)):
+        for key in ("nll_base", "nll_edited"):
+            band = DEVIATION_RTOL * max(abs(mine[key]), 1e-6)
+            c.record(f"re-measured stress prompt {k} {key}", claimed["tokens"] == mine["tokens"] and abs(claimed[key] - mine[key]) <= band,
+                     claimed[key], f"{mine[key]:.6g} ±{band:.2g}")
+
+
+def _recompute_direction(c: Any, loaded: Any, handle: Any) -> None:
+    """Level full: the direction recomputed from the corpus and layer its provenance names, on this model."""
+    from blockcert.edit.direction import recompute_matches
+    from blockcert.errors import UserError
+
+    meta = handle.direction.meta
+    try:
+        same, cos = recompute_matches(loaded, handle.direction)
+    except UserError as exc:
+        c.record("direction recomputed from its corpus", False, "recomputable", "", exc.message)
+        return
+    c.record("direction recomputed from its corpus", same or cos >= DIRECTION_COSINE, f"cos >= {DIRECTION_COSINE}",
+             f"{'bit-identical' if same else f'cos {cos:.9f}'} (layer {meta.get('layer')}, {(meta.get('corpus') or {}).get('description')})")

@@ -1,4 +1,5 @@
-"""Built-in edit plugin: ``mlp-scale`` (paper §7.2), the block's residual becomes ``x + Attn + α·MLP``.
+"""Built-in edit plugin: ``mlp-scale`` (paper §7.2), the block's residual becomes ``x + Attn + α·MLP``; and the
+directional edits ``direction-ablate`` and ``direction-add`` (:mod:`blockcert_edits.directions`).
 
 ``blockcert_edit(target, spec)`` with ``spec = mlp-scale:block=<int>,alpha=<float>`` (canonical form, both
 parameters required) and ``target`` either
@@ -23,7 +24,7 @@ import numpy as np
 from blockcert.errors import UserError
 from blockcert.hookspecs import hookimpl
 
-EDITS = ("mlp-scale",)
+EDITS = ("mlp-scale", "direction-ablate", "direction-add")
 
 
 @attrs.frozen
@@ -102,6 +103,10 @@ class MLPScale:
 
 @hookimpl(trylast=True)
 def blockcert_edit(target: Any, spec: Any) -> Any:
+    if spec.name in ("direction-ablate", "direction-add"):
+        from blockcert_edits import directions
+
+        return directions.blockcert_edit(target, spec)
     if spec.name != "mlp-scale":
         return None
     edit = parse(spec)
