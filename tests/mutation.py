@@ -36,6 +36,7 @@ ARCHS = ["tests/test_equivalence.py", "tests/test_ir.py"]
 
 # (id, what the bug is, file, the exact text, its replacement, the tests that must fail)
 MINIMIZE = ["tests/test_minimize.py"]
+DIRECTIONS = ["tests/test_directions.py"]
 MUTANTS: list[tuple[str, str, str, str, str, list[str]]] = [
     ("M01", "loss coverage: the block is never swapped in (stitched losses = baseline losses)", "blockcert/pipeline/certify.py",
      "    index = ex.index\n    d = root / block_dir(index)\n",
@@ -144,6 +145,14 @@ MUTANTS: list[tuple[str, str, str, str, str, list[str]]] = [
     ("M44", "the verifier does not tie the search log to the spec's digest", "blockcert/verifier/minimize.py",
      'c.require("search log SHA-256 = the spec\'s log", digest == params["log"]',
      'c.require("search log SHA-256 = the spec\'s log", True', MINIMIZE),
+    ("M45", "the verifier accepts any recomputed direction (provenance unchecked at full)", "blockcert/verifier/torch_reference.py",
+     'c.record("direction recomputed from its corpus", same or cos >= DIRECTION_COSINE,',
+     'c.record("direction recomputed from its corpus", True,', DIRECTIONS),
+    ("M46", "the weights form orthogonalises the attention output but forgets the MLP's", "plugins/edits/directions.py",
+     "            for owner, names in ((attn, ATTN_OUT), (mlp, MLP_OUT)):",
+     "            for owner, names in ((attn, ATTN_OUT),):", DIRECTIONS),
+    ("M47", "the locality KL is not re-measured at replay", "blockcert/verifier/torch_reference.py",
+     "    if metrics.get(\"locality\") is not None:\n        _remeasure_locality(", "    if False:\n        _remeasure_locality(", DIRECTIONS),
 ]
 
 

@@ -279,6 +279,18 @@ def test_tampered_direction_and_locality_fail(certified, tiny, tmp_path):
     root = copy("drop")
     shutil.rmtree(root / "direction")
     assert "direction" in failures(root, level="hashes")
+    # ... or the certificate rewritten to read a direction from elsewhere, without its copy or provenance
+    root = copy("elsewhere")
+    shutil.rmtree(root / "direction")
+    cert = json.loads((root / "certificate.json").read_text())
+    manifest = json.loads((root / "edit.json").read_text())
+    for edit in (cert["predicate"]["edit"], manifest["edit"]):
+        edit["spec"] = "direction-ablate:layers=all,direction=/tmp/elsewhere"
+        del edit["direction"]
+    (root / "edit.json").write_bytes(rfc8785.dumps(manifest))
+    (root / "certificate.json").write_bytes(rfc8785.dumps(cert))
+    rehash(root)
+    assert "direction files referenced" in failures(root, level="hashes")
     # a smaller KL claimed, summary and per-prompt entries consistent: arithmetic holds, the re-measurement does not
     root = copy("kl")
     metrics = json.loads((root / "metrics.json").read_text())

@@ -117,7 +117,8 @@ def verify_edit(root: Path, *, level: str, model: str | None, reference: str = "
         if metrics["locality"] is not None:
             _check_locality_arithmetic(c, metrics["locality"], rows)
         c.record("metrics.json locality = certificate", metrics["locality"] == pred["metrics"].get("locality"), "", "")
-        if "direction" in pred["edit"] or any(name.startswith(f"{DIRECTION_DIR}/") for name in contents):
+        if "direction" in pred["edit"] or any(name.startswith(f"{DIRECTION_DIR}/") for name in contents) \
+                or str(pred["edit"].get("spec", "")).startswith("direction-"):  # the built-in directional kinds
             _check_direction(c, pred, contents)
         for side, key in (("base", "before"), ("edited", "after")):
             acc = attrs.asdict(E.score(items, [E.classify(r[side], i) for r, i in zip(rows, items)]))
