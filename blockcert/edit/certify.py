@@ -31,6 +31,7 @@ from blockcert.artifacts import records as R
 from blockcert.artifacts.digest import canonical_json, json_sha256
 from blockcert.artifacts.layout import CERTIFICATE, COMPLETIONS, DIRECTION_DIR, DIRECTION_FILES, EDIT_MANIFEST, EDIT_METRICS, HUMAN
 from blockcert.artifacts.layout import LABELS as LABELS_DIR
+from blockcert.edit.locality import locality
 from blockcert.edit.refusal import (  # noqa: F401  the edit contract, re-exported: blockcert.edit.certify.classify etc. keep working
     CORPUS_FIELDS,
     EDIT_PREDICATE,
@@ -124,11 +125,6 @@ def generate(loaded: Any, items: Sequence[CorpusItem], decoding: Decoding, progr
 # ---------------------------------------------------------------------------------------------------
 
 
-def edited_blocks(handle: Any) -> tuple[int, ...]:
-    """Every block an edit handle changes (``handle.blocks`` when it has it, else its one ``block``)."""
-    return tuple(getattr(handle, "blocks", (handle.block,)))
-
-
 @attrs.frozen
 class Deviation:
     epsilon_edit: float  # max over prompts, tokens and edited blocks l of ||B'_l(x^(l)) - B_l(x^(l))||
@@ -154,7 +150,7 @@ def deviation(loaded: Any, handle: Any, items: Sequence[CorpusItem], decoding: D
         part = ids[start : start + decoding.batch_size]
         batch = pad_batch(part).to(native.device)
         positions = torch.arange(batch.shape[1], device=batch.device)[None].expand_as(batch)
-        blocks = edited_blocks(handle)
+        blocks = tuple(getattr(handle, "blocks", (handle.block,)))  # every block the edit changes
         with torch.no_grad():
             base = native.residual_stream(batch, positions)
             with handle:
@@ -167,89 +163,6 @@ def deviation(loaded: Any, handle: Any, items: Sequence[CorpusItem], decoding: D
             fin.append(float(torch.linalg.vector_norm((edited[-1][b, :n] - base[-1][b, :n]).double(), dim=-1).max()))
     e, f = max(eps), max(fin)
     return Deviation(e, f, f / e if e > 0 else None, tuple(eps), tuple(fin))
-
-
-# ---------------------------------------------------------------------------------------------------
-# Locality (what model-editing users check: does the edit leave the rest alone?)
-# ---------------------------------------------------------------------------------------------------
-
-#: the neutral prompts of the KL measurement and the prompts of the perplexity change
-NEUTRAL_PROMPTS = "builtin:default"
-STRESS_PROMPTS = "builtin:stress"
-
-
-def token_logprobs(loaded: Any, handle: Any, texts: Sequence[str], batch_size: int = 8) -> list[tuple[Any, Any, np.ndarray]]:
-    """Per prompt (tokenised as the traces are): the unedited and the edited next-token log-probabilities [n, V]
-    (float64) and the token ids; right-padded batches (causal attention: real tokens never see a pad)."""
-    import torch
-
-    from blockcert.pipeline.trace import pad_batch, tokenize_prompts
-
-    native = loaded.native
-    ids = tokenize_prompts(loaded, texts)
-    out = []
-    for start in range(0, len(ids), batch_size):
-        part = ids[start : start + batch_size]
-        batch = pad_batch(part).to(native.device)
-        positions = torch.arange(batch.shape[1], device=batch.device)[None].expand_as(batch)
-        with torch.no_grad():
-            base = native.head(native.residual_stream(batch, positions)[-1])
-            with handle:
-                edited = native.head(native.residual_stream(batch, positions)[-1])
-        for b, a in enumerate(part):
-            n = a.size
-            out.append((torch.log_softmax(base[b, :n].double(), -1).cpu().numpy(),
-                        torch.log_softmax(edited[b, :n].double(), -1).cpu().numpy(), a))
-    return out
-
-
-def locality_numbers(loaded: Any, handle: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Per neutral prompt: tokens, mean and max KL(p_unedited ‖ p_edited) of the next-token distributions over all
-    its positions; per stress prompt: tokens scored and the summed next-token losses, unedited and edited."""
-    from blockcert.pipeline.promptsets import load_prompts
-
-    neutral = []
-    for lp, lq, _ in token_logprobs(loaded, handle, load_prompts(NEUTRAL_PROMPTS)):
-        kl = np.sum(np.exp(lp) * (lp - lq), axis=-1)
-        neutral.append({"tokens": int(kl.size), "kl_mean": float(kl.mean()), "kl_max": float(kl.max())})
-    stress = []
-    for lp, lq, ids in token_logprobs(loaded, handle, load_prompts(STRESS_PROMPTS)):
-        nxt = ids[1:]
-        rows = np.arange(nxt.size)
-        stress.append({"tokens": int(nxt.size), "nll_base": float(-lp[rows, nxt].sum()), "nll_edited": float(-lq[rows, nxt].sum())})
-    return neutral, stress
-
-
-def locality_record(neutral: list[dict[str, Any]], stress: list[dict[str, Any]], rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """The ``locality`` entry of metrics.json from the per-prompt numbers and the completions (the verifier redoes
-    this arithmetic, in this order, at every level)."""
-    import math
-
-    from blockcert.artifacts.digest import json_sha256
-    from blockcert.pipeline.promptsets import load_prompts
-
-    n_kl = sum(p["tokens"] for p in neutral)
-    n_ppl = sum(p["tokens"] for p in stress)
-    ppl_base = math.exp(sum(p["nll_base"] for p in stress) / n_ppl)
-    ppl_edited = math.exp(sum(p["nll_edited"] for p in stress) / n_ppl)
-    benign = [r for r in rows if r["label"] == "answer"]
-    unchanged = sum(r["edited"] == r["base"] for r in benign)
-    return {
-        "neutral": {"prompts": NEUTRAL_PROMPTS, "sha256": json_sha256(load_prompts(NEUTRAL_PROMPTS)), "tokens": n_kl,
-                    "kl_mean": sum(p["tokens"] * p["kl_mean"] for p in neutral) / n_kl, "kl_max": max(p["kl_max"] for p in neutral),
-                    "per_prompt": neutral, "definition": "KL(p_unedited ‖ p_edited) of the next-token distribution, in nats, at "
-                    "every position of every prompt"},
-        "benign": {"unchanged": unchanged, "total": len(benign), "share": unchanged / len(benign) if benign else None,
-                   "definition": "answer-labelled corpus prompts whose edited greedy completion equals the unedited one"},
-        "stress": {"prompts": STRESS_PROMPTS, "sha256": json_sha256(load_prompts(STRESS_PROMPTS)), "tokens": n_ppl,
-                   "ppl_base": ppl_base, "ppl_edited": ppl_edited, "delta_ppl": ppl_edited - ppl_base, "per_prompt": stress},
-    }
-
-
-def locality(loaded: Any, handle: Any, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """KL divergence on the neutral prompts, the share of unchanged benign completions, ΔPPL on the stress prompts."""
-    neutral, stress = locality_numbers(loaded, handle)
-    return locality_record(neutral, stress, rows)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -372,13 +285,11 @@ def certify_edit(
         task = bar.add_task("Deviations and locality", total=None)
         dev = deviation(loaded, handle, items, decoding)
         rows = _completion_rows(items, base, edited)
-        local = locality(loaded, handle, rows)
+        local = locality(loaded, handle, rows)  # blockcert.edit.locality
     manifest = edit_manifest(loaded, canonical, handle, items, corpus_desc, decoding)
     metrics = metrics_record(items, rows, dev, local)
     if direction is not None:
-        from blockcert.edit.direction import copy_direction
-
-        copy_direction(direction, root / DIRECTION_DIR)
+        direction.copy_to(root / DIRECTION_DIR)
     cert_id = write_edit_artifacts(root, manifest, rows, metrics, human=None)
     return EditResult(root, canonical, int(handle.block), Accuracy(**metrics.before), Accuracy(**metrics.after), dev, cert_id,
                       locality=local)

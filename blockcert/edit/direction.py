@@ -58,6 +58,21 @@ class Direction:
     def d_model(self) -> int:
         return int(self.vector.shape[0])
 
+    def copy_to(self, out: Path) -> None:
+        """Write the two files into ``out`` (an edit directory's copy), byte for byte as loaded."""
+        import hashlib
+
+        from blockcert.artifacts.digest import canonical_json
+        from blockcert.artifacts.fsutil import atomic_write_bytes
+
+        data = tensor_bytes(self.vector)
+        if hashlib.sha256(data).hexdigest() != self.sha256:
+            raise UserError(f"direction {self.path}: its tensor does not re-serialise to the recorded digest",
+                            "recompute it with `blockcert direction` (or write_direction) so that the file is canonical")
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(out / DIRECTION_TENSOR, data)
+        atomic_write_bytes(out / DIRECTION_META, canonical_json(self.meta))
+
 
 def tensor_bytes(vector: np.ndarray) -> bytes:
     from safetensors.numpy import save
@@ -214,19 +229,3 @@ def recompute_matches(loaded: Any, direction: Direction, corpus: str | None = No
     unit = (diff / np.linalg.norm(diff)).astype(np.float32)
     cos = float(np.dot(unit.astype(np.float64), direction.vector.astype(np.float64)))
     return bool(np.array_equal(unit, direction.vector)), cos
-
-
-def copy_direction(direction: Direction, out: Path) -> None:
-    """Write ``direction``'s two files into ``out`` (an edit directory's copy), byte for byte as loaded."""
-    import hashlib
-
-    from blockcert.artifacts.digest import canonical_json
-    from blockcert.artifacts.fsutil import atomic_write_bytes
-
-    data = tensor_bytes(direction.vector)
-    if hashlib.sha256(data).hexdigest() != direction.sha256:
-        raise UserError(f"direction {direction.path}: its tensor does not re-serialise to the recorded digest",
-                        "recompute it with `blockcert direction` (or write_direction) so that the file is canonical")
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out / DIRECTION_TENSOR, data)
-    atomic_write_bytes(out / DIRECTION_META, canonical_json(direction.meta))

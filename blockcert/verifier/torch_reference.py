@@ -211,9 +211,9 @@ def remeasure_edit(c: Any, pred: dict[str, Any], rows: list[dict[str, Any]], met
 def _remeasure_locality(c: Any, loaded: Any, handle: Any, loc: dict[str, Any]) -> None:
     """Each prompt's KL divergence (mean and max) and summed losses, re-measured; the summaries follow from them
     (checked at every level)."""
-    from blockcert.edit import certify as E
+    from blockcert.edit.locality import locality_numbers
 
-    neutral, stress = E.locality_numbers(loaded, handle)
+    neutral, stress = locality_numbers(loaded, handle)
     for k, (claimed, mine) in enumerate(zip(loc["neutral"]["per_prompt"], neutral)):
         for key in ("kl_mean", "kl_max"):
             band = DEVIATION_RTOL * abs(mine[key]) + KL_ABS
