@@ -99,7 +99,8 @@ def edit_command(
                       f"perplexity on {st['prompts']} {st['ppl_base']:.4g} → {st['ppl_edited']:.4g} (Δ {st['delta_ppl']:+.4g})",
                       highlight=False)
     amp = "—" if d.amplification is None else f"{d.amplification:.2f}×"
-    console.print(f"local edit error ε_edit at block {result.block}: {d.epsilon_edit:.4g}; max ‖F′(x) − F(x)‖ at the final "
+    where = f"block {result.block}" if len(result.blocks) <= 1 else f"blocks {result.blocks[0]}-{result.blocks[-1]} (the maximum)"
+    console.print(f"local edit error ε_edit at {where}: {d.epsilon_edit:.4g}; max ‖F′(x) − F(x)‖ at the final "
                   f"hidden state: {d.max_final_deviation:.4g}; downstream amplification {amp}\n"
                   f"edit certificate: {result.out}/certificate.json (id {result.certificate_id[:16]}…)", highlight=False)
 

@@ -204,6 +204,7 @@ class EditResult:
     certificate_id: str
     human: dict[str, Any] | None = None
     locality: dict[str, Any] | None = None
+    blocks: tuple[int, ...] = ()  # every block the edit changes (ε_edit is the maximum over them)
 
 
 def _completion_rows(items: Sequence[CorpusItem], base: Sequence[str], edited: Sequence[str]) -> list[dict[str, Any]]:
@@ -292,7 +293,7 @@ def certify_edit(
         direction.copy_to(root / DIRECTION_DIR)
     cert_id = write_edit_artifacts(root, manifest, rows, metrics, human=None)
     return EditResult(root, canonical, int(handle.block), Accuracy(**metrics.before), Accuracy(**metrics.after), dev, cert_id,
-                      locality=local)
+                      locality=local, blocks=tuple(getattr(handle, "blocks", (handle.block,))))
 
 
 def _prepare_edit_out(root: Path, force: bool) -> None:
