@@ -139,18 +139,15 @@ def deviation(loaded: Any, handle: Any, items: Sequence[CorpusItem], decoding: D
     over blocks), and the deviation at the final hidden state."""
     import torch
 
-    from blockcert.pipeline.trace import pad_batch
+    from blockcert.pipeline.trace import padded_batches
 
     tok = loaded.tokenizer
     native = loaded.native
     texts = prompt_texts(loaded, items, decoding)
     ids = [np.asarray(tok(t, add_special_tokens=False)["input_ids"], dtype=np.int64) for t in texts]
     eps, fin = [], []
-    for start in range(0, len(ids), decoding.batch_size):
-        part = ids[start : start + decoding.batch_size]
-        batch = pad_batch(part).to(native.device)
-        positions = torch.arange(batch.shape[1], device=batch.device)[None].expand_as(batch)
-        blocks = tuple(getattr(handle, "blocks", (handle.block,)))  # every block the edit changes
+    blocks = tuple(getattr(handle, "blocks", (handle.block,)))  # every block the edit changes
+    for part, batch, positions in padded_batches(ids, decoding.batch_size, native.device):
         with torch.no_grad():
             base = native.residual_stream(batch, positions)
             with handle:

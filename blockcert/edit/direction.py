@@ -152,7 +152,7 @@ def last_token_states(loaded: Any, texts: Sequence[str], layer: int, batch_size:
     float64 [n, d]. Batches are right-padded: under causal attention a real token never sees a later pad."""
     import torch
 
-    from blockcert.pipeline.trace import pad_batch
+    from blockcert.pipeline.trace import padded_batches
 
     native, tok = loaded.native, loaded.tokenizer
     ids = [np.asarray(tok(text, add_special_tokens=False)["input_ids"], dtype=np.int64) for text in texts]
@@ -161,10 +161,7 @@ def last_token_states(loaded: Any, texts: Sequence[str], layer: int, batch_size:
             raise UserError(f"a prompt tokenises to nothing: {text[:40]!r}")
     rows = []
     with torch.no_grad():
-        for start in range(0, len(ids), batch_size):
-            part = ids[start : start + batch_size]
-            batch = pad_batch(part).to(native.device)
-            positions = torch.arange(batch.shape[1], device=batch.device)[None].expand_as(batch)
+        for part, batch, positions in padded_batches(ids, batch_size, native.device):
             x = native.embed(batch, positions)
             for index in range(layer):
                 x = native.call_block(index, x, positions)

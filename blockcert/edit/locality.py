@@ -26,15 +26,12 @@ def token_logprobs(loaded: Any, handle: Any, texts: Sequence[str], batch_size: i
     (float64) and the token ids; right-padded batches (causal attention: real tokens never see a pad)."""
     import torch
 
-    from blockcert.pipeline.trace import pad_batch, tokenize_prompts
+    from blockcert.pipeline.trace import padded_batches, tokenize_prompts
 
     native = loaded.native
     ids = tokenize_prompts(loaded, texts)
     out = []
-    for start in range(0, len(ids), batch_size):
-        part = ids[start : start + batch_size]
-        batch = pad_batch(part).to(native.device)
-        positions = torch.arange(batch.shape[1], device=batch.device)[None].expand_as(batch)
+    for part, batch, positions in padded_batches(ids, batch_size, native.device):
         with torch.no_grad():
             base = native.head(native.residual_stream(batch, positions)[-1])
             with handle:
@@ -68,8 +65,8 @@ def locality_record(neutral: list[dict[str, Any]], stress: list[dict[str, Any]],
     this arithmetic, in this order, at every level)."""
     import math
 
-    from blockcert.artifacts.digest import json_sha256
     from blockcert.pipeline.promptsets import load_prompts
+    from blockcert.pipeline.trace import prompts_sha256
 
     n_kl = sum(p["tokens"] for p in neutral)
     n_ppl = sum(p["tokens"] for p in stress)
@@ -78,13 +75,13 @@ def locality_record(neutral: list[dict[str, Any]], stress: list[dict[str, Any]],
     benign = [r for r in rows if r["label"] == "answer"]
     unchanged = sum(r["edited"] == r["base"] for r in benign)
     return {
-        "neutral": {"prompts": NEUTRAL_PROMPTS, "sha256": json_sha256(load_prompts(NEUTRAL_PROMPTS)), "tokens": n_kl,
+        "neutral": {"prompts": NEUTRAL_PROMPTS, "sha256": prompts_sha256(load_prompts(NEUTRAL_PROMPTS)), "tokens": n_kl,
                     "kl_mean": sum(p["tokens"] * p["kl_mean"] for p in neutral) / n_kl, "kl_max": max(p["kl_max"] for p in neutral),
                     "per_prompt": neutral, "definition": "KL(p_unedited ‖ p_edited) of the next-token distribution, in nats, at "
                     "every position of every prompt"},
         "benign": {"unchanged": unchanged, "total": len(benign), "share": unchanged / len(benign) if benign else None,
                    "definition": "answer-labelled corpus prompts whose edited greedy completion equals the unedited one"},
-        "stress": {"prompts": STRESS_PROMPTS, "sha256": json_sha256(load_prompts(STRESS_PROMPTS)), "tokens": n_ppl,
+        "stress": {"prompts": STRESS_PROMPTS, "sha256": prompts_sha256(load_prompts(STRESS_PROMPTS)), "tokens": n_ppl,
                    "ppl_base": ppl_base, "ppl_edited": ppl_edited, "delta_ppl": ppl_edited - ppl_base, "per_prompt": stress},
     }
 

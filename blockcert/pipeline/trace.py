@@ -16,7 +16,7 @@ trace store without ``index.json`` is incomplete and is recaptured.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +89,15 @@ def n_heads(loaded: LoadedModel) -> int:
 
 def batches(n: int, size: int) -> list[range]:
     return [range(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def padded_batches(ids: Sequence[np.ndarray], size: int, device: Any) -> Iterator[tuple[Sequence[np.ndarray], torch.Tensor, torch.Tensor]]:
+    """(the prompts' ids, the right-padded batch [B, T] and its positions [B, T]) for each ``size`` prompts in order,
+    on ``device``; under causal attention a real token never sees a later pad."""
+    for start in range(0, len(ids), size):
+        part = ids[start : start + size]
+        batch = pad_batch(part).to(device)
+        yield part, batch, torch.arange(batch.shape[1], device=batch.device)[None].expand_as(batch)
 
 
 def pad_batch(ids: Sequence[np.ndarray]) -> torch.Tensor:

@@ -176,6 +176,7 @@ def _check_locality_arithmetic(c: Any, loc: Any, rows: list[dict[str, Any]]) -> 
     perplexities from the summed losses) and the benign share is recounted from the stored completions."""
     import math
 
+    from blockcert.artifacts.digest import json_sha256
     from blockcert.prompts import builtin
     from blockcert.verifier.checks import exact_keys, real, short, typed
 
@@ -184,13 +185,15 @@ def _check_locality_arithmetic(c: Any, loc: Any, rows: list[dict[str, Any]]) -> 
     exact_keys(c, "locality.neutral", neutral, {"prompts", "sha256", "tokens", "kl_mean", "kl_max", "per_prompt", "definition"})
     exact_keys(c, "locality.benign", benign, {"unchanged", "total", "share", "definition"})
     exact_keys(c, "locality.stress", stress, {"prompts", "sha256", "tokens", "ppl_base", "ppl_edited", "delta_ppl", "per_prompt"})
+    texts = {}
     for what, entry, name in (("neutral", neutral, NEUTRAL_PROMPTS), ("stress", stress, STRESS_PROMPTS)):
         c.require(f"locality {what} prompts", entry["prompts"] == name, name, short(entry["prompts"]))
-        mine = _json_sha256(builtin(name.removeprefix("builtin:")))
+        texts[what] = builtin(name.removeprefix("builtin:"))
+        mine = json_sha256(texts[what])
         c.require(f"locality {what} prompts digest", entry["sha256"] == mine, mine[:16], short(entry["sha256"]))
     per_n = typed(c, "locality.neutral.per_prompt", neutral["per_prompt"], list)
     per_s = typed(c, "locality.stress.per_prompt", stress["per_prompt"], list)
-    c.require("locality per-prompt entries", len(per_n) == len(builtin(NEUTRAL_PROMPTS[8:])) and len(per_s) == len(builtin(STRESS_PROMPTS[8:])),
+    c.require("locality per-prompt entries", len(per_n) == len(texts["neutral"]) and len(per_s) == len(texts["stress"]),
               "one per prompt", f"{len(per_n)}, {len(per_s)}")
     for e in per_n:
         exact_keys(c, "locality.neutral entry", e, {"tokens", "kl_mean", "kl_max"})
@@ -220,12 +223,6 @@ def _check_locality_arithmetic(c: Any, loc: Any, rows: list[dict[str, Any]]) -> 
              f"{benign['unchanged']}/{benign['total']}", f"{unchanged}/{len(answers)}")
     share = unchanged / len(answers) if answers else None
     c.record("locality benign share", benign["share"] == share, short(benign["share"]), short(share))
-
-
-def _json_sha256(obj: Any) -> str:
-    from blockcert.artifacts.digest import json_sha256
-
-    return json_sha256(obj)
 
 
 def _check_direction(c: Any, pred: dict[str, Any], contents: dict[str, bytes]) -> None:

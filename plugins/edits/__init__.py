@@ -101,19 +101,25 @@ class MLPScale:
         return str(self.spec)
 
 
+def _forms(name: str) -> tuple[Any, Any, Any]:
+    """(parse, the IR form, the live-model handle) of edit kind ``name``."""
+    if name == "mlp-scale":
+        return parse, scale_ir, MLPScale
+    from blockcert_edits import directions  # imported only for its kinds: it is the larger module
+
+    return directions.parse, directions.edit_ir, directions.DirectionEdit
+
+
 @hookimpl(trylast=True)
 def blockcert_edit(target: Any, spec: Any) -> Any:
-    if spec.name in ("direction-ablate", "direction-add"):
-        from blockcert_edits import directions
-
-        return directions.blockcert_edit(target, spec)
-    if spec.name != "mlp-scale":
+    if spec.name not in EDITS:
         return None
-    edit = parse(spec)
+    parse_spec, on_ir, handle = _forms(spec.name)
+    edit = parse_spec(spec)
     from blockcert.ir import BlockIR
 
     if isinstance(target, BlockIR):
-        return scale_ir(target, edit)
+        return on_ir(target, edit)
     if hasattr(target, "native"):
-        return MLPScale(target, edit)
+        return handle(target, edit)
     return None

@@ -33,7 +33,6 @@ import numpy as np
 
 from blockcert.errors import UserError
 
-KINDS = ("direction-ablate", "direction-add")
 FORMS = ("hook", "weights")
 ATTN_NAMES = ("self_attn", "attn", "attention")
 ATTN_OUT = ("o_proj", "c_proj", "dense", "out_proj")
@@ -301,14 +300,3 @@ class _Untie:
     def remove(self) -> None:
         self.head.weight = self.weight
 
-
-def blockcert_edit(target: Any, spec: Any) -> Any:
-    """The ``blockcert_edit`` hook for the two directional kinds (called from the package's hookimpl)."""
-    edit = parse(spec)
-    from blockcert.ir import BlockIR
-
-    if isinstance(target, BlockIR):
-        return edit_ir(target, edit)
-    if hasattr(target, "native"):
-        return DirectionEdit(target, edit)
-    return None
