@@ -16,7 +16,8 @@ import torch
 from safetensors.numpy import load_file
 
 import blockcert
-from blockcert.edit.certify import Decoding, certify_edit, generate, load_corpus, prompt_texts, sweep
+from blockcert.edit.certify import Decoding, certify_edit, generate, load_corpus, prompt_texts
+from blockcert.edit.sweep import sweep
 from blockcert.interpreter import replay
 from blockcert.ir import load_ir
 from blockcert.pipeline.certify import run

@@ -64,7 +64,8 @@ def edit_command(
     prompts, unchanged benign completions, perplexity change on the stress prompts), and write an edit
     certificate to --out. A directional edit (--spec direction-...) copies its direction into --out/direction/.
 
-    Sub-commands: `sweep` (many blocks × α), `export` / `import` (human labels)."""
+    Sub-commands: `sweep` (mlp-scale, many blocks × α), `direction-sweep` (directions over layers × α),
+    `export` / `import` (human labels)."""
     if ctx.invoked_subcommand is not None:
         return
     from blockcert.edit.certify import certify_edit
@@ -111,6 +112,13 @@ def _acc(acc) -> dict:
     return attrs.asdict(acc)
 
 
+def _flips(change, starred: bool = False) -> str:
+    """" (+gained/-lost)" against the unedited completions ("" when none moved); ``starred``: " *" when McNemar p < 0.05."""
+    if not (change.gained or change.lost):
+        return ""
+    return f" ({change.gained:+d}/{-change.lost:+d}{' *' if starred and change.p_value < 0.05 else ''})"
+
+
 def _floats(text: str, what: str) -> list[float]:
     from blockcert.errors import UserError
 
@@ -136,7 +144,7 @@ def sweep_command(
 ) -> None:
     """Answer and refuse accuracy for mlp-scale at every block × α (the analog of the paper's Table 7 and its
     Llama-2 block sweep); writes results.json, a plot (sweep.png) and every completion."""
-    from blockcert.edit.certify import sweep
+    from blockcert.edit.sweep import sweep
     from blockcert.model.load import load_model
     from blockcert.spec import parse_blocks
 
@@ -159,7 +167,7 @@ def sweep_command(
         cells = []
         for a in alpha_values:
             r = next(r for r in result.rows if r.block == b and r.alpha == a)
-            flips = f" ({r.refuse_change.gained:+d}/{-r.refuse_change.lost:+d})" if r.refuse_change.gained or r.refuse_change.lost else ""
+            flips = _flips(r.refuse_change)
             mark = " *" if min(r.answer_change.p_value, r.refuse_change.p_value) < 0.05 else ""
             cells.append(f"{r.answer_accuracy:.2f} / {r.refuse_accuracy:.2f}{flips}{mark}")
         table.add_row(str(b), *cells)
@@ -168,6 +176,62 @@ def sweep_command(
                   "exact McNemar p < 0.05. results.json has Wilson 95% intervals on every accuracy.", highlight=False)
     console.print(f"{len(result.rows)} configurations in {result.seconds:.0f} s; written to {result.out}/ (results.json, sweep.png, "
                   "completions/)", highlight=False)
+
+
+@edit_app.command("direction-sweep")
+def direction_sweep_command(
+    layers: str = typer.Option("6,10,14,18,22", "--layers", "-l", help="Layers ℓ whose direction (at x^(ℓ)) is computed and edited: "
+                               "all, 6,10,14 or 4-8."),
+    scales: str = typer.Option("1", "--scales", help="direction-add strengths s, comma-separated: α = s × ‖μ_refuse − μ_answer‖ at "
+                               "that layer (1 adds the difference of means itself)."),
+    no_ablate: bool = typer.Option(False, "--no-ablate", help="Skip direction-ablate:layers=all (only the additions)."),
+    model: str = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    corpus: str = typer.Option("builtin:refusal", "--corpus", help=CORPUS_HELP + " The directions are computed from it too."),
+    out: Path = typer.Option(Path("blockcert-direction-sweep"), "--out", "-o",
+                             help="Directory for the directions, one edit certificate per configuration, results.json/.md and "
+                                  "sweep.png. An interrupted sweep resumes here."),
+    force: bool = typer.Option(False, "--force", help="Start over: delete an earlier sweep in --out."),
+    max_new_tokens: int = typer.Option(48, "--max-new-tokens", help="Greedy completion length."),
+    batch_size: int = typer.Option(24, "--batch-size", help="Prompts per generation batch."),
+    no_chat_template: bool = typer.Option(False, "--no-chat-template", help="Feed the raw prompt instead of the chat template "
+                                          "(the direction is then taken at the raw prompt's last token)."),
+    as_json: bool = typer.Option(False, "--json", help="Print results.json on stdout."),
+    device: str = opt.DEVICE,
+    dtype: str = opt.dtype(help="Precision the model runs in: float32, bfloat16 or float16."),
+) -> None:
+    """The refusal direction at each layer and certified edits with it: direction-ablate at every layer and
+    direction-add at that layer for each scale; answer/refuse accuracy with Wilson intervals and McNemar tests,
+    and the locality metrics, per configuration. Each configuration is an edit certificate under --out/edits/
+    (`blockcert verify` it); results.json, results.md and sweep.png summarise them."""
+    from blockcert.edit.dirsweep import direction_sweep, edit_name
+    from blockcert.model.load import load_model
+    from blockcert.spec import parse_blocks
+
+    scale_values = _floats(scales, "--scales")
+    decoding = _decoding(max_new_tokens, batch_size, no_chat_template)
+    with err_console.status("Loading model"):
+        loaded = load_model(model, device=device, dtype=dtype)
+    chosen = parse_blocks(layers, loaded.native.n_blocks)
+    result = direction_sweep(loaded=loaded, layers=chosen, scales=scale_values, ablate=not no_ablate, out=out, corpus=corpus,
+                             decoding=decoding, force=force, progress=True)
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    b = result.base
+    console = out_console()
+    table = Table(title=f"direction sweep on {result.model} ({result.dtype}, {corpus}); unedited: answer "
+                        f"{b['answer_correct']}/{b['n_answer']}, refuse {b['refuse_correct']}/{b['n_refuse']}")
+    for col in ("edit", "α", "answer", "refuse", "benign unchanged", "KL mean", "stress PPL"):
+        table.add_column(col, justify="right")
+    for r in result.rows:
+        table.add_row(edit_name(r.layer, r.scale) + (" (resumed)" if r.resumed else ""), "—" if r.alpha is None else f"{r.alpha:g}",
+                      f"{r.answer_correct}/{r.n_answer}{_flips(r.answer_change, True)}",
+                      f"{r.refuse_correct}/{r.n_refuse}{_flips(r.refuse_change, True)}",
+                      f"{r.benign_unchanged}/{r.n_answer}", f"{r.kl_mean:.3g}", f"{r.ppl_base:.4g} → {r.ppl_edited:.4g}")
+    console.print(table)
+    console.print("(+g/-l): prompts gained / lost against the unedited completions; *: exact McNemar p < 0.05. "
+                  f"{len(result.rows)} configurations in {result.seconds:.0f} s; written to {result.out}/ (results.json, results.md, "
+                  "sweep.png, directions/, edits/: verify each with `blockcert verify`)", highlight=False)
 
 
 @edit_app.command("export")
