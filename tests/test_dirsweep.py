@@ -97,7 +97,7 @@ def test_bad_sweeps_are_refused(tiny, tmp_path):
     (tmp_path / "other" / "x.txt").write_text("not a sweep")
     for kwargs, needle in ((dict(layers=[3]), "blocks 0-2"), (dict(layers=[1], scales=[-1.0]), "positive"),
                            (dict(layers=[1], scales=[], ablate=False), "at least one"),
-                           (dict(layers=[1], out=tmp_path / "other"), "not a direction sweep")):
+                           (dict(layers=[1], out=tmp_path / "other"), "not a sweep of this kind")):
         with pytest.raises(UserError, match=needle):
             dirsweep.direction_sweep(loaded=tiny[1], decoding=FAST, **{"out": tmp_path / "S", **kwargs})
 
@@ -122,3 +122,13 @@ def test_cli_direction_sweep(tiny, tmp_path):
     for args, needle in ((("--layers", "7"), "7"), (("--scales", "x"), "--scales")):
         res = cli(*args, "--out", str(tmp_path / "S2"))
         assert res.returncode == 2 and needle in res.stderr and "Traceback" not in res.stderr, res.stderr
+
+
+def test_example_script_runs(tiny, tmp_path):
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "examples" / "direction_sweep.py"
+    res = subprocess.run([sys.executable, str(script), "--model", str(tiny[0]), "--layers", "2", "--scales", "1",
+                          "--max-new-tokens", "3", "--out", str(tmp_path / "S")], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    assert "layer 2: ablating everywhere loses" in res.stdout and (tmp_path / "S" / "edits" / "L02-add-x1" / "certificate.json").is_file()

@@ -25,9 +25,9 @@ from blockcert.edit.certify import (
     edit_handle,
     load_corpus,
     score,
-    sweep,
 )
 from blockcert.edit.human import aggregate, export_csv, read_labels
+from blockcert.edit.sweep import sweep
 from blockcert.errors import UserError
 from blockcert.interpreter import replay
 from blockcert.plugins import get_plugins
@@ -278,7 +278,7 @@ def test_sweep_writes_results_and_plot(tiny, tmp_path):
         if r.alpha == 1.0:
             assert r.reused_base and (r.answer_accuracy, r.refuse_accuracy) == (result.base.answer_accuracy, result.base.refuse_accuracy)
     assert (tmp_path / "S" / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert len(list((tmp_path / "S" / "completions").glob("*.jsonl"))) == 4
+    assert len(list((tmp_path / "S" / "completions").glob("*.jsonl"))) == 5  # the unedited completions and one per row
     # every row's paired change is recomputed from the written completions against the unedited ones (alpha = 1)
     def judged(block, alpha):
         return {r["id"]: (r["label"], r["judgement"]["correct"])
@@ -407,3 +407,24 @@ def test_older_edit_certificates_still_verify(certified, tmp_path, version):
         (root / "edit.json").write_bytes(rfc8785.dumps({**json.loads((root / "edit.json").read_text()), "device": "cpu"}))
     write()
     assert "locality metrics (schema v3)" in failures(root, level="hashes")
+
+
+def test_interrupted_sweep_resumes_from_its_completions(tiny, tmp_path, monkeypatch):
+    """A sweep killed after some configurations reruns only the rest; another decoding in the same --out is refused."""
+    from blockcert.edit import sweep as sweep_module
+
+    out = tmp_path / "S"
+    first = sweep(loaded=tiny[1], blocks=[0, 2], alphas=[0.0, 0.5], out=out, decoding=FAST)
+    (out / "completions" / "002_0.5.jsonl").unlink()  # as if killed while generating it
+    calls = []
+    real = sweep_module.generate
+    monkeypatch.setattr(sweep_module, "generate", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    again = sweep(loaded=tiny[1], blocks=[0, 2], alphas=[0.0, 0.5], out=out, decoding=FAST)
+    assert len(calls) == 1  # only block 2 at alpha 0.5: neither the unedited completions nor the other three
+    assert [attrs.astuple(r) for r in again.rows] == [attrs.astuple(r) for r in first.rows]
+    assert json.loads((out / "results.json").read_text())["complete"] is True
+    with pytest.raises(UserError, match="--force"):
+        sweep(loaded=tiny[1], blocks=[0], alphas=[0.0], out=out, decoding=Decoding(max_new_tokens=3))
+    calls.clear()
+    sweep(loaded=tiny[1], blocks=[0], alphas=[0.0], out=out, decoding=Decoding(max_new_tokens=3), force=True)
+    assert len(calls) == 2 and not (out / "completions" / "002_0.5.jsonl").exists()

@@ -134,7 +134,9 @@ def sweep_command(
     alphas: str = typer.Option("0,0.25,0.33,0.5,1", "--alphas", help="Comma-separated MLP scales α."),
     model: str = typer.Option(None, "--model", "-m", help=MODEL_HELP),
     corpus: str = typer.Option("builtin:refusal", "--corpus", help=CORPUS_HELP),
-    out: Path = typer.Option(Path("blockcert-edit-sweep"), "--out", "-o", help="Directory for results.json, sweep.png and the completions."),
+    out: Path = typer.Option(Path("blockcert-edit-sweep"), "--out", "-o",
+                             help="Directory for results.json, sweep.png and the completions. An interrupted sweep resumes here."),
+    force: bool = typer.Option(False, "--force", help="Start over: delete an earlier sweep in --out."),
     max_new_tokens: int = typer.Option(48, "--max-new-tokens", help="Greedy completion length."),
     batch_size: int = typer.Option(24, "--batch-size", help="Prompts per generation batch."),
     no_chat_template: bool = typer.Option(False, "--no-chat-template", help="Feed the raw prompt instead of the chat template."),
@@ -153,7 +155,8 @@ def sweep_command(
     with err_console.status("Loading model"):
         loaded = load_model(model, device=device, dtype=dtype)
     chosen = parse_blocks(blocks, loaded.native.n_blocks)
-    result = sweep(loaded=loaded, blocks=chosen, alphas=alpha_values, out=out, corpus=corpus, decoding=decoding, progress=True)
+    result = sweep(loaded=loaded, blocks=chosen, alphas=alpha_values, out=out, corpus=corpus, decoding=decoding, progress=True,
+                   force=force)
     if as_json:
         typer.echo(json.dumps(result.to_dict(), indent=2))
         return

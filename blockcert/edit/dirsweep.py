@@ -33,10 +33,10 @@ import attrs
 
 from blockcert.artifacts.layout import CERTIFICATE, EDIT_MANIFEST, EDIT_METRICS
 from blockcert.edit.certify import Decoding, certify_edit, generate, read_completions
-from blockcert.edit.refusal import PairedChange, classify, corpus_sha256, load_corpus, paired_change, score, wilson
+from blockcert.edit.refusal import PairedChange, classify, load_corpus, paired_change, score, wilson
+from blockcert.edit.sweep import prepare_sweep_dir, sweep_manifest
 from blockcert.errors import UserError
 
-SWEEP_MANIFEST = "sweep.json"
 SWEEP_KIND = "blockcert/direction-sweep/v1"
 
 
@@ -89,33 +89,6 @@ class DirectionSweepResult:
 
 def edit_name(layer: int, scale: float | None) -> str:
     return f"L{layer:02d}-ablate" if scale is None else f"L{layer:02d}-add-x{scale:g}"
-
-
-def _sweep_manifest(loaded: Any, items: Sequence[Any], corpus_desc: str, decoding: Decoding) -> dict[str, Any]:
-    return {"kind": SWEEP_KIND, "model": loaded.name, "weights_sha256": loaded.weights_sha256(), "dtype": loaded.dtype,
-            "corpus": {"description": corpus_desc, "sha256": corpus_sha256(items)}, "decoding": decoding.record(loaded)}
-
-
-def _prepare(root: Path, manifest: dict[str, Any], force: bool) -> None:
-    import shutil
-
-    from blockcert.artifacts.digest import canonical_json
-    from blockcert.artifacts.fsutil import atomic_write_bytes
-
-    if root.exists() and not root.is_dir():
-        raise UserError(f"--out {root} exists and is not a directory")
-    marker = root / SWEEP_MANIFEST
-    if root.is_dir() and any(root.iterdir()):
-        if not marker.is_file():
-            raise UserError(f"--out {root} is not empty and holds no {SWEEP_MANIFEST}: it is not a direction sweep",
-                            "choose another --out")
-        if force:
-            shutil.rmtree(root)
-        elif json.loads(marker.read_text(encoding="utf-8")) != manifest:
-            raise UserError(f"{root} holds a direction sweep of another model, precision, corpus or decoding ({marker})",
-                            "pass --force to start it over, or choose another --out")
-    root.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(marker, canonical_json(manifest))
 
 
 def _finished(edit_dir: Path, loaded: Any, spec: str, direction_sha: str, corpus_sha: str, decoding: dict[str, Any]) -> bool:
@@ -188,8 +161,8 @@ def direction_sweep(
     if bad:
         raise UserError(f"--layers {bad[0]}: {loaded.name} has blocks 0-{n_blocks - 1}; the direction at x^(ℓ) is edited at block ℓ")
     root = Path(out)
-    manifest = _sweep_manifest(loaded, items, corpus_desc, decoding)
-    _prepare(root, manifest, force)
+    manifest = sweep_manifest(SWEEP_KIND, loaded, items, corpus_desc, decoding)
+    prepare_sweep_dir(root, manifest, force)
     start = time.perf_counter()
     configs = [(ell, s) for ell in layers for s in ((None,) if ablate else ()) + tuple(scales)]
     base: list[str] | None = None
