@@ -153,6 +153,10 @@ MUTANTS: list[tuple[str, str, str, str, str, list[str]]] = [
      "            for owner, names in ((attn, ATTN_OUT),):", DIRECTIONS),
     ("M47", "the locality KL is not re-measured at replay", "blockcert/verifier/torch_reference.py",
      "    if metrics.get(\"locality\") is not None:\n        _remeasure_locality(", "    if False:\n        _remeasure_locality(", DIRECTIONS),
+    ("M48", "the numpy reference forgets the embedding's projection under direction-ablate:layers=all", "blockcert/verifier/reference/full.py",
+     "embedding=r if everywhere else None)", "embedding=None)", DIRECTIONS),
+    ("M49", "a resumed direction sweep reuses whatever complete certificate it finds under a configuration's name",
+     "blockcert/edit/dirsweep.py", 'return (m["edit"]["spec"] == spec and ', "return (", ["tests/test_dirsweep.py"]),
 ]
 
 

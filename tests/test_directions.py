@@ -317,9 +317,33 @@ def test_tampered_direction_and_locality_fail(certified, tiny, tmp_path):
     assert "locality benign unchanged (recounted)" in failures(root, level="hashes")
 
 
-def test_numpy_reference_refuses_directional_edits(certified, tiny):
-    """The float64 numpy model runs mlp-scale only: a directional edit is not passed, it fails with the reason."""
-    assert "mlp-scale edits only" in failures(certified, level="replay", model=str(tiny[0]), reference="numpy")
+@pytest.mark.parametrize("spec", ["direction-ablate:layers=all", "direction-add:layer=1,alpha=3.5", "direction-ablate:layer=2,form=weights"])
+def test_numpy_reference_remeasures_directional_edits(certified, tiny, direction, tmp_path, spec):
+    """The float64 numpy model (no torch, no producer code) applies the edit with the certificate's own copy of the
+    direction and re-measures ε_edit and the final deviation of every prompt; a forged deviation, with every
+    summary and digest redone, fails there."""
+    path, loaded = tiny
+    root = certified if spec == "direction-ablate:layers=all" else tmp_path / "E"
+    if root != certified:
+        certify_edit(loaded=loaded, spec=f"{spec},direction={direction}", out=root, decoding=FAST)
+    report = verify(root, level="replay", model=str(path), reference="numpy")
+    assert report.ok, [(ch.name, ch.detail) for c in report.certificates for ch in c.checks if not ch.ok]
+    names = [ch.name for c in report.certificates for ch in c.checks]
+    assert sum(n.startswith("re-measured ") and n.endswith(" epsilon_edit") for n in names) == 60
+    forged = tmp_path / "forged"
+    shutil.copytree(root, forged)
+    metrics = json.loads((forged / "metrics.json").read_text())
+    metrics["per_prompt"][0]["final_deviation"] *= 1.01
+    metrics["max_final_deviation"] = max(e["final_deviation"] for e in metrics["per_prompt"])
+    metrics["amplification"] = metrics["max_final_deviation"] / metrics["epsilon_edit"]
+    (forged / "metrics.json").write_bytes(rfc8785.dumps(metrics))
+    cert = json.loads((forged / "certificate.json").read_text())
+    cert["predicate"]["metrics"].update({k: metrics[k] for k in ("max_final_deviation", "amplification")})
+    (forged / "certificate.json").write_bytes(rfc8785.dumps(cert))
+    rehash(forged)
+    assert verify(forged, level="hashes").ok
+    first = metrics["per_prompt"][0]["id"]
+    assert f"re-measured {first} final_deviation" in failures(forged, level="replay", model=str(path), reference="numpy")
 
 
 def test_cli_direction_and_edit(tiny, tmp_path):

@@ -76,12 +76,14 @@ def test_interrupted_sweep_resumes(tiny, swept, tmp_path, monkeypatch):
     out = tmp_path / "S"
     shutil.copytree(swept[0], out)
     (out / "edits" / "L02-add-x2.5" / "certificate.json").unlink()  # as if killed before its certificate was written
+    shutil.rmtree(out / "edits" / "L01-add-x2.5")  # a complete certificate of another configuration in its place
+    shutil.copytree(out / "edits" / "L01-add-x1", out / "edits" / "L01-add-x2.5")
     calls = []
     real = dirsweep.certify_edit
     monkeypatch.setattr(dirsweep, "certify_edit", lambda **kw: calls.append(kw["out"]) or real(**kw))
     result = dirsweep.direction_sweep(loaded=tiny[1], layers=[1, 2], scales=[1.0, 2.5], out=out, decoding=FAST)
-    assert calls == [out / "edits" / "L02-add-x2.5"]
-    assert [r.resumed for r in result.rows] == [True] * 5 + [False]
+    assert calls == [out / "edits" / "L01-add-x2.5", out / "edits" / "L02-add-x2.5"]
+    assert [r.resumed for r in result.rows] == [True, True, False, True, True, False]
     fresh = {(r.layer, r.scale): (r.answer_correct, r.refuse_correct, r.kl_mean) for r in swept[1].rows}
     assert {(r.layer, r.scale): (r.answer_correct, r.refuse_correct, r.kl_mean) for r in result.rows} == fresh
     # another decoding is another sweep: refused, unless --force starts over

@@ -154,9 +154,10 @@ class Model:
     def embed(self, ids: np.ndarray) -> np.ndarray:
         return self.arch.embed(np.asarray(ids, np.int64))
 
-    def block(self, index: int, x: np.ndarray, mlp_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """x^(l+1) from x^(l) [T, d], with the causal mask [T, T] it applied and which heads wrote anything [H]."""
-        return self.arch.block(index, np.asarray(x, self.arch.dt), mlp_scale)
+    def block(self, index: int, x: np.ndarray, mlp_scale: float = 1.0, edit: Edit | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """x^(l+1) from x^(l) [T, d], with the causal mask [T, T] it applied and which heads wrote anything [H];
+        ``mlp_scale`` scales the MLP's output, ``edit`` is a directional edit of what the block writes."""
+        return self.arch.block(index, np.asarray(x, self.arch.dt), mlp_scale, edit or NO_EDIT)
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         return self.arch.logits(np.asarray(x, self.arch.dt))
@@ -190,6 +191,25 @@ class Model:
         for i in range(start, self.n_blocks):
             x = self.block(i, x)[0]
         return x
+
+
+class Edit:
+    """A directional edit of what one block writes (docs/edits.md, "Directional edits"), as this reference reads
+    it: ``ablate`` a unit vector r removed from the attention output and the MLP output (y − (y·r) r), ``add`` a
+    vector added to the block's output. The default changes nothing."""
+
+    def __init__(self, ablate: np.ndarray | None = None, add: np.ndarray | None = None) -> None:
+        self.ablate, self.add = ablate, add
+
+    def writes(self, y: np.ndarray) -> np.ndarray:
+        r = self.ablate
+        return y if r is None else y - (y @ r)[:, None] * r
+
+    def output(self, x: np.ndarray) -> np.ndarray:
+        return x if self.add is None else x + self.add
+
+
+NO_EDIT = Edit()
 
 
 def _softmax_rows(scores: np.ndarray) -> np.ndarray:
@@ -253,7 +273,7 @@ class _Llama:
         a, b = x[..., : hd // 2], x[..., hd // 2 :]
         return np.concatenate([a * cos - b * sin, b * cos + a * sin], axis=-1)
 
-    def block(self, i: int, x: np.ndarray, mlp_scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def block(self, i: int, x: np.ndarray, mlp_scale: float, edit: Edit) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         p = f"model.layers.{i}"
         T, hd = x.shape[0], self.head_dim
         h = self._rms(x, f"{p}.input_layernorm.weight")
@@ -266,11 +286,11 @@ class _Llama:
         for j in range(self.n_heads):
             heads[:, j], mask = _attend(q[:, j], k[:, j // group], v[:, j // group], 1.0 / math.sqrt(hd))
         active = (heads != 0).any(axis=(0, 2))
-        x = x + self._lin(heads.reshape(T, self.n_heads * hd), f"{p}.self_attn.o_proj")
+        x = x + edit.writes(self._lin(heads.reshape(T, self.n_heads * hd), f"{p}.self_attn.o_proj"))
         h = self._rms(x, f"{p}.post_attention_layernorm.weight")
         g = self._lin(h, f"{p}.mlp.gate_proj")
-        mlp = self._lin(g / (1.0 + np.exp(-g)) * self._lin(h, f"{p}.mlp.up_proj"), f"{p}.mlp.down_proj")
-        return x + (mlp if mlp_scale == 1.0 else mlp_scale * mlp), mask, active
+        mlp = edit.writes(self._lin(g / (1.0 + np.exp(-g)) * self._lin(h, f"{p}.mlp.up_proj"), f"{p}.mlp.down_proj"))
+        return edit.output(x + (mlp if mlp_scale == 1.0 else mlp_scale * mlp)), mask, active
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         h = self._rms(x, "model.norm.weight")
@@ -306,7 +326,7 @@ class _GPT2:
     def _conv(self, x: np.ndarray, name: str) -> np.ndarray:
         return x @ self.w.get(f"{name}.weight", self.dt) + self.w.get(f"{name}.bias", self.dt)  # Conv1D stores [in, out]
 
-    def block(self, i: int, x: np.ndarray, mlp_scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def block(self, i: int, x: np.ndarray, mlp_scale: float, edit: Edit) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         p = f"transformer.h.{i}"
         T, H = x.shape[0], self.n_heads
         hd = self.d_model // H
@@ -317,11 +337,11 @@ class _GPT2:
         for j in range(H):
             heads[:, j], mask = _attend(q[:, j], k[:, j], v[:, j], 1.0 / math.sqrt(hd))
         active = (heads != 0).any(axis=(0, 2))
-        x = x + self._conv(heads.reshape(T, self.d_model), f"{p}.attn.c_proj")
+        x = x + edit.writes(self._conv(heads.reshape(T, self.d_model), f"{p}.attn.c_proj"))
         u = self._conv(self._ln(x, f"{p}.ln_2"), f"{p}.mlp.c_fc")
         gelu = 0.5 * u * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (u + 0.044715 * u**3)))
-        mlp = self._conv(gelu, f"{p}.mlp.c_proj")
-        return x + (mlp if mlp_scale == 1.0 else mlp_scale * mlp), mask, active
+        mlp = edit.writes(self._conv(gelu, f"{p}.mlp.c_proj"))
+        return edit.output(x + (mlp if mlp_scale == 1.0 else mlp_scale * mlp)), mask, active
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         return self._ln(x, "transformer.ln_f") @ self.w.get("transformer.wte.weight" if self.tied_head else "lm_head.weight", self.dt).T
