@@ -134,3 +134,10 @@ def test_example_script_runs(tiny, tmp_path):
                           "--max-new-tokens", "3", "--out", str(tmp_path / "S")], capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr
     assert "layer 2: ablating everywhere loses" in res.stdout and (tmp_path / "S" / "edits" / "L02-add-x1" / "certificate.json").is_file()
+
+
+def test_auto_layers_are_evenly_spaced():
+    assert dirsweep.auto_layers(30) == [5, 10, 15, 20, 25]
+    assert dirsweep.auto_layers(24) == [4, 8, 12, 16, 20]
+    assert dirsweep.auto_layers(28) == [5, 9, 14, 19, 23]
+    assert dirsweep.auto_layers(3) == [0, 1, 2]

@@ -183,8 +183,8 @@ def sweep_command(
 
 @edit_app.command("direction-sweep")
 def direction_sweep_command(
-    layers: str = typer.Option("6,10,14,18,22", "--layers", "-l", help="Layers ℓ whose direction (at x^(ℓ)) is computed and edited: "
-                               "all, 6,10,14 or 4-8."),
+    layers: str = typer.Option("auto", "--layers", "-l", help="Layers ℓ whose direction (at x^(ℓ)) is computed and edited: "
+                               "all, 6,10,14, 4-8, or auto (five evenly spaced: L/6, 2L/6, …, 5L/6 of the model's L blocks)."),
     scales: str = typer.Option("1", "--scales", help="direction-add strengths s, comma-separated: α = s × ‖μ_refuse − μ_answer‖ at "
                                "that layer (1 adds the difference of means itself)."),
     no_ablate: bool = typer.Option(False, "--no-ablate", help="Skip direction-ablate:layers=all (only the additions)."),
@@ -206,7 +206,7 @@ def direction_sweep_command(
     direction-add at that layer for each scale; answer/refuse accuracy with Wilson intervals and McNemar tests,
     and the locality metrics, per configuration. Each configuration is an edit certificate under --out/edits/
     (`blockcert verify` it); results.json, results.md and sweep.png summarise them."""
-    from blockcert.edit.dirsweep import direction_sweep, edit_name
+    from blockcert.edit.dirsweep import auto_layers, direction_sweep, edit_name
     from blockcert.model.load import load_model
     from blockcert.spec import parse_blocks
 
@@ -214,7 +214,8 @@ def direction_sweep_command(
     decoding = _decoding(max_new_tokens, batch_size, no_chat_template)
     with err_console.status("Loading model"):
         loaded = load_model(model, device=device, dtype=dtype)
-    chosen = parse_blocks(layers, loaded.native.n_blocks)
+    n = loaded.native.n_blocks
+    chosen = auto_layers(n) if layers.strip() == "auto" else parse_blocks(layers, n)
     result = direction_sweep(loaded=loaded, layers=chosen, scales=scale_values, ablate=not no_ablate, out=out, corpus=corpus,
                              decoding=decoding, force=force, progress=True)
     if as_json:

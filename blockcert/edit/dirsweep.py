@@ -87,6 +87,11 @@ class DirectionSweepResult:
                 "rows": [attrs.asdict(r) for r in self.rows], "seconds": self.seconds}
 
 
+def auto_layers(n_blocks: int) -> list[int]:
+    """Five evenly spaced layers, round(k·L/6) for k = 1..5 (``--layers auto``): 5, 10, 15, 20, 25 of SmolLM2's 30."""
+    return sorted({round(n_blocks * k / 6) for k in range(1, 6)})
+
+
 def edit_name(layer: int, scale: float | None) -> str:
     return f"L{layer:02d}-ablate" if scale is None else f"L{layer:02d}-add-x{scale:g}"
 
