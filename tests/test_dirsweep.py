@@ -141,3 +141,32 @@ def test_auto_layers_are_evenly_spaced():
     assert dirsweep.auto_layers(24) == [4, 8, 12, 16, 20]
     assert dirsweep.auto_layers(28) == [5, 9, 14, 19, 23]
     assert dirsweep.auto_layers(3) == [0, 1, 2]
+
+
+def test_corpus_folds_are_disjoint_and_balanced():
+    items, _ = load_corpus("builtin:refusal")
+    folds = [load_corpus(f"builtin:refusal[{k}/3]") for k in (1, 2, 3)]
+    assert [desc for _, desc in folds] == ["builtin:refusal[1/3]", "builtin:refusal[2/3]", "builtin:refusal[3/3]"]
+    ids = [[i.id for i in fold] for fold, _ in folds]
+    assert sorted(sum(ids, [])) == sorted(i.id for i in items) and not set(ids[0]) & set(ids[1])
+    for fold, _ in folds:
+        assert sum(i.label == "answer" for i in fold) == sum(i.label == "refuse" for i in fold) == 10
+    first_refuse = next(i for i in items if i.label == "refuse")
+    assert first_refuse in folds[0][0]  # the first prompt of each label is in fold 1
+    for bad in ("builtin:refusal[0/2]", "builtin:refusal[3/2]"):
+        with pytest.raises(UserError, match="does not exist"):
+            load_corpus(bad)
+
+
+def test_held_out_sweep_computes_directions_on_the_other_fold(tiny, tmp_path):
+    path, loaded = tiny
+    result = dirsweep.direction_sweep(loaded=loaded, layers=[2], scales=[], out=tmp_path / "S", decoding=FAST,
+                                      corpus="builtin:refusal[2/2]", direction_corpus="builtin:refusal[1/2]")
+    r = result.rows[0]
+    assert (r.n_answer, r.n_refuse) == (15, 15) and result.direction_corpus == "builtin:refusal[1/2]"
+    d = load_direction(tmp_path / "S" / "directions" / "L02")
+    assert d.meta["corpus"]["description"] == "builtin:refusal[1/2]" and d.meta["corpus"]["refuse"] == 15
+    assert "directions from builtin:refusal[1/2]" in (tmp_path / "S" / "results.md").read_text()
+    report = verify(r.out, model=str(path), level="full")  # the direction is recomputed from its own fold
+    assert report.ok, [(ch.name, ch.detail) for c in report.certificates for ch in c.checks if not ch.ok]
+    assert any(ch.name == "direction recomputed from its corpus" and ch.ok for c in report.certificates for ch in c.checks)

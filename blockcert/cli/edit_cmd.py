@@ -189,7 +189,10 @@ def direction_sweep_command(
                                "that layer (1 adds the difference of means itself)."),
     no_ablate: bool = typer.Option(False, "--no-ablate", help="Skip direction-ablate:layers=all (only the additions)."),
     model: str = typer.Option(None, "--model", "-m", help=MODEL_HELP),
-    corpus: str = typer.Option("builtin:refusal", "--corpus", help=CORPUS_HELP + " The directions are computed from it too."),
+    corpus: str = typer.Option("builtin:refusal", "--corpus", help=CORPUS_HELP + " SPEC[k/n] is its k-th of n folds."),
+    direction_corpus: str = typer.Option(None, "--direction-corpus", help="Compute the directions from this corpus instead "
+                                         "(default: --corpus, in-sample); e.g. --direction-corpus 'builtin:refusal[1/2]' "
+                                         "--corpus 'builtin:refusal[2/2]' tests each direction on prompts it did not see."),
     out: Path = typer.Option(Path("blockcert-direction-sweep"), "--out", "-o",
                              help="Directory for the directions, one edit certificate per configuration, results.json/.md and "
                                   "sweep.png. An interrupted sweep resumes here."),
@@ -217,13 +220,14 @@ def direction_sweep_command(
     n = loaded.native.n_blocks
     chosen = auto_layers(n) if layers.strip() == "auto" else parse_blocks(layers, n)
     result = direction_sweep(loaded=loaded, layers=chosen, scales=scale_values, ablate=not no_ablate, out=out, corpus=corpus,
-                             decoding=decoding, force=force, progress=True)
+                             direction_corpus=direction_corpus, decoding=decoding, force=force, progress=True)
     if as_json:
         typer.echo(json.dumps(result.to_dict(), indent=2))
         return
     b = result.base
     console = out_console()
-    table = Table(title=f"direction sweep on {result.model} ({result.dtype}, {corpus}); unedited: answer "
+    source = "in-sample" if result.direction_corpus == result.corpus else f"directions from {result.direction_corpus}"
+    table = Table(title=f"direction sweep on {result.model} ({result.dtype}, {corpus}, {source}); unedited: answer "
                         f"{b['answer_correct']}/{b['n_answer']}, refuse {b['refuse_correct']}/{b['n_refuse']}")
     for col in ("edit", "α", "answer", "refuse", "benign unchanged", "KL mean", "stress PPL"):
         table.add_column(col, justify="right")

@@ -8,7 +8,7 @@ x^(ℓ) (:mod:`blockcert.edit.direction`), then certified edits with it:
 Every configuration is an ordinary edit certificate (``blockcert verify`` each), so the sweep's numbers are
 exactly the certified ones. Layout under ``out``::
 
-    sweep.json                 what the sweep is of: model identity, dtype, corpus digest, decoding (resume key)
+    sweep.json                 what the sweep is of: model identity, dtype, corpus digests, decoding (resume key)
     directions/L<ℓ>/           the direction at layer ℓ (direction.safetensors, direction.json)
     edits/L<ℓ>-ablate/         one edit certificate per configuration
     edits/L<ℓ>-add-x<s>/
@@ -80,9 +80,11 @@ class DirectionSweepResult:
     base: dict[str, Any]
     rows: tuple[DirectionRow, ...]
     seconds: float
+    direction_corpus: str = ""  # where the directions were computed (the corpus itself: in-sample)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "dtype": self.dtype, "corpus": self.corpus, "decoding": self.decoding, "base": self.base,
+        return {"model": self.model, "dtype": self.dtype, "corpus": self.corpus, "direction_corpus": self.direction_corpus,
+                "decoding": self.decoding, "base": self.base,
                 "intervals": "Wilson score, 95%; changes: exact two-sided McNemar test on the paired prompts against the unedited model",
                 "rows": [attrs.asdict(r) for r in self.rows], "seconds": self.seconds}
 
@@ -139,6 +141,7 @@ def direction_sweep(
     ablate: bool = True,
     out: str | Path = "blockcert-direction-sweep",
     corpus: str = "builtin:refusal",
+    direction_corpus: str | None = None,
     decoding: Decoding | None = None,
     loaded: Any = None,
     force: bool = False,
@@ -146,7 +149,9 @@ def direction_sweep(
     device: str = "cpu",
     dtype: str = "float32",
 ) -> DirectionSweepResult:
-    """Directions at each of ``layers`` and the certified edits with them (see the module docstring)."""
+    """Directions at each of ``layers`` and the certified edits with them (see the module docstring). The directions
+    come from ``direction_corpus`` (default: ``corpus``, in-sample); e.g. ``builtin:refusal[1/2]`` with
+    ``corpus="builtin:refusal[2/2]"`` tests each direction on prompts it was not computed from."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -166,7 +171,12 @@ def direction_sweep(
     if bad:
         raise UserError(f"--layers {bad[0]}: {loaded.name} has blocks 0-{n_blocks - 1}; the direction at x^(ℓ) is edited at block ℓ")
     root = Path(out)
-    manifest = sweep_manifest(SWEEP_KIND, loaded, items, corpus_desc, decoding)
+    from blockcert.edit.refusal import corpus_sha256
+
+    direction_corpus = direction_corpus or corpus
+    d_items, d_desc = load_corpus(direction_corpus)
+    manifest = sweep_manifest(SWEEP_KIND, loaded, items, corpus_desc, decoding,
+                              direction_corpus={"description": d_desc, "sha256": corpus_sha256(d_items)})
     prepare_sweep_dir(root, manifest, force)
     start = time.perf_counter()
     configs = [(ell, s) for ell in layers for s in ((None,) if ablate else ()) + tuple(scales)]
@@ -180,7 +190,7 @@ def direction_sweep(
         for ell, s in configs:
             if ell not in directions:
                 bar.update(task, description=f"Direction at layer {ell}")
-                directions[ell] = make_direction(loaded, layer=ell, out=root / "directions" / f"L{ell:02d}", corpus=corpus,
+                directions[ell] = make_direction(loaded, layer=ell, out=root / "directions" / f"L{ell:02d}", corpus=direction_corpus,
                                                  chat_template=decoding.chat_template, force=True)
             d = directions[ell]
             alpha = None if s is None else round(float(s) * float(d.meta["norm_before_normalising"]), 4)
@@ -215,7 +225,7 @@ def _write(root: Path, rows: Sequence[DirectionRow], manifest: dict[str, Any], i
     base = {**attrs.asdict(base_acc), "answer_interval": wilson(base_acc.answer_correct, base_acc.n_answer),
             "refuse_interval": wilson(base_acc.refuse_correct, base_acc.n_refuse)}
     result = DirectionSweepResult(root, manifest["model"], manifest["dtype"], manifest["corpus"]["description"], manifest["decoding"],
-                                  base, tuple(rows), seconds)
+                                  base, tuple(rows), seconds, manifest["direction_corpus"]["description"])
     atomic_write_text(root / "results.json", json.dumps({**result.to_dict(), "complete": not partial}, indent=2) + "\n")
     return result
 
@@ -227,7 +237,10 @@ def _edit_label(r: DirectionRow) -> str:
 def results_markdown(result: DirectionSweepResult) -> str:
     """The sweep as a Markdown table (docs/edits.md quotes these)."""
     b = result.base
-    lines = [f"Direction sweep of {result.model} ({result.dtype}) on {result.corpus}; unedited: answer {b['answer_correct']}/{b['n_answer']}, "
+    where = ("in-sample: directions from the same prompts" if result.direction_corpus == result.corpus
+             else f"directions from {result.direction_corpus}")
+    lines = [f"Direction sweep of {result.model} ({result.dtype}) on {result.corpus} ({where}); unedited: answer "
+             f"{b['answer_correct']}/{b['n_answer']}, "
              f"refuse {b['refuse_correct']}/{b['n_refuse']}. Changes against the unedited completions of the same prompts: "
              "+gained/−lost, exact McNemar p.", "",
              "| layer ℓ | edit | ‖μ_refuse − μ_answer‖ | separation | answer | refuse | benign unchanged | KL mean / max (nats) "

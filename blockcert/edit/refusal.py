@@ -47,9 +47,29 @@ class CorpusItem:
     keywords: tuple[str, ...] = ()
 
 
+FOLD = re.compile(r"^(?P<base>.+)\[(?P<k>\d+)/(?P<n>\d+)\]$")
+
+
 def load_corpus(spec: str = "builtin:refusal") -> tuple[list[CorpusItem], str]:
     """The labelled corpus: ``builtin:refusal`` (60 prompts, 30 answer and 30 refuse, written by us) or a JSONL
-    file of the same shape."""
+    file of the same shape. ``SPEC[k/n]`` is its k-th of n interleaved folds, taken within each label (the i-th
+    prompt of a label is in fold i mod n + 1), so that a direction computed on ``builtin:refusal[1/2]`` can be
+    tested on the disjoint ``builtin:refusal[2/2]``."""
+    fold = FOLD.match(spec)
+    if fold is not None:
+        k, n = int(fold["k"]), int(fold["n"])
+        if not 1 <= k <= n:
+            raise UserError(f"corpus {spec!r}: fold {k} of {n} does not exist", "e.g. builtin:refusal[1/2] and builtin:refusal[2/2]")
+        items, _ = load_corpus(fold["base"])
+        seen: dict[str, int] = {}
+        chosen = []
+        for item in items:
+            i = seen[item.label] = seen.get(item.label, -1) + 1
+            if i % n == k - 1:
+                chosen.append(item)
+        if not chosen:
+            raise UserError(f"corpus {spec!r} holds no prompts")
+        return chosen, spec
     if spec.startswith("builtin:"):
         name = spec.removeprefix("builtin:")
         res = resources.files("blockcert.prompts").joinpath(f"{name}.jsonl")

@@ -57,12 +57,13 @@ class SweepResult:
 SWEEP_MANIFEST = "sweep.json"
 
 
-def sweep_manifest(kind: str, loaded: Any, items: Sequence[Any], corpus_desc: str, decoding: Decoding) -> dict[str, Any]:
+def sweep_manifest(kind: str, loaded: Any, items: Sequence[Any], corpus_desc: str, decoding: Decoding,
+                   **extra: Any) -> dict[str, Any]:
     """What a sweep directory is a sweep of (the key an interrupted sweep resumes under)."""
     from blockcert.edit.refusal import corpus_sha256
 
     return {"kind": kind, "model": loaded.name, "weights_sha256": loaded.weights_sha256(), "dtype": loaded.dtype,
-            "corpus": {"description": corpus_desc, "sha256": corpus_sha256(items)}, "decoding": decoding.record(loaded)}
+            "corpus": {"description": corpus_desc, "sha256": corpus_sha256(items)}, "decoding": decoding.record(loaded), **extra}
 
 
 def prepare_sweep_dir(root: Path, manifest: dict[str, Any], force: bool) -> None:
