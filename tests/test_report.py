@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+import blockcert
 from blockcert.errors import UserError
 from blockcert.pipeline.certify import run
 from blockcert.report.gather import collect, load_edit_sweep
@@ -58,12 +59,17 @@ def runs(tmp_path_factory, byte_tokenizer):
 
     loose = Policy(tau_act=0.25, tau_loss=0.05, alpha_act=0.9, alpha_loss=0.9, name="relative")
     minimize(model, blocks=[0, 2], budget="heads", prompts=str(prompts), policy=loose, out=base / "mz")
-    return {"plain": plain, "ablated": ablated, "sweep": sweep, "model": model, "minimize": base / "mz"}
+    from blockcert.edit.certify import Decoding
+    from blockcert.edit.dirsweep import direction_sweep
+
+    direction_sweep(loaded=blockcert.load_model(model), layers=[1, 2], scales=[1.0], out=base / "ds", decoding=Decoding(max_new_tokens=3))
+    return {"plain": plain, "ablated": ablated, "sweep": sweep, "model": model, "minimize": base / "mz", "directions": base / "ds"}
 
 
 @pytest.fixture(scope="module")
 def reports(runs):
-    full, _ = write_report(runs["plain"], compare=[runs["ablated"]], edit_sweep=runs["sweep"], minimize=runs["minimize"])
+    full, _ = write_report(runs["plain"], compare=[runs["ablated"]], edit_sweep=runs["sweep"], minimize=runs["minimize"],
+                           direction_sweep=runs["directions"])
     ablated, _ = write_report(runs["ablated"], compare=[runs["plain"]])
     return {"full": full, "ablated": ablated}
 
@@ -122,9 +128,11 @@ def test_a_failing_ablation_shows_its_failing_tokens(runs, reports):
 
 def test_markdown_summary(runs, tmp_path):
     out = tmp_path / "r.md"
-    write_report(runs["plain"], out, fmt="md", compare=[runs["ablated"]], edit_sweep=runs["sweep"], minimize=runs["minimize"])
+    write_report(runs["plain"], out, fmt="md", compare=[runs["ablated"]], edit_sweep=runs["sweep"], minimize=runs["minimize"],
+                 direction_sweep=runs["directions"])
     md = out.read_text(encoding="utf-8")
-    for heading in ("## Blocks", "## Stitched model", "## Theorem 1 (global bound)", "## Comparison", "## Edit sweep", "## Minimal mechanisms",
+    for heading in ("## Blocks", "## Stitched model", "## Theorem 1 (global bound)", "## Comparison", "## Edit sweep", "## Direction sweep",
+                    "## Minimal mechanisms",
                     "## Certificate ids"):
         assert heading in md
     assert "| 2 | yes | yes |" in md
@@ -225,6 +233,7 @@ def test_report_renders_in_headless_chromium(runs, reports, tmp_path, monkeypatc
                 assert sections["stitched"].find_elements(By.CSS_SELECTOR, "svg.chart")
                 assert sections["edit-sweep"].find_elements(By.CSS_SELECTOR, "svg.chart")
                 assert sections["minimize"].find_elements(By.CSS_SELECTOR, "svg.chart")
+                assert len(sections["direction-sweep"].find_elements(By.CSS_SELECTOR, "svg.chart")) == 2
             assert driver.execute_script("return window.__pwned") is None  # the prompt's script did not run
             assert HOSTILE.split(" close")[0] in driver.find_element(By.ID, "tokens").text.replace("\n", "")
             button = driver.find_element(By.CSS_SELECTOR, "button[data-copy]")
@@ -250,3 +259,27 @@ def test_report_renders_in_headless_chromium(runs, reports, tmp_path, monkeypatc
             shutil.copyfile(shot, target)
     finally:
         driver.quit()
+
+
+def test_direction_sweep_rows_are_checked_against_their_certificates(runs, tmp_path):
+    """The report shows each row of a direction sweep beside whether its own edit certificate verifies and states
+    those numbers: an edited results.json, or a tampered certificate, is flagged, not shown as certified."""
+    import shutil
+
+    from blockcert.report.gather import load_direction_sweep
+
+    view = load_direction_sweep(runs["directions"])
+    assert len(view.rows) == 4 and all(r.verifies for r in view.rows)
+    forged = tmp_path / "ds"
+    shutil.copytree(runs["directions"], forged)
+    results = json.loads((forged / "results.json").read_text())
+    results["rows"][0]["refuse_correct"] = 30
+    (forged / "results.json").write_text(json.dumps(results))
+    metrics = forged / "edits" / "L02-ablate" / "metrics.json"
+    metrics.write_bytes(metrics.read_bytes().replace(b'"epsilon_edit":', b'"epsilon_edit": ', 1))
+    rows = {(r.layer, r.edit): r for r in load_direction_sweep(forged).rows}
+    assert rows[(1, "ablate")].problem == "results.json differs from its edit certificate"
+    assert rows[(2, "ablate")].problem == "its edit certificate does not verify"
+    assert rows[(1, "add")].verifies and rows[(2, "add")].verifies
+    with pytest.raises(UserError, match="--direction-sweep"):
+        load_direction_sweep(tmp_path / "nothing")

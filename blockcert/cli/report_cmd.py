@@ -22,6 +22,8 @@ def report_command(
     edit_sweep: Path = typer.Option(None, "--edit-sweep", help="An edit-sweep JSON file (as `blockcert edit sweep` writes it)."),
     minimize: Path = typer.Option(None, "--minimize", help="A `blockcert minimize` output directory: adds the per-block "
                                   "kept-fraction chart and table of the smallest certified surrogates."),
+    direction_sweep: Path = typer.Option(None, "--direction-sweep", help="A `blockcert edit direction-sweep` output directory: "
+                                         "adds accuracy and KL against the layer, each row checked against its edit certificate."),
     tokenizer: str = typer.Option(None, "--tokenizer", help="Tokenizer to show tokens as text: a local HF directory, a .gguf "
                                   "file, a model name, or 'none' for token ids (default: the run's model)."),
     token_blocks: str = typer.Option("auto", "--token-blocks", help="Blocks with per-token text heat maps: auto (weak blocks, "
@@ -29,7 +31,7 @@ def report_command(
 ) -> None:
     """Write a report of a run: summary and verification (level hashes), per-block metrics against the policy,
     per-token error heat maps, the stitched model, Lipschitz bounds and Theorem 1, derived runs side by side,
-    an edit sweep, minimal mechanisms (--minimize), and every certificate id and digest. Reads artifacts only: the model is never loaded."""
+    an edit sweep, a direction sweep, minimal mechanisms (--minimize), and every certificate id and digest. Reads artifacts only: the model is never loaded."""
     from blockcert.report.write import render, write_report
 
     start = time.perf_counter()
@@ -38,12 +40,12 @@ def report_command(
             from blockcert.report.gather import collect
 
             view = collect(out, compare=compare or (), edit_sweep=edit_sweep, tokenizer=tokenizer, token_blocks=token_blocks,
-                           minimize=minimize)
+                           minimize=minimize, direction_sweep=direction_sweep)
             sys.stdout.write(render(view, fmt))
             target = None
         else:
             target, view = write_report(out, output, fmt=fmt, compare=compare or (), edit_sweep=edit_sweep, tokenizer=tokenizer,
-                                        token_blocks=token_blocks, minimize=minimize)
+                                        token_blocks=token_blocks, minimize=minimize, direction_sweep=direction_sweep)
     status = "every certificate verifies" if view.verified else "VERIFICATION FAILED"
     line = (f"{view.n_certified}/{len(view.blocks)} blocks certified, {status} (level hashes); "
             f"built in {time.perf_counter() - start:.1f} s")

@@ -29,6 +29,8 @@ from blockcert.errors import UserError
 from blockcert.report.views import (
     BlockView,
     CompareRow,
+    DirectionSweepRow,
+    DirectionSweepView,
     EditSweep,
     FullView,
     MinimizeRow,
@@ -96,7 +98,8 @@ def _load_trace_ids(root: Path, index: dict[str, Any]) -> tuple[list[np.ndarray]
 
 
 def collect(out: str | Path, *, compare: Sequence[str | Path] = (), edit_sweep: str | Path | None = None,
-            tokenizer: str | None = None, token_blocks: str = "auto", minimize: str | Path | None = None) -> RunView:
+            tokenizer: str | None = None, token_blocks: str = "auto", minimize: str | Path | None = None,
+            direction_sweep: str | Path | None = None) -> RunView:
     """Read and verify (level ``hashes``) the run in ``out`` and everything the report shows about it."""
     from blockcert.verifier.core import find_certificates, recorded_rule, verify
 
@@ -105,6 +108,7 @@ def collect(out: str | Path, *, compare: Sequence[str | Path] = (), edit_sweep: 
         raise UserError(f"{root} is not a blockcert run directory (no {MANIFEST})", "pass the --out directory of `blockcert run`")
     sweep = load_edit_sweep(edit_sweep) if edit_sweep is not None else None  # a malformed file fails before any work
     minimized = load_minimize(minimize) if minimize is not None else None
+    directions = load_direction_sweep(direction_sweep) if direction_sweep is not None else None
     root, certs = find_certificates(root)
     manifest = _read_json(root, MANIFEST)
     index = _read_json(root, TRACE_INDEX)
@@ -141,6 +145,7 @@ def collect(out: str | Path, *, compare: Sequence[str | Path] = (), edit_sweep: 
         verified=report.ok, summary_verification=by_path.get(SUMMARY), shared_subjects=shared,
         full=_full(root, by_path), bounds=bounds, bounds_note=note,
         compare=_compare(root, manifest, blocks, report.ok, compare), edit_sweep=sweep, minimize=minimized,
+        direction_sweep=directions,
     )
 
 
@@ -435,9 +440,55 @@ def load_minimize(path: str | Path) -> MinimizeView:
     return view
 
 
+def _change(c: dict[str, Any]) -> tuple[int, int, float]:
+    return int(c["gained"]), int(c["lost"]), float(c["p_value"])
+
+
+def load_direction_sweep(path: str | Path) -> DirectionSweepView:
+    """A ``blockcert edit direction-sweep`` directory: its results.json, each row checked against its own edit
+    certificate (``edits/<name>/``, verified at level hashes: the accuracies and the KL the row shows must be
+    the certified ones)."""
+    from blockcert.artifacts.safeio import ArtifactError, strict_json
+    from blockcert.edit.dirsweep import edit_name
+    from blockcert.verifier.core import verify
+
+    root = Path(path)
+    hint = "pass the --out directory of `blockcert edit direction-sweep`"
+    try:
+        data = strict_json((root / "results.json").read_bytes(), str(root / "results.json"))
+        base = data["base"]
+        rows = []
+        for r in data["rows"]:
+            edit_dir = root / "edits" / edit_name(int(r["layer"]), None if r["scale"] is None else float(r["scale"]))
+            problem = ""
+            report = verify(edit_dir, level="hashes")
+            if not report.ok:
+                problem = "its edit certificate does not verify"
+            else:
+                metrics = json.loads((edit_dir / "metrics.json").read_text(encoding="utf-8"))
+                stated = (metrics["after"]["answer_correct"], metrics["after"]["refuse_correct"], metrics["locality"]["neutral"]["kl_mean"])
+                if stated != (r["answer_correct"], r["refuse_correct"], r["kl_mean"]):
+                    problem = "results.json differs from its edit certificate"
+            rows.append(DirectionSweepRow(
+                int(r["layer"]), str(r["edit"]), r["scale"], r["alpha"], (int(r["answer_correct"]), int(r["n_answer"])),
+                (int(r["refuse_correct"]), int(r["n_refuse"])), _change(r["answer_change"]), _change(r["refuse_change"]), float(r["kl_mean"]),
+                int(r["benign_unchanged"]), (float(r["ppl_base"]), float(r["ppl_edited"])), not problem, problem))
+        view = DirectionSweepView(str(path), str(data["model"]), str(data["dtype"]), str(data["corpus"]),
+                                  str(data.get("direction_corpus") or data["corpus"]),
+                                  ((int(base["answer_correct"]), int(base["n_answer"])), (int(base["refuse_correct"]), int(base["n_refuse"]))),
+                                  tuple(rows))
+    except (OSError, ArtifactError) as exc:
+        raise UserError(f"--direction-sweep {path}: {exc}", hint) from exc
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise UserError(f"--direction-sweep {path}: not a direction sweep's results.json ({type(exc).__name__}: {exc})", hint) from exc
+    if not view.rows:
+        raise UserError(f"--direction-sweep {path}: no configurations")
+    return view
+
+
 # ---------------------------------------------------------------------------------------------------
 # Writing
 # ---------------------------------------------------------------------------------------------------
 
 
-__all__: Sequence[str] = ["collect", "decode_tokens", "load_edit_sweep", "load_minimize"]
+__all__: Sequence[str] = ["collect", "decode_tokens", "load_direction_sweep", "load_edit_sweep", "load_minimize"]

@@ -44,6 +44,7 @@ SECTIONS = (
     ("bounds", "Lipschitz bounds"),
     ("derivation", "Surrogates and ablations"),
     ("edit-sweep", "Edit sweep"),
+    ("direction-sweep", "Direction sweep"),
     ("minimize", "Minimal mechanisms"),
     ("ids", "Certificate ids and digests"),
 )
@@ -122,7 +123,7 @@ def render_html(view: RunView) -> str:
     body = [
         _header(view),
         "<nav>" + "".join(f'<a href="#{key}">{esc(title)}</a>' for key, title in SECTIONS) + "</nav>",
-        _summary(view), _blocks(view), _tokens(view), _stitched(view), _bounds(view), _derivation(view), _edit_sweep(view), _minimize(view), _ids(view),
+        _summary(view), _blocks(view), _tokens(view), _stitched(view), _bounds(view), _derivation(view), _edit_sweep(view), _direction_sweep(view), _minimize(view), _ids(view),
         f'<p class="note">Written by blockcert {esc(__version__)} (<code>blockcert report</code>) from the artifacts of '
         f"{esc(view.label)}; nothing in this page was recomputed from the model.</p>",
     ]
@@ -521,6 +522,35 @@ def _edit_sweep(view: RunView) -> str:
     parts.append(_table(["block", "α", "answer accuracy", "refuse accuracy"],
                         [[str(r.block), f"{r.alpha:g}", f"{r.answer_accuracy:.3f}", f"{r.refuse_accuracy:.3f}"] for r in sweep.rows]))
     return _section("edit-sweep", "\n".join(parts))
+
+
+def _direction_sweep(view: RunView) -> str:
+    ds = view.direction_sweep
+    if ds is None:
+        return _section("direction-sweep", "", "no direction sweep: pass <code>--direction-sweep DIR</code> (the <code>--out</code> of "
+                                               "<code>blockcert edit direction-sweep</code>)")
+    (a, na), (f, nf) = ds.base
+    where = "in-sample" if ds.direction_corpus == ds.corpus else f"directions from <code>{esc(ds.direction_corpus)}</code>"
+    intro = (f"<p>From <code>{esc(ds.source)}</code>: {esc(ds.model)} ({esc(ds.dtype)}) on <code>{esc(ds.corpus)}</code> ({where}); "
+             f"unedited: answer {a}/{na}, refuse {f}/{nf}. Each row is an edit certificate (<code>edits/</code>), verified here at level "
+             "hashes; changes are against the unedited completions of the same prompts (exact McNemar p).</p>")
+    charts = []
+    for label, pick in (("refuse accuracy", lambda r: r.refuse[0] / max(r.refuse[1], 1)), ("answer accuracy", lambda r: r.answer[0] / max(r.answer[1], 1))):
+        series = []
+        for n, key in enumerate(sorted({(r.edit, r.scale) for r in ds.rows}, key=lambda k: (k[0], k[1] or 0.0))):
+            rows = sorted((r for r in ds.rows if (r.edit, r.scale) == key), key=lambda r: r.layer)
+            name = "ablate (all layers)" if key[0] == "ablate" else f"add {key[1]:g}×"
+            series.append(Series(name, tuple(float(r.layer) for r in rows), tuple(pick(r) for r in rows), (BAD, NEUTRAL, GOOD)[n % 3],
+                                 dashed=n >= 3))
+        charts.append(line_chart(series, title=f"{label} against the layer of the direction", xlabel="layer ℓ", ylim=(0.0, 1.0),
+                                 xint=True, height=200))
+    rows = [[str(r.layer), "ablate, all layers" if r.edit == "ablate" else f"add {r.scale:g}× (α = {r.alpha:g})",
+             f"{r.answer[0]}/{r.answer[1]} (+{r.answer_change[0]}/−{r.answer_change[1]}, p {r.answer_change[2]:.2g})",
+             f"{r.refuse[0]}/{r.refuse[1]} (+{r.refuse_change[0]}/−{r.refuse_change[1]}, p {r.refuse_change[2]:.2g})",
+             f"{r.benign_unchanged}/{r.answer[1]}", f"{r.kl_mean:.3g}", f"{r.ppl[0]:.4g} → {r.ppl[1]:.4g}",
+             "yes" if r.verifies else f"<b>no</b>: {esc(r.problem)}"] for r in ds.rows]
+    table = _table(["layer", "edit", "answer", "refuse", "benign unchanged", "KL mean (nats)", "stress PPL", "certificate verifies"], rows)
+    return _section("direction-sweep", intro + "\n".join(charts) + table)
 
 
 def _minimize(view: RunView) -> str:

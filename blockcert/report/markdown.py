@@ -115,6 +115,14 @@ def render_md(view: RunView) -> str:
         out += _table(["block", "α", "answer accuracy", "refuse accuracy"],
                       [[str(r.block), f"{r.alpha:g}", f"{r.answer_accuracy:.3f}", f"{r.refuse_accuracy:.3f}"]
                        for r in view.edit_sweep.rows])
+    if view.direction_sweep is not None:
+        ds = view.direction_sweep
+        out += ["## Direction sweep", "", f"From {_code(ds.source)}: {ds.model} ({ds.dtype}) on {_code(ds.corpus)}, directions from "
+                f"{_code(ds.direction_corpus)}.", ""]
+        out += _table(["layer", "edit", "answer", "refuse", "benign unchanged", "KL mean", "stress PPL", "certificate verifies"],
+                      [[str(r.layer), "ablate, all layers" if r.edit == "ablate" else f"add {r.scale:g}× (α = {r.alpha:g})",
+                        f"{r.answer[0]}/{r.answer[1]}", f"{r.refuse[0]}/{r.refuse[1]}", f"{r.benign_unchanged}/{r.answer[1]}",
+                        f"{r.kl_mean:.3g}", f"{r.ppl[0]:.4g} → {r.ppl[1]:.4g}", _yn(r.verifies)] for r in ds.rows])
     if view.minimize is not None:
         mz = view.minimize
         out += ["## Minimal mechanisms", "", f"From {_code(mz.source)}: {mz.model} ({mz.dtype}), budget {_code(mz.budget)}.", ""]

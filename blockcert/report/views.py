@@ -119,6 +119,34 @@ class MinimizeView:
     rows: tuple[MinimizeRow, ...]
 
 
+@attrs.frozen
+class DirectionSweepRow:
+    layer: int
+    edit: str  # "ablate" | "add"
+    scale: float | None
+    alpha: float | None
+    answer: tuple[int, int]  # correct, total
+    refuse: tuple[int, int]
+    answer_change: tuple[int, int, float]  # gained, lost, exact McNemar p
+    refuse_change: tuple[int, int, float]
+    kl_mean: float
+    benign_unchanged: int
+    ppl: tuple[float, float]  # stress perplexity unedited, edited
+    verifies: bool  # its edit certificate passes level hashes and states these accuracies and KL
+    problem: str  # why not ("" when it does)
+
+
+@attrs.frozen
+class DirectionSweepView:
+    source: str
+    model: str
+    dtype: str
+    corpus: str
+    direction_corpus: str
+    base: tuple[tuple[int, int], tuple[int, int]]  # (answer, refuse) of the unedited model: correct, total
+    rows: tuple[DirectionSweepRow, ...]
+
+
 @attrs.frozen(eq=False)
 class RunView:
     """Everything a report shows about one run directory."""
@@ -141,6 +169,7 @@ class RunView:
     compare: tuple[CompareRow, ...]
     edit_sweep: EditSweep | None
     minimize: MinimizeView | None = None
+    direction_sweep: DirectionSweepView | None = None
 
     @property
     def policy(self) -> dict[str, float]:

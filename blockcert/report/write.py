@@ -31,7 +31,7 @@ def render(view: RunView, fmt: str = "html") -> str:
 
 def write_report(out: str | Path, output: str | Path | None = None, *, fmt: str = "html", compare: Sequence[str | Path] = (),
                  edit_sweep: str | Path | None = None, tokenizer: str | None = None, token_blocks: str = "auto",
-                 minimize: str | Path | None = None) -> tuple[Path, RunView]:
+                 minimize: str | Path | None = None, direction_sweep: str | Path | None = None) -> tuple[Path, RunView]:
     """Build the report of the run in ``out`` and write it atomically to ``output`` (default
     :func:`default_output`); refuses a path inside the run directory, which would break ``blockcert verify``."""
     from blockcert.artifacts.fsutil import atomic_write_text
@@ -43,6 +43,7 @@ def write_report(out: str | Path, output: str | Path | None = None, *, fmt: str 
     if target.resolve() == root or root in target.resolve().parents:
         raise UserError(f"{target} is inside the run directory {out}; `blockcert verify` rejects files it does not expect there",
                         f"write it beside the run, e.g. --output {default_output(out, fmt)}")
-    view = collect(out, compare=compare, edit_sweep=edit_sweep, tokenizer=tokenizer, token_blocks=token_blocks, minimize=minimize)
+    view = collect(out, compare=compare, edit_sweep=edit_sweep, tokenizer=tokenizer, token_blocks=token_blocks, minimize=minimize,
+                   direction_sweep=direction_sweep)
     atomic_write_text(target, render(view, fmt))
     return target, view
