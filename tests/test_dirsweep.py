@@ -170,3 +170,28 @@ def test_held_out_sweep_computes_directions_on_the_other_fold(tiny, tmp_path):
     report = verify(r.out, model=str(path), level="full")  # the direction is recomputed from its own fold
     assert report.ok, [(ch.name, ch.detail) for c in report.certificates for ch in c.checks if not ch.ok]
     assert any(ch.name == "direction recomputed from its corpus" and ch.ok for c in report.certificates for ch in c.checks)
+
+
+def test_verify_a_sweep_directory(tiny, swept, tmp_path):
+    """`blockcert verify DS` verifies every edit certificate of the sweep and results.json against them."""
+    import shutil
+
+    out, result = swept
+    report = verify(out, level="hashes")
+    assert report.ok, [(c.path, ch.name, ch.detail) for c in report.certificates for ch in c.checks if not ch.ok]
+    assert sorted(c.path for c in report.certificates) == sorted(
+        [f"edits/{dirsweep.edit_name(r.layer, r.scale)}/certificate.json" for r in result.rows] + ["results.json"])
+    forged = tmp_path / "S"
+    shutil.copytree(out, forged)
+    results = json.loads((forged / "results.json").read_text())
+    results["rows"][1]["refuse_correct"] += 1  # a better-looking table than the certificates
+    results["rows"][2]["refuse_change"]["lost"] += 1
+    (forged / "results.json").write_text(json.dumps(results))
+    bad = {ch.name for c in verify(forged, level="hashes").certificates for ch in c.checks if not ch.ok}
+    assert bad == {"L01-add-x1: results.json row = its certificate", "L01-add-x2.5: refuse gained/lost = the completions'"}
+    results["complete"] = False
+    (forged / "results.json").write_text(json.dumps(results))
+    assert "the sweep is complete" in {ch.name for c in verify(forged, level="hashes").certificates for ch in c.checks if not ch.ok}
+    res = subprocess.run([sys.executable, "-m", "blockcert", "verify", str(out), "--level", "hashes"], capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0 and "verified" in res.stdout, res.stdout + res.stderr

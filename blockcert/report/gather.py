@@ -452,23 +452,23 @@ def load_direction_sweep(path: str | Path) -> DirectionSweepView:
     from blockcert.edit.dirsweep import edit_name
     from blockcert.verifier.core import verify
 
+    from blockcert.verifier.sweeps import is_direction_sweep
+
     root = Path(path)
     hint = "pass the --out directory of `blockcert edit direction-sweep`"
+    if not is_direction_sweep(root):
+        raise UserError(f"--direction-sweep {path}: not a direction sweep (no sweep.json and edits/)", hint)
     try:
         data = strict_json((root / "results.json").read_bytes(), str(root / "results.json"))
         base = data["base"]
+        report = verify(root, level="hashes")  # every edit certificate, and results.json against them (verifier.sweeps)
+        failed = {c.path for c in report.certificates if not c.ok}
+        differs = {ch.name.split(":")[0] for c in report.certificates if c.path == "results.json" for ch in c.checks if not ch.ok}
         rows = []
         for r in data["rows"]:
-            edit_dir = root / "edits" / edit_name(int(r["layer"]), None if r["scale"] is None else float(r["scale"]))
-            problem = ""
-            report = verify(edit_dir, level="hashes")
-            if not report.ok:
-                problem = "its edit certificate does not verify"
-            else:
-                metrics = json.loads((edit_dir / "metrics.json").read_text(encoding="utf-8"))
-                stated = (metrics["after"]["answer_correct"], metrics["after"]["refuse_correct"], metrics["locality"]["neutral"]["kl_mean"])
-                if stated != (r["answer_correct"], r["refuse_correct"], r["kl_mean"]):
-                    problem = "results.json differs from its edit certificate"
+            name = edit_name(int(r["layer"]), None if r["scale"] is None else float(r["scale"]))
+            problem = ("its edit certificate does not verify" if f"edits/{name}/certificate.json" in failed
+                       else "results.json differs from its edit certificate" if name in differs else "")
             rows.append(DirectionSweepRow(
                 int(r["layer"]), str(r["edit"]), r["scale"], r["alpha"], (int(r["answer_correct"]), int(r["n_answer"])),
                 (int(r["refuse_correct"]), int(r["n_refuse"])), _change(r["answer_change"]), _change(r["refuse_change"]), float(r["kl_mean"]),

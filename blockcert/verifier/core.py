@@ -130,6 +130,18 @@ def verify(path: str | Path, *, level: str = "replay", reference: str = "torch",
         if not reports:
             raise UserError(f"{target} holds no runs/block_*/ run", "pass the --out of a finished blockcert minimize")
         return VerifyReport(str(target), level, reference, policy, tol, tuple(reports), ids)
+    from blockcert.verifier.sweeps import edit_dirs, is_direction_sweep, verify_results
+
+    if is_direction_sweep(target):  # blockcert edit direction-sweep: every edit certificate, and results.json against them
+        reports = []
+        for edit_dir in edit_dirs(target):
+            sub = verify(edit_dir, level=level, reference=reference, policy=policy, tolerances=tolerances, model=model,
+                         progress=progress, device=device, trust=trust)
+            reports += [attrs.evolve(r, path=f"edits/{edit_dir.name}/{r.path}") for r in sub.certificates]
+            if progress is not None:
+                progress(f"edits/{edit_dir.name}")
+        reports.append(verify_results(target))
+        return VerifyReport(str(target), level, reference, policy, tol, tuple(reports), ids)
     if level == "full" and model is None:
         raise UserError("--level full needs --model (the model the certificates claim to certify)")
     if stream and reference == "numpy":
