@@ -157,6 +157,9 @@ MUTANTS: list[tuple[str, str, str, str, str, list[str]]] = [
      "embedding=r if everywhere else None)", "embedding=None)", DIRECTIONS),
     ("M49", "a resumed direction sweep reuses whatever complete certificate it finds under a configuration's name",
      "blockcert/edit/dirsweep.py", 'return (m["edit"]["spec"] == spec and ', "return (", ["tests/test_dirsweep.py"]),
+    ("M50", "verify accepts a direction sweep's results.json whatever its rows say", "blockcert/verifier/sweeps.py",
+     'c.record(f"{name}: results.json row = its certificate", not wrong,', 'c.record(f"{name}: results.json row = its certificate", True,',
+     ["tests/test_dirsweep.py"]),
 ]
 
 
