@@ -34,7 +34,7 @@ import attrs
 from blockcert.artifacts.layout import CERTIFICATE, EDIT_MANIFEST, EDIT_METRICS
 from blockcert.edit.certify import Decoding, certify_edit, generate, read_completions
 from blockcert.edit.refusal import PairedChange, classify, load_corpus, paired_change, score, wilson
-from blockcert.edit.sweep import prepare_sweep_dir, sweep_manifest
+from blockcert.edit.sweep import prepare_sweep_dir, save_figure, sweep_manifest
 from blockcert.errors import UserError
 
 SWEEP_KIND = "blockcert/direction-sweep/v1"
@@ -257,14 +257,10 @@ def results_markdown(result: DirectionSweepResult) -> str:
 
 def plot_direction_sweep(result: DirectionSweepResult, path: Path) -> None:
     """Refuse accuracy, answer accuracy and mean KL against the layer, one line per edit (matplotlib, Agg)."""
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from blockcert.artifacts.fsutil import atomic_write_bytes
 
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
     series = sorted({(r.edit, r.scale) for r in result.rows}, key=lambda k: (k[0], k[1] or 0.0))
@@ -286,8 +282,4 @@ def plot_direction_sweep(result: DirectionSweepResult, path: Path) -> None:
     axes[2].set_yscale("log")
     axes[0].legend(fontsize=7)
     fig.suptitle(f"direction sweep, {result.model} ({result.dtype}), {result.corpus}", fontsize=9)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, metadata={"Software": None})
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_figure(fig, path)

@@ -193,8 +193,6 @@ def plot_sweep(result: SweepResult, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from blockcert.artifacts.fsutil import atomic_write_bytes
-
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=True)
     blocks = sorted({r.block for r in result.rows})
     for b in blocks:
@@ -209,6 +207,15 @@ def plot_sweep(result: SweepResult, path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=7, ncol=2)
     fig.suptitle(f"mlp-scale sweep, {result.model}, {result.corpus}", fontsize=9)
+    save_figure(fig, path)
+
+
+def save_figure(fig: Any, path: Path) -> None:
+    """A matplotlib figure as PNG bytes without a timestamp or version (the same sweep, the same file), atomically."""
+    import matplotlib.pyplot as plt
+
+    from blockcert.artifacts.fsutil import atomic_write_bytes
+
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, metadata={"Software": None})
