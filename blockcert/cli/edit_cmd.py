@@ -116,7 +116,7 @@ def _flips(change, starred: bool = False) -> str:
     """" (+gained/-lost)" against the unedited completions ("" when none moved); ``starred``: " *" when McNemar p < 0.05."""
     if not (change.gained or change.lost):
         return ""
-    return f" ({change.gained:+d}/{-change.lost:+d}{' *' if starred and change.p_value < 0.05 else ''})"
+    return f" (+{change.gained}/-{change.lost}{' *' if starred and change.p_value < 0.05 else ''})"
 
 
 def _floats(text: str, what: str) -> list[float]:

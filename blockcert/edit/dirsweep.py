@@ -261,6 +261,7 @@ def plot_direction_sweep(result: DirectionSweepResult, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
     series = sorted({(r.edit, r.scale) for r in result.rows}, key=lambda k: (k[0], k[1] or 0.0))
@@ -276,6 +277,7 @@ def plot_direction_sweep(result: DirectionSweepResult, path: Path) -> None:
     for ax, title in zip(axes, ("refuse accuracy", "answer accuracy", "KL(unedited ‖ edited), mean, nats")):
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("layer ℓ of the direction")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0].set_ylim(-0.05, 1.05)
     axes[1].set_ylim(-0.05, 1.05)
