@@ -186,9 +186,15 @@ def test_verify_a_sweep_directory(tiny, swept, tmp_path):
     results = json.loads((forged / "results.json").read_text())
     results["rows"][1]["refuse_correct"] += 1  # a better-looking table than the certificates
     results["rows"][2]["refuse_change"]["lost"] += 1
+    results["rows"][3]["answer_change"]["p_value"] /= 100  # a significance the paired counts do not give
+    results["rows"][4]["refuse_interval"][0] += 0.01
+    results["base"]["refuse_correct"] += 1  # another unedited model than the certificates'
     (forged / "results.json").write_text(json.dumps(results))
     bad = {ch.name for c in verify(forged, level="hashes").certificates for ch in c.checks if not ch.ok}
-    assert bad == {"L01-add-x1: results.json row = its certificate", "L01-add-x2.5: refuse gained/lost = the completions'"}
+    assert bad == {"L01-add-x1: results.json row = its certificate", "L01-add-x1: refuse Wilson interval",
+                   "L01-add-x2.5: refuse gained/lost = the completions'", "L02-ablate: answer McNemar p",
+                   "L02-add-x1: refuse Wilson interval", "unedited refuse: Wilson interval"} | {
+                       f"{dirsweep.edit_name(r.layer, r.scale)}: unedited refuse = the sweep's" for r in result.rows}
     results["complete"] = False
     (forged / "results.json").write_text(json.dumps(results))
     assert "the sweep is complete" in {ch.name for c in verify(forged, level="hashes").certificates for ch in c.checks if not ch.ok}

@@ -36,6 +36,43 @@ def _name(row: dict[str, Any]) -> str:
     return f"L{layer:02d}-ablate" if row["edit"] == "ablate" else f"L{layer:02d}-add-x{float(row['scale']):g}"
 
 
+def _exact_mcnemar(gained: int, lost: int) -> float:
+    """Two-sided exact McNemar p-value, computed here in exact rationals (not with the sweep's code)."""
+    from fractions import Fraction
+    from math import comb
+
+    if not (isinstance(gained, int) and isinstance(lost, int) and gained >= 0 and lost >= 0):
+        return float("nan")
+    n = gained + lost
+    if n == 0:
+        return 1.0
+    return float(min(Fraction(1), 2 * Fraction(sum(comb(n, k) for k in range(min(gained, lost) + 1)), 2 ** n)))
+
+
+def _wilson_95(correct: int, n: int) -> tuple[float, float]:
+    """The 95% Wilson score interval, written out from its definition (closed at 0 and 1 where it must be)."""
+    if not (isinstance(correct, int) and isinstance(n, int) and 0 <= correct <= n):
+        return (float("nan"), float("nan"))  # no interval: a count out of range agrees with nothing
+    if n == 0:
+        return (0.0, 1.0)
+    z2 = 1.959963984540054 ** 2
+    p = correct / n
+    mid = (2 * n * p + z2) / (2 * (n + z2))
+    half = (z2 ** 0.5) * (n * p * (1 - p) + z2 / 4) ** 0.5 / (n + z2)
+    return (0.0 if correct == 0 else max(0.0, mid - half), 1.0 if correct == n else min(1.0, mid + half))
+
+
+# A quoted statistic may differ from this module's by float rounding only: a fixed bound, not one scaled by the data.
+STAT_TOL = 1e-9
+
+
+def _stats_agree(stated: Any, mine: Any) -> bool:
+    try:
+        return all(abs(float(a) - float(b)) <= STAT_TOL for a, b in zip(stated, mine, strict=True))
+    except (TypeError, ValueError):
+        return False
+
+
 def _json(root: Path, rel: str) -> Any:
     return strict_json(read_artifact(root, rel, MAX_JSON_BYTES), rel)
 
@@ -54,6 +91,11 @@ def verify_results(root: Path) -> CertReport:
         names = [_name(r) for r in rows]
         on_disk = [p.name for p in edit_dirs(root)]
         c.require("one row per edit certificate", sorted(names) == on_disk, len(on_disk), len(names))
+        base = results["base"]
+        for label in ("answer", "refuse"):
+            k, n = base[f"{label}_correct"], base[f"n_{label}"]
+            c.record(f"unedited {label}: Wilson interval", _stats_agree(base[f"{label}_interval"], _wilson_95(k, n)),
+                     _wilson_95(k, n), base[f"{label}_interval"])
         for row, name in zip(rows, names):
             edit = f"edits/{name}"
             if not (root / edit / CERTIFICATE).is_file():
@@ -78,6 +120,17 @@ def verify_results(root: Path) -> CertReport:
                          "kl_mean": loc["neutral"]["kl_mean"], "kl_max": loc["neutral"]["kl_max"],
                          "benign_unchanged": loc["benign"]["unchanged"], "ppl_base": loc["stress"]["ppl_base"],
                          "ppl_edited": loc["stress"]["ppl_edited"], "epsilon_edit": metrics["epsilon_edit"]}
+            before = metrics["before"]
+            for label in ("answer", "refuse"):
+                unedited = (before[f"{label}_correct"], before[f"n_{label}"])
+                c.record(f"{name}: unedited {label} = the sweep's", unedited == (base[f"{label}_correct"], base[f"n_{label}"]),
+                         unedited, (base[f"{label}_correct"], base[f"n_{label}"]))
+                k, n = row[f"{label}_correct"], row[f"n_{label}"]
+                c.record(f"{name}: {label} Wilson interval", _stats_agree(row[f"{label}_interval"], _wilson_95(k, n)),
+                         _wilson_95(k, n), row[f"{label}_interval"])
+                change = row[f"{label}_change"]
+                p = _exact_mcnemar(change["gained"], change["lost"])
+                c.record(f"{name}: {label} McNemar p", _stats_agree([change["p_value"]], [p]), p, change["p_value"])
             wrong = sorted(k for k in stated if stated[k] != certified[k])
             c.record(f"{name}: results.json row = its certificate", not wrong, "equal", ", ".join(wrong)[:60])
             # the paired changes, recounted from the certified completions
