@@ -160,6 +160,8 @@ MUTANTS: list[tuple[str, str, str, str, str, list[str]]] = [
     ("M50", "verify accepts a direction sweep's results.json whatever its rows say", "blockcert/verifier/sweeps.py",
      'c.record(f"{name}: results.json row = its certificate", not wrong,', 'c.record(f"{name}: results.json row = its certificate", True,',
      ["tests/test_dirsweep.py"]),
+    ("M51", "verify takes a direction sweep's McNemar p-values as stated", "blockcert/verifier/sweeps.py",
+     '_stats_agree([change["p_value"]], [p])', "True", ["tests/test_dirsweep.py"]),
 ]
 
 
