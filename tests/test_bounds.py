@@ -287,6 +287,17 @@ def test_global_bound_rounds_up_where_nearest_rounds_down() -> None:
     assert math.isinf(B.global_bound([1e300, 1e300], [1.0, 1e300]).upper)
 
 
+@given(st.floats(1e-150, 1e150), st.integers(0, 2**40))
+def test_sqrt_up_is_the_tightest_float(root: float, below: int) -> None:
+    """sqrt_up(x) is the smallest float whose square is >= x: the verifier recomputes epsilon_seq with its own code and
+    compares exactly (a run's block 29 once certified sqrt of the rounded-up sum, one ulp above, and failed verification).
+    x sits at or just below a float's exact square, where sqrt of the rounded-up x can round to the next float."""
+    x = Fraction(root) ** 2 * (1 - Fraction(below, 2**100))
+    s = Bround.sqrt_up(x)
+    assert Fraction(s) ** 2 >= x
+    assert Fraction(math.nextafter(s, 0.0)) ** 2 < x
+
+
 def test_global_bound_validation() -> None:
     with pytest.raises(ValueError):
         B.global_bound([0.1], [1.0, 2.0])

@@ -39,7 +39,11 @@ def fdown(q: Fraction | float | int) -> float:
 
 
 def sqrt_up(x: float | Fraction) -> float:
-    """A float >= sqrt(x), x >= 0 (exactly checked in rationals)."""
+    """The smallest float s with s*s >= x, x >= 0 (exactly checked in rationals).
+
+    The smallest, not merely one above: the verifier recomputes such values (epsilon_seq) with its own
+    code and compares exactly, and sqrt of the rounded-up x can sit one ulp above it.
+    """
     x = Fraction(x)
     if x <= 0:
         return 0.0
@@ -47,6 +51,8 @@ def sqrt_up(x: float | Fraction) -> float:
     if math.isinf(xf):
         return math.inf
     s = math.sqrt(xf)
+    while s > 0 and Fraction(math.nextafter(s, 0.0)) ** 2 >= x:
+        s = math.nextafter(s, 0.0)
     while Fraction(s) ** 2 < x:
         s = math.nextafter(s, math.inf)
     return s
