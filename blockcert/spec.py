@@ -39,8 +39,8 @@ def parse_spec(text: str, what: str = "spec") -> Spec:
     return Spec(name, params)
 
 
-def parse_blocks(spec: str | Sequence[int], n_blocks: int) -> list[int]:
-    """``all``, ``0,5,10``, ``0-4`` (and mixes such as ``0-2,7``) -> sorted block indices."""
+def parse_blocks(spec: str | Sequence[int], n_blocks: int, flag: str = "--blocks") -> list[int]:
+    """``all``, ``0,5,10``, ``0-4`` (and mixes such as ``0-2,7``) -> sorted block indices; errors name ``flag``."""
     if not isinstance(spec, str):
         chosen = sorted(set(int(i) for i in spec))
         bad = [i for i in chosen if not 0 <= i < n_blocks]
@@ -55,11 +55,11 @@ def parse_blocks(spec: str | Sequence[int], n_blocks: int) -> list[int]:
         try:
             rng = range(int(lo), int(hi) + 1) if dash else range(int(lo), int(lo) + 1)
         except ValueError:
-            raise UserError(f"--blocks {spec!r}: {part!r} is not a block index or range", "use all, 0,5,10 or 0-4") from None
+            raise UserError(f"{flag} {spec!r}: {part!r} is not a block index or range", "use all, 0,5,10 or 0-4") from None
         for i in rng:
             if not 0 <= i < n_blocks:
-                raise UserError(f"--blocks {spec!r}: block {i} does not exist (the model has blocks 0-{n_blocks - 1})")
+                raise UserError(f"{flag} {spec!r}: block {i} does not exist (the model has blocks 0-{n_blocks - 1})")
             out.add(i)
     if not out:
-        raise UserError(f"--blocks {spec!r} selects no block")
+        raise UserError(f"{flag} {spec!r} selects no block")
     return sorted(out)

@@ -121,7 +121,7 @@ def test_cli_direction_sweep(tiny, tmp_path):
     assert "L02-ablate" in res.stdout and "L02-add-x1" in res.stdout
     res = cli("--layers", "2", "--scales", "1", "--max-new-tokens", "3", "--out", str(tmp_path / "S"), "--json")
     assert res.returncode == 0 and all(r["resumed"] for r in json.loads(res.stdout)["rows"])
-    for args, needle in ((("--layers", "7"), "7"), (("--scales", "x"), "--scales")):
+    for args, needle in ((("--layers", "7"), "--layers '7'"), (("--scales", "x"), "--scales")):
         res = cli(*args, "--out", str(tmp_path / "S2"))
         assert res.returncode == 2 and needle in res.stderr and "Traceback" not in res.stderr, res.stderr
 

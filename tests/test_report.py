@@ -170,6 +170,8 @@ def test_bad_inputs(runs, tmp_path):
         collect(runs["plain"], compare=[other])
     with pytest.raises(UserError, match="not in this run"):
         collect(runs["plain"], token_blocks="7")
+    with pytest.raises(UserError, match="--token-blocks 'x': 'x' is not a block index"):
+        collect(runs["plain"], token_blocks="x")
 
 
 def test_tampered_run_is_reported_as_failing(runs, tmp_path):

@@ -218,7 +218,7 @@ def direction_sweep_command(
     with err_console.status("Loading model"):
         loaded = load_model(model, device=device, dtype=dtype)
     n = loaded.native.n_blocks
-    chosen = auto_layers(n) if layers.strip() == "auto" else parse_blocks(layers, n)
+    chosen = auto_layers(n) if layers.strip() == "auto" else parse_blocks(layers, n, "--layers")
     result = direction_sweep(loaded=loaded, layers=chosen, scales=scale_values, ablate=not no_ablate, out=out, corpus=corpus,
                              direction_corpus=direction_corpus, decoding=decoding, force=force, progress=True)
     if as_json:

@@ -186,9 +186,9 @@ def _token_blocks(blocks: Sequence[BlockView], spec: str) -> tuple[tuple[int, ..
         from blockcert.spec import parse_blocks
 
         try:
-            wanted = parse_blocks(spec, 10**6)
+            wanted = parse_blocks(spec, 10**6, "--token-blocks")
         except UserError as exc:
-            raise UserError(exc.message.replace("--blocks", "--token-blocks"), "use auto, all, none, 0,15 or 10-12") from None
+            raise UserError(exc.message, "use auto, all, none, 0,15 or 10-12") from None
         missing = sorted(set(wanted) - set(have))
         if missing:
             raise UserError(f"--token-blocks {spec}: blocks {missing} are not in this run", f"the run has blocks {have}")
